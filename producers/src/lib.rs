@@ -1,0 +1,26 @@
+//! Everything on the producing side of the gateway's log.
+//!
+//! The send path is HTTP ingress → `wa.outbound.v1` (keyed by session id) → consumers
+//! delivering to workers; workers' reports flow back through `wa.events.v1`. This crate
+//! owns what a producer must agree on with every reader of that log:
+//!
+//! * [`topics`]: the topic catalog, embedded from `kafka/topics.toml`, which both creates
+//!   the Kafka topics and lays out the embedded SQLite log;
+//! * [`partitioner`]: Kafka's Java-compatible murmur2 partitioner, so a session lands on
+//!   the same partition in the embedded log and in Kafka;
+//! * [`envelope`]: the versioned JSON record values of the outbound and event topics.
+//!
+//! The append implementations (the embedded SQLite log and the rdkafka producer) will
+//! live here too, behind one interface, so the ingress does not care which back end runs.
+//! This core is runtime-independent: no I/O, no async.
+
+pub mod envelope;
+pub mod partitioner;
+pub mod topics;
+
+pub use envelope::{ENVELOPE_VERSION, EnvelopeError, EventEnvelope, OutboundEnvelope, WorkerEvent};
+pub use partitioner::{RDKAFKA_PARTITIONER, murmur2, partition_for_key, to_positive};
+pub use topics::{
+    CleanupPolicy, EVENTS_TOPIC, OUTBOUND_DLQ_TOPIC, OUTBOUND_TOPIC, REQUIRED_TOPICS, TopicCatalog,
+    TopicError, TopicSpec,
+};

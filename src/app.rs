@@ -1,0 +1,193 @@
+//! Building the application is separate from running it: [`Application::build`] connects the
+//! store and caches, migrates and binds the listener; [`Application::run_until_stopped`] serves
+//! until the shutdown future resolves, then drains in-flight requests and flushes batched
+//! bookkeeping. Tests build it on port 0 and drive the production path over HTTP.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::AuthService;
+use crate::auth::api_keys::LastUsedTracker;
+use crate::auth::jwt::JwtKeys;
+use crate::config::Config;
+use crate::limits::{Counters, InProcessCounters, RedisCounters};
+use crate::metrics::Metrics;
+use crate::quota::Quotas;
+use crate::store::{Store, StoreLocation};
+
+/// Everything a request handler may need; shared behind an `Arc`.
+#[derive(Debug)]
+pub struct AppContext {
+    /// The loaded configuration.
+    pub config: Config,
+    /// The store.
+    pub store: Store,
+    /// Account flows and token checks.
+    pub auth: AuthService,
+    /// Shared counters (login throttling, quotas).
+    pub counters: Arc<Counters>,
+    /// Tier quotas and usage accounting.
+    pub quotas: Quotas,
+    /// Batched API key `last_used` bookkeeping.
+    pub api_key_usage: LastUsedTracker,
+    /// Prometheus registry and instruments.
+    pub metrics: Metrics,
+    /// When this process started (health uptime).
+    pub started_at: Instant,
+}
+
+impl AppContext {
+    /// Connects every backend the configuration names and migrates the store.
+    pub async fn connect(config: Config) -> anyhow::Result<Self> {
+        let store = match &config.database_url {
+            Some(url) => Store::connect(StoreLocation::Postgres(url.expose())).await?,
+            None => Store::connect(StoreLocation::SqliteFile(&config.sqlite_path())).await?,
+        };
+        store.migrate().await?;
+        let counters = Arc::new(match &config.redis_url {
+            Some(url) => Counters::Redis(RedisCounters::connect(url.expose(), &config.redis_key_prefix).await?),
+            None => Counters::InProcess(InProcessCounters::default()),
+        });
+        let jwt = JwtKeys::new(config.jwt_secret.expose().as_bytes(), config.access_token_ttl);
+        let auth = AuthService::new(
+            store.clone(),
+            jwt,
+            counters.clone(),
+            config.login_throttle,
+            config.refresh_token_ttl,
+        );
+        let quotas = Quotas::new(counters.clone(), config.tiers);
+        Ok(Self {
+            config,
+            store,
+            auth,
+            counters,
+            quotas,
+            api_key_usage: LastUsedTracker::default(),
+            metrics: Metrics::new()?,
+            started_at: Instant::now(),
+        })
+    }
+
+    /// Writes batched bookkeeping (API key use, usage records). Called on a timer and at shutdown.
+    pub async fn flush_batches(&self) {
+        if let Err(err) = self.api_key_usage.flush(&self.store).await {
+            tracing::warn!(error = format!("{err:#}"), "flushing API key last_used failed; will retry");
+        }
+        if let Err(err) = self.quotas.flush_usage(&self.store).await {
+            tracing::warn!(error = format!("{err:#}"), "flushing usage records failed; will retry");
+        }
+    }
+}
+
+/// A built, bound, not yet running gateway.
+pub struct Application {
+    context: Arc<AppContext>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl Application {
+    /// Connects, migrates and binds `HOST:PORT` (port 0 picks a free one).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let addr = SocketAddr::new(config.host, config.port);
+        let context = Arc::new(AppContext::connect(config).await?);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr} (HOST/PORT)"))?;
+        let local_addr = listener.local_addr().context("reading bound address")?;
+        Ok(Self {
+            context,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The shared context (tests reach the store and services through it).
+    pub fn context(&self) -> Arc<AppContext> {
+        self.context.clone()
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish
+    /// (bounded), stops background tasks and flushes their batches.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let flusher = tokio::spawn(run_flusher(self.context.clone(), stop_rx.clone()));
+        let routes = crate::http::routes(self.context.clone());
+        tracing::info!(
+            addr = %self.local_addr,
+            store = self.context.store.backend().as_str(),
+            counters = ?self.context.counters,
+            "wa-gateway listening"
+        );
+        crate::http::server::serve(
+            self.listener,
+            routes,
+            self.context.clone(),
+            async move {
+                shutdown.await;
+                tracing::info!("shutdown requested; draining in-flight requests");
+            },
+            Duration::from_secs(20),
+        )
+        .await;
+        let _ = stop_tx.send(true);
+        if let Err(err) = flusher.await {
+            tracing::warn!(error = %err, "background flusher ended abnormally");
+        }
+        self.context.flush_batches().await;
+        self.context.store.close().await;
+        tracing::info!("wa-gateway stopped");
+        Ok(())
+    }
+}
+
+async fn run_flusher(context: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(context.config.flush_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => context.flush_batches().await,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

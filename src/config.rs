@@ -1,0 +1,531 @@
+//! Configuration: one typed struct, loaded once from the environment (and `.env`), with the
+//! variable names of DESIGN.md. Secrets are wrapped in [`Secret`] so they never print.
+//!
+//! Loading is a pure function of a variable map ([`Config::from_vars`]) so tests build configs
+//! without touching the process environment; [`Config::from_env`] feeds it `std::env`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::domain::Tier;
+
+/// A value that must never reach a log line or a `Debug` dump.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a sensitive value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+    /// The only way to read the value: call sites that do are easy to audit.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Why the configuration was refused: always names the variable, so the operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it, in words an operator understands.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            variable,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Deployment flavour: production refuses generated or default secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppEnv {
+    /// Local runs and the embedded default: missing secrets are generated and kept in `DATA_DIR`.
+    Development,
+    /// Real deployments: every secret must be given explicitly.
+    Production,
+}
+
+/// Log output format; JSON by default in production so log shippers can parse it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which origins may call the API from a browser.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*`: any origin (no credentials).
+    Any,
+    /// An explicit allow-list of origins such as `https://dash.example.com`.
+    List(Vec<String>),
+}
+
+/// The per-hour budget of one tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TierLimits {
+    /// Sessions a user may own (every session not deleted counts).
+    pub max_sessions: u32,
+    /// Messages a user may send per hour (each bulk item counts).
+    pub messages_per_hour: u32,
+    /// Authenticated API calls per hour (API key or JWT).
+    pub api_calls_per_hour: u32,
+}
+
+/// Limits for every tier, overridable per tier through `{TIER}_TIER_MAX_*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierTable {
+    basic: TierLimits,
+    pro: TierLimits,
+    max: TierLimits,
+}
+
+impl TierTable {
+    /// The limits that apply to `tier`.
+    pub fn limits(&self, tier: Tier) -> TierLimits {
+        match tier {
+            Tier::Basic => self.basic,
+            Tier::Pro => self.pro,
+            Tier::Max => self.max,
+        }
+    }
+}
+
+impl Default for TierTable {
+    fn default() -> Self {
+        Self {
+            basic: TierLimits {
+                max_sessions: 1,
+                messages_per_hour: 100,
+                api_calls_per_hour: 1_000,
+            },
+            pro: TierLimits {
+                max_sessions: 5,
+                messages_per_hour: 1_000,
+                api_calls_per_hour: 10_000,
+            },
+            max: TierLimits {
+                max_sessions: 20,
+                messages_per_hour: 10_000,
+                api_calls_per_hour: 100_000,
+            },
+        }
+    }
+}
+
+/// Thresholds for throttling repeated failed logins.
+#[derive(Clone, Copy, Debug)]
+pub struct LoginThrottle {
+    /// Failed attempts on one account within the window before it is locked for the window.
+    pub max_failures_per_account: u32,
+    /// Failed attempts from one client address within the window before it is refused.
+    pub max_failures_per_ip: u32,
+    /// How long failures are remembered.
+    pub window: Duration,
+}
+
+/// Everything the gateway needs to start, parsed and validated once.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Development or production (`APP_ENV`).
+    pub app_env: AppEnv,
+    /// Address to listen on (`HOST`).
+    pub host: IpAddr,
+    /// Port to listen on (`PORT`, 8000); `0` picks a free port (tests).
+    pub port: u16,
+    /// Where the embedded store and generated secrets live (`DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL; unset means the embedded SQLite store (`DATABASE_URL`).
+    pub database_url: Option<Secret<String>>,
+    /// Redis URL; unset means in-process quotas and routing cache (`REDIS_URL`).
+    pub redis_url: Option<Secret<String>>,
+    /// Prefix of every Redis key, so several deployments or test runs share one Redis safely.
+    pub redis_key_prefix: String,
+    /// Kafka bootstrap servers; unset means the embedded log (`KAFKA_BROKERS`).
+    pub kafka_brokers: Option<String>,
+    /// HMAC key of access tokens (`JWT_SECRET`).
+    pub jwt_secret: Secret<String>,
+    /// Shared secret of the worker protocol, both directions (`WORKER_AUTH_TOKEN`).
+    pub worker_auth_token: Secret<String>,
+    /// Lifetime of access tokens (`JWT_ACCESS_TOKEN_TTL_SECONDS`, 900).
+    pub access_token_ttl: Duration,
+    /// Lifetime of refresh tokens (`JWT_REFRESH_TOKEN_TTL_SECONDS`, 30 days).
+    pub refresh_token_ttl: Duration,
+    /// Browser origins allowed by CORS (`CORS_ORIGIN`, comma-separated or `*`).
+    pub cors_origins: CorsOrigins,
+    /// `tracing` filter directive (`LOG_LEVEL`, `info`).
+    pub log_level: String,
+    /// Log line format (`LOG_FORMAT`: `pretty` or `json`).
+    pub log_format: LogFormat,
+    /// Largest request body accepted (`MAX_BODY_BYTES`, 1 MiB).
+    pub max_body_bytes: usize,
+    /// Per-tier limits (`{BASIC,PRO,MAX}_TIER_MAX_{SESSIONS,MESSAGES_PER_HOUR,API_CALLS_PER_HOUR}`).
+    pub tiers: TierTable,
+    /// Failed-login throttling (`LOGIN_MAX_FAILURES_PER_ACCOUNT`, `LOGIN_MAX_FAILURES_PER_IP`,
+    /// `LOGIN_THROTTLE_WINDOW_SECONDS`).
+    pub login_throttle: LoginThrottle,
+    /// Whether `X-Forwarded-For` names the client (only behind a trusted proxy: `TRUST_PROXY_HEADERS`).
+    pub trust_proxy_headers: bool,
+    /// How often batched bookkeeping (API key `last_used`, usage records) is flushed
+    /// (`FLUSH_INTERVAL_MS`, 5000).
+    pub flush_interval: Duration,
+}
+
+/// Values that ship in `.env.example` and docs; production must not run with them.
+const KNOWN_DEFAULT_SECRETS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "secret",
+    "change-me-to-a-long-random-string",
+];
+
+/// Shortest secret production accepts: HS256 keys below 256 bits are guessable.
+const MIN_SECRET_LEN: usize = 32;
+
+/// Name of the file in `DATA_DIR` that keeps generated secrets between runs.
+const GENERATED_SECRETS_FILE: &str = "secrets.env";
+
+impl Config {
+    /// Reads `.env` (when present) and the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env is normal; a malformed one is an error worth reporting.
+        if let Err(err) = dotenvy::dotenv()
+            && !err.not_found()
+        {
+            return Err(ConfigError::new(".env", err.to_string()));
+        }
+        Self::from_vars(std::env::vars().collect())
+    }
+
+    /// Builds the configuration from a variable map; generates missing secrets in development.
+    pub fn from_vars(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let source = VarSource { vars };
+        let app_env = match source.get("APP_ENV").map(str::to_ascii_lowercase).as_deref() {
+            None | Some("development") | Some("dev") | Some("test") => AppEnv::Development,
+            Some("production") | Some("prod") => AppEnv::Production,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "APP_ENV",
+                    format!("expected `development` or `production`, got `{other}`"),
+                ));
+            }
+        };
+        let host = source.parse_or("HOST", IpAddr::V4(Ipv4Addr::UNSPECIFIED))?;
+        let port = source.parse_or("PORT", 8000u16)?;
+        let data_dir = PathBuf::from(source.get("DATA_DIR").unwrap_or("./data"));
+        let database_url = source.get("DATABASE_URL").map(|url| Secret::new(url.to_owned()));
+        if let Some(url) = &database_url
+            && !(url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "expected a postgres:// URL (leave it unset for the embedded SQLite store)",
+            ));
+        }
+        let redis_url = source.get("REDIS_URL").map(|url| Secret::new(url.to_owned()));
+        if let Some(url) = &redis_url
+            && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
+        {
+            return Err(ConfigError::new("REDIS_URL", "expected a redis:// or rediss:// URL"));
+        }
+        let redis_key_prefix = source.get("REDIS_KEY_PREFIX").unwrap_or("wag:").to_owned();
+        let kafka_brokers = source.get("KAFKA_BROKERS").map(str::to_owned);
+
+        let (jwt_secret, worker_auth_token) = match app_env {
+            AppEnv::Production => (
+                production_secret(&source, "JWT_SECRET")?,
+                production_secret(&source, "WORKER_AUTH_TOKEN")?,
+            ),
+            AppEnv::Development => development_secrets(&source, &data_dir)?,
+        };
+
+        let cors_origins = match source.get("CORS_ORIGIN") {
+            None | Some("*") => CorsOrigins::Any,
+            Some(list) => {
+                let origins: Vec<String> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = origins
+                    .iter()
+                    .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+                {
+                    return Err(ConfigError::new(
+                        "CORS_ORIGIN",
+                        format!("`{bad}` is not an origin like https://dash.example.com (or use *)"),
+                    ));
+                }
+                CorsOrigins::List(origins)
+            }
+        };
+        let log_format = match source.get("LOG_FORMAT") {
+            None if app_env == AppEnv::Production => LogFormat::Json,
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    format!("expected `pretty` or `json`, got `{other}`"),
+                ));
+            }
+        };
+
+        let defaults = TierTable::default();
+        let tiers = TierTable {
+            basic: tier_limits(&source, "BASIC", defaults.basic)?,
+            pro: tier_limits(&source, "PRO", defaults.pro)?,
+            max: tier_limits(&source, "MAX", defaults.max)?,
+        };
+
+        Ok(Self {
+            app_env,
+            host,
+            port,
+            data_dir,
+            database_url,
+            redis_url,
+            redis_key_prefix,
+            kafka_brokers,
+            jwt_secret,
+            worker_auth_token,
+            access_token_ttl: Duration::from_secs(source.positive_or("JWT_ACCESS_TOKEN_TTL_SECONDS", 900)?),
+            refresh_token_ttl: Duration::from_secs(
+                source.positive_or("JWT_REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600)?,
+            ),
+            cors_origins,
+            log_level: source.get("LOG_LEVEL").unwrap_or("info").to_owned(),
+            log_format,
+            max_body_bytes: source.positive_or("MAX_BODY_BYTES", 1024 * 1024)? as usize,
+            tiers,
+            login_throttle: LoginThrottle {
+                max_failures_per_account: source.positive_or("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5)? as u32,
+                max_failures_per_ip: source.positive_or("LOGIN_MAX_FAILURES_PER_IP", 50)? as u32,
+                window: Duration::from_secs(source.positive_or("LOGIN_THROTTLE_WINDOW_SECONDS", 900)?),
+            },
+            trust_proxy_headers: source.parse_or("TRUST_PROXY_HEADERS", false)?,
+            flush_interval: Duration::from_millis(source.positive_or("FLUSH_INTERVAL_MS", 5000)?),
+        })
+    }
+
+    /// Path of the embedded SQLite database.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("wa-gateway.db")
+    }
+}
+
+fn production_secret(source: &VarSource, variable: &'static str) -> Result<Secret<String>, ConfigError> {
+    let value = source
+        .get(variable)
+        .ok_or_else(|| ConfigError::new(variable, "must be set when APP_ENV=production"))?;
+    if KNOWN_DEFAULT_SECRETS.contains(&value.to_ascii_lowercase().as_str()) {
+        return Err(ConfigError::new(variable, "is a documented default; set a random value"));
+    }
+    if value.len() < MIN_SECRET_LEN {
+        return Err(ConfigError::new(
+            variable,
+            format!("must be at least {MIN_SECRET_LEN} characters in production"),
+        ));
+    }
+    Ok(Secret::new(value.to_owned()))
+}
+
+/// In development a missing secret is generated once and kept in `DATA_DIR/secrets.env`, so
+/// tokens survive restarts and `admin` commands share the running server's secrets.
+fn development_secrets(
+    source: &VarSource,
+    data_dir: &Path,
+) -> Result<(Secret<String>, Secret<String>), ConfigError> {
+    let given_jwt = source.get("JWT_SECRET").map(str::to_owned);
+    let given_worker = source.get("WORKER_AUTH_TOKEN").map(str::to_owned);
+    if let (Some(jwt), Some(worker)) = (&given_jwt, &given_worker) {
+        return Ok((Secret::new(jwt.clone()), Secret::new(worker.clone())));
+    }
+    let path = data_dir.join(GENERATED_SECRETS_FILE);
+    let mut stored: HashMap<String, String> = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+        Err(err) => return Err(ConfigError::new("DATA_DIR", format!("cannot read {}: {err}", path.display()))),
+    };
+    let mut changed = false;
+    for name in ["JWT_SECRET", "WORKER_AUTH_TOKEN"] {
+        if !stored.contains_key(name) {
+            stored.insert(name.to_owned(), crate::auth::random_token(48));
+            changed = true;
+        }
+    }
+    if changed {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|err| ConfigError::new("DATA_DIR", format!("cannot create {}: {err}", data_dir.display())))?;
+        let text = format!(
+            "# Generated by wa-gateway on first start; set JWT_SECRET / WORKER_AUTH_TOKEN to override.\nJWT_SECRET={}\nWORKER_AUTH_TOKEN={}\n",
+            stored["JWT_SECRET"], stored["WORKER_AUTH_TOKEN"]
+        );
+        write_private_file(&path, &text)
+            .map_err(|err| ConfigError::new("DATA_DIR", format!("cannot write {}: {err}", path.display())))?;
+    }
+    let jwt = given_jwt.unwrap_or_else(|| stored["JWT_SECRET"].clone());
+    let worker = given_worker.unwrap_or_else(|| stored["WORKER_AUTH_TOKEN"].clone());
+    Ok((Secret::new(jwt), Secret::new(worker)))
+}
+
+fn write_private_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(text.as_bytes())
+}
+
+fn tier_limits(source: &VarSource, tier: &'static str, default: TierLimits) -> Result<TierLimits, ConfigError> {
+    // Variable names must be &'static for ConfigError; the nine names are known up front.
+    let name = |suffix: &str| -> &'static str {
+        match (tier, suffix) {
+            ("BASIC", "SESSIONS") => "BASIC_TIER_MAX_SESSIONS",
+            ("BASIC", "MESSAGES") => "BASIC_TIER_MAX_MESSAGES_PER_HOUR",
+            ("BASIC", _) => "BASIC_TIER_MAX_API_CALLS_PER_HOUR",
+            ("PRO", "SESSIONS") => "PRO_TIER_MAX_SESSIONS",
+            ("PRO", "MESSAGES") => "PRO_TIER_MAX_MESSAGES_PER_HOUR",
+            ("PRO", _) => "PRO_TIER_MAX_API_CALLS_PER_HOUR",
+            (_, "SESSIONS") => "MAX_TIER_MAX_SESSIONS",
+            (_, "MESSAGES") => "MAX_TIER_MAX_MESSAGES_PER_HOUR",
+            _ => "MAX_TIER_MAX_API_CALLS_PER_HOUR",
+        }
+    };
+    Ok(TierLimits {
+        max_sessions: source.parse_or(name("SESSIONS"), default.max_sessions)?,
+        messages_per_hour: source.parse_or(name("MESSAGES"), default.messages_per_hour)?,
+        api_calls_per_hour: source.parse_or(name("API_CALLS"), default.api_calls_per_hour)?,
+    })
+}
+
+struct VarSource {
+    vars: HashMap<String, String>,
+}
+
+impl VarSource {
+    /// A set, non-blank variable.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn parse_or<T: std::str::FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|_| {
+                ConfigError::new(
+                    name,
+                    format!("cannot parse `{raw}` as {}", std::any::type_name::<T>()),
+                )
+            }),
+        }
+    }
+
+    fn positive_or(&self, name: &'static str, default: u64) -> Result<u64, ConfigError> {
+        let value = self.parse_or(name, default)?;
+        if value == 0 {
+            return Err(ConfigError::new(name, "must be greater than zero"));
+        }
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn development_generates_and_keeps_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir_str = dir.path().to_str().unwrap();
+        let first = Config::from_vars(vars(&[("DATA_DIR", dir_str)])).unwrap();
+        let second = Config::from_vars(vars(&[("DATA_DIR", dir_str)])).unwrap();
+        assert_eq!(first.jwt_secret, second.jwt_secret);
+        assert_eq!(first.worker_auth_token, second.worker_auth_token);
+        assert!(first.jwt_secret.expose().len() >= MIN_SECRET_LEN);
+        assert_eq!(format!("{:?}", first.jwt_secret), "Secret(***)");
+    }
+
+    #[test]
+    fn production_refuses_missing_and_default_secrets() {
+        let err = Config::from_vars(vars(&[("APP_ENV", "production")])).unwrap_err();
+        assert_eq!(err.variable, "JWT_SECRET");
+        let err = Config::from_vars(vars(&[
+            ("APP_ENV", "production"),
+            ("JWT_SECRET", "change-me"),
+            ("WORKER_AUTH_TOKEN", "x".repeat(40).as_str()),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.variable, "JWT_SECRET");
+        let ok = Config::from_vars(vars(&[
+            ("APP_ENV", "production"),
+            ("JWT_SECRET", "j".repeat(40).as_str()),
+            ("WORKER_AUTH_TOKEN", "w".repeat(40).as_str()),
+        ]))
+        .unwrap();
+        assert_eq!(ok.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = [("DATA_DIR", dir.path().to_str().unwrap())];
+        for (name, value) in [
+            ("PORT", "eighty"),
+            ("PRO_TIER_MAX_MESSAGES_PER_HOUR", "-1"),
+            ("DATABASE_URL", "mysql://x"),
+            ("CORS_ORIGIN", "dash.example.com"),
+            ("MAX_BODY_BYTES", "0"),
+        ] {
+            let mut all = vars(&base);
+            all.insert(name.to_owned(), value.to_owned());
+            let err = Config::from_vars(all).unwrap_err();
+            assert_eq!(err.variable, name, "{err}");
+        }
+    }
+
+    #[test]
+    fn tier_overrides_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_vars(vars(&[
+            ("DATA_DIR", dir.path().to_str().unwrap()),
+            ("BASIC_TIER_MAX_MESSAGES_PER_HOUR", "7"),
+        ]))
+        .unwrap();
+        assert_eq!(config.tiers.limits(Tier::Basic).messages_per_hour, 7);
+        assert_eq!(config.tiers.limits(Tier::Pro).messages_per_hour, 1_000);
+    }
+}

@@ -1,0 +1,283 @@
+//! The JSON envelope and the one error type of the HTTP boundary.
+//!
+//! Success: `{"success": true, "data": …}`. Failure: `{"success": false, "error": {"code",
+//! "message", "details"}}` with the matching status. Handlers return [`ApiResult`]; routing
+//! failures (404, 405, bad headers) arrive as warp rejections and are turned into the same
+//! envelope by [`recover`].
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+use crate::auth::AuthError;
+use crate::domain::InvalidInput;
+use crate::store::StoreError;
+
+/// What a handler answers: a finished response or an error to render as the envelope.
+pub type ApiResult = Result<Response, ApiError>;
+
+/// Every way a request can fail, each with its status and stable error code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body or a parameter is invalid (400).
+    #[error("{message}")]
+    BadRequest {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// Human-readable explanation.
+        message: String,
+        /// Optional structured details (e.g. the field).
+        details: Option<Value>,
+    },
+    /// Missing or invalid credentials (401).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Authenticated but not allowed (403).
+    #[error("{message}")]
+    Forbidden {
+        /// Stable code.
+        code: &'static str,
+        /// Explanation.
+        message: &'static str,
+    },
+    /// Nothing there, or not the caller's (404: isolation never says "forbidden").
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Path exists, method does not (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// State conflict such as a duplicate (409).
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Explanation.
+        message: String,
+    },
+    /// Body larger than the limit (413).
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Wrong content type (415).
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// Throttled or over quota (429, with `Retry-After`).
+    #[error("{message}")]
+    TooManyRequests {
+        /// Stable code.
+        code: &'static str,
+        /// Explanation.
+        message: String,
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// A dependency is down (503).
+    #[error("{message}")]
+    ServiceUnavailable {
+        /// Stable code.
+        code: &'static str,
+        /// Explanation.
+        message: String,
+    },
+    /// A bug or an unexpected failure (500); details go to the log, not the client.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    /// A 400 for an invalid field.
+    pub fn validation(invalid: InvalidInput) -> Self {
+        ApiError::BadRequest {
+            code: "VALIDATION_ERROR",
+            message: invalid.to_string(),
+            details: Some(json!({ "field": invalid.field })),
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
+            ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
+            ApiError::ServiceUnavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
+            ApiError::Unexpected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+        }
+    }
+
+    /// Renders the error envelope (and logs unexpected errors with their chain).
+    pub fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            ApiError::Unexpected(err) => {
+                tracing::error!(error = format!("{err:#}"), "request failed unexpectedly");
+                "internal server error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let details = match &self {
+            ApiError::BadRequest { details, .. } => details.clone(),
+            ApiError::PayloadTooLarge { limit } => Some(json!({ "limitBytes": limit })),
+            _ => None,
+        };
+        let body = json!({
+            "success": false,
+            "error": { "code": code, "message": message, "details": details },
+        });
+        let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            // Round up: "retry after 0 seconds" would invite a hot loop.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                response.headers_mut().insert("retry-after", value);
+            }
+        }
+        response
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(invalid: InvalidInput) -> Self {
+        ApiError::validation(invalid)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => ApiError::NotFound("resource"),
+            StoreError::Conflict(what) => ApiError::Conflict {
+                code: "CONFLICT",
+                message: what.to_owned(),
+            },
+            StoreError::Unexpected(e) => ApiError::Unexpected(e),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Invalid(invalid) => ApiError::validation(invalid),
+            AuthError::InvalidCredentials => ApiError::Unauthorized("invalid email or password"),
+            AuthError::AccountDisabled => ApiError::Forbidden {
+                code: "ACCOUNT_DISABLED",
+                message: "this account has been deactivated",
+            },
+            AuthError::Throttled { retry_after } => ApiError::TooManyRequests {
+                code: "LOGIN_THROTTLED",
+                message: "too many failed login attempts; retry later".to_owned(),
+                retry_after,
+            },
+            AuthError::InvalidRefreshToken => ApiError::Unauthorized("invalid or expired refresh token"),
+            AuthError::RefreshTokenReused => {
+                ApiError::Unauthorized("refresh token reuse detected; this login has been revoked")
+            }
+            AuthError::EmailTaken => ApiError::Conflict {
+                code: "EMAIL_TAKEN",
+                message: "an account with this email already exists".to_owned(),
+            },
+            AuthError::Unexpected(e) => ApiError::Unexpected(e),
+        }
+    }
+}
+
+/// Renders `data` inside the success envelope with `status`.
+pub fn success<T: Serialize>(status: StatusCode, data: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(&json!({ "success": true, "data": data })), status).into_response()
+}
+
+/// Turns a handler's result into a response (the last step of every route).
+pub fn finish(result: ApiResult) -> Response {
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+/// The one place where warp rejections become the error envelope.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if let Some(api) = rejection.find::<ApiError>() {
+        // ApiError is not Clone (anyhow inside); rebuild the variants that can be rejections.
+        return Ok(rebuild(api).into_response());
+    } else if rejection.is_not_found() {
+        ApiError::NotFound("route")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge { limit: 0 }
+    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        ApiError::UnsupportedMediaType
+    } else if let Some(missing) = rejection.find::<warp::reject::MissingHeader>() {
+        ApiError::BadRequest {
+            code: "MISSING_HEADER",
+            message: format!("missing request header `{}`", missing.name()),
+            details: None,
+        }
+    } else if let Some(invalid) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::BadRequest {
+            code: "INVALID_HEADER",
+            message: format!("invalid request header `{}`", invalid.name()),
+            details: None,
+        }
+    } else if let Some(query) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::BadRequest {
+            code: "INVALID_QUERY",
+            message: format!("invalid query string: {query}"),
+            details: None,
+        }
+    } else if rejection.find::<warp::filters::cors::CorsForbidden>().is_some() {
+        ApiError::Forbidden {
+            code: "CORS_FORBIDDEN",
+            message: "origin not allowed",
+        }
+    } else {
+        ApiError::Unexpected(anyhow::anyhow!("unhandled rejection: {rejection:?}"))
+    };
+    Ok(error.into_response())
+}
+
+fn rebuild(error: &ApiError) -> ApiError {
+    match error {
+        ApiError::BadRequest { code, message, details } => ApiError::BadRequest {
+            code,
+            message: message.clone(),
+            details: details.clone(),
+        },
+        ApiError::Unauthorized(m) => ApiError::Unauthorized(m),
+        ApiError::Forbidden { code, message } => ApiError::Forbidden { code, message },
+        ApiError::NotFound(what) => ApiError::NotFound(what),
+        ApiError::MethodNotAllowed => ApiError::MethodNotAllowed,
+        ApiError::Conflict { code, message } => ApiError::Conflict {
+            code,
+            message: message.clone(),
+        },
+        ApiError::PayloadTooLarge { limit } => ApiError::PayloadTooLarge { limit: *limit },
+        ApiError::UnsupportedMediaType => ApiError::UnsupportedMediaType,
+        ApiError::TooManyRequests {
+            code,
+            message,
+            retry_after,
+        } => ApiError::TooManyRequests {
+            code,
+            message: message.clone(),
+            retry_after: *retry_after,
+        },
+        ApiError::ServiceUnavailable { code, message } => ApiError::ServiceUnavailable {
+            code,
+            message: message.clone(),
+        },
+        ApiError::Unexpected(err) => ApiError::Unexpected(anyhow::anyhow!("{err:#}")),
+    }
+}

@@ -1,0 +1,63 @@
+//! The HTTP surface: warp filters per area (each route documented as `METHOD /path`), thin async
+//! handlers, one `recover` that renders every rejection as the JSON error envelope, CORS, and the
+//! server loop in [`server`].
+
+pub mod admin;
+pub mod auth;
+pub mod docs;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod server;
+pub mod users;
+pub mod views;
+
+use std::sync::Arc;
+
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+use crate::app::AppContext;
+use crate::config::CorsOrigins;
+
+/// The whole route tree, with CORS and error recovery applied.
+pub fn routes(context: Arc<AppContext>) -> BoxedFilter<(Response,)> {
+    let api = health::routes(context.clone())
+        .or(auth::routes(context.clone()))
+        .unify()
+        .or(users::routes(context.clone()))
+        .unify()
+        .or(admin::routes(context.clone()))
+        .unify()
+        .or(docs::routes())
+        .unify()
+        .recover(error::recover)
+        .unify();
+    let cors = cors(&context.config.cors_origins);
+    // Recover twice: inside CORS so error answers carry CORS headers, and outside for CORS's own
+    // refusals (disallowed origin or method on a preflight).
+    api.with(cors)
+        .map(warp::Reply::into_response)
+        .recover(error::recover)
+        .unify()
+        .boxed()
+}
+
+fn cors(origins: &CorsOrigins) -> warp::filters::cors::Builder {
+    let builder = warp::cors()
+        .allow_methods(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+        .allow_headers(["authorization", "content-type", "x-api-key", "x-request-id", "idempotency-key"])
+        .expose_headers([
+            "x-request-id",
+            "retry-after",
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ])
+        .max_age(600);
+    match origins {
+        CorsOrigins::Any => builder.allow_any_origin(),
+        CorsOrigins::List(list) => builder.allow_origins(list.iter().map(String::as_str)),
+    }
+}

@@ -1,0 +1,30 @@
+//! wa-gateway: a multi-tenant WhatsApp gateway.
+//!
+//! Companies manage users, sessions and API keys over REST, post sends with API keys, and the
+//! gateway routes them through a log partitioned by session to a fleet of Baileys workers.
+//! See `ARCHITECTURE.md` for the codemap and invariants.
+//!
+//! Modules:
+//! - [`config`]: the typed configuration, loaded once from the environment.
+//! - [`domain`]: newtypes and enumerations, parsed once at the edge.
+//! - [`store`]: the repository layer over SQLite (embedded) and PostgreSQL.
+//! - [`auth`]: passwords, access/refresh tokens, API keys, the account flows.
+//! - [`limits`]: fixed-window counters (in-process or Redis) under throttling and quotas.
+//! - [`quota`]: tier quotas per user per hour and batched usage records.
+//! - [`http`]: warp routes, the error envelope, the server loop.
+//! - [`app`]: building and running the application; graceful shutdown.
+//! - [`metrics`]: Prometheus instruments.
+//! - [`cli`]: the `wa-gateway` command line (`serve`, `migrate`, `admin`).
+//! - [`telemetry`]: logging setup.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod quota;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,15 @@
+//! The `wa-gateway` binary: parse the command line, run it, report failure with a non-zero exit.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = wa_gateway::cli::Cli::parse();
+    match wa_gateway::cli::run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wa-gateway: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

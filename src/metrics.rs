@@ -1,0 +1,73 @@
+//! Prometheus instruments. Labels are bounded (method, status class): never a user, session or
+//! phone number.
+
+use anyhow::Context;
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+/// The registry and the instruments the gateway updates.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by method and status class (`2xx` … `5xx`).
+    pub http_requests_total: IntCounterVec,
+    /// Request latency by method.
+    pub http_request_duration_seconds: HistogramVec,
+}
+
+impl Metrics {
+    /// Registers every instrument in a fresh registry (one per app, so tests do not collide).
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new_custom(Some("wa_gateway".into()), None).context("metrics registry")?;
+        let http_requests_total = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests answered, by method and status class"),
+            &["method", "status"],
+        )?;
+        let http_request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["method"],
+        )?;
+        registry.register(Box::new(http_requests_total.clone()))?;
+        registry.register(Box::new(http_request_duration_seconds.clone()))?;
+        Ok(Self {
+            registry,
+            http_requests_total,
+            http_request_duration_seconds,
+        })
+    }
+
+    /// The text exposition format for `GET /metrics`.
+    pub fn render(&self) -> anyhow::Result<String> {
+        let mut buffer = Vec::with_capacity(8 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .context("encoding metrics")?;
+        String::from_utf8(buffer).context("metrics are not UTF-8")
+    }
+}
+
+/// A bounded method label.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::HEAD => "HEAD",
+        _ => "OTHER",
+    }
+}
+
+/// A bounded status label.
+pub fn status_label(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
