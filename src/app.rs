@@ -51,10 +51,15 @@ impl AppContext {
         };
         store.migrate().await?;
         let counters = Arc::new(match &config.redis_url {
-            Some(url) => Counters::Redis(RedisCounters::connect(url.expose(), &config.redis_key_prefix).await?),
+            Some(url) => Counters::Redis(
+                RedisCounters::connect(url.expose(), &config.redis_key_prefix).await?,
+            ),
             None => Counters::InProcess(InProcessCounters::default()),
         });
-        let jwt = JwtKeys::new(config.jwt_secret.expose().as_bytes(), config.access_token_ttl);
+        let jwt = JwtKeys::new(
+            config.jwt_secret.expose().as_bytes(),
+            config.access_token_ttl,
+        );
         let auth = AuthService::new(
             store.clone(),
             jwt,
@@ -78,10 +83,16 @@ impl AppContext {
     /// Writes batched bookkeeping (API key use, usage records). Called on a timer and at shutdown.
     pub async fn flush_batches(&self) {
         if let Err(err) = self.api_key_usage.flush(&self.store).await {
-            tracing::warn!(error = format!("{err:#}"), "flushing API key last_used failed; will retry");
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "flushing API key last_used failed; will retry"
+            );
         }
         if let Err(err) = self.quotas.flush_usage(&self.store).await {
-            tracing::warn!(error = format!("{err:#}"), "flushing usage records failed; will retry");
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "flushing usage records failed; will retry"
+            );
         }
     }
 }
@@ -121,7 +132,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish
     /// (bounded), stops background tasks and flushes their batches.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let flusher = tokio::spawn(run_flusher(self.context.clone(), stop_rx.clone()));
         let routes = crate::http::routes(self.context.clone());

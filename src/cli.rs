@@ -72,7 +72,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let context = AppContext::connect(config).await?;
-            tracing::info!(store = context.store.backend().as_str(), "migrations applied");
+            tracing::info!(
+                store = context.store.backend().as_str(),
+                "migrations applied"
+            );
             context.store.close().await;
             Ok(())
         }

@@ -219,7 +219,11 @@ impl Config {
     /// Builds the configuration from a variable map; generates missing secrets in development.
     pub fn from_vars(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
         let source = VarSource { vars };
-        let app_env = match source.get("APP_ENV").map(str::to_ascii_lowercase).as_deref() {
+        let app_env = match source
+            .get("APP_ENV")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("development") | Some("dev") | Some("test") => AppEnv::Development,
             Some("production") | Some("prod") => AppEnv::Production,
             Some(other) => {
@@ -232,20 +236,28 @@ impl Config {
         let host = source.parse_or("HOST", IpAddr::V4(Ipv4Addr::UNSPECIFIED))?;
         let port = source.parse_or("PORT", 8000u16)?;
         let data_dir = PathBuf::from(source.get("DATA_DIR").unwrap_or("./data"));
-        let database_url = source.get("DATABASE_URL").map(|url| Secret::new(url.to_owned()));
+        let database_url = source
+            .get("DATABASE_URL")
+            .map(|url| Secret::new(url.to_owned()));
         if let Some(url) = &database_url
-            && !(url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://"))
+            && !(url.expose().starts_with("postgres://")
+                || url.expose().starts_with("postgresql://"))
         {
             return Err(ConfigError::new(
                 "DATABASE_URL",
                 "expected a postgres:// URL (leave it unset for the embedded SQLite store)",
             ));
         }
-        let redis_url = source.get("REDIS_URL").map(|url| Secret::new(url.to_owned()));
+        let redis_url = source
+            .get("REDIS_URL")
+            .map(|url| Secret::new(url.to_owned()));
         if let Some(url) = &redis_url
             && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
         {
-            return Err(ConfigError::new("REDIS_URL", "expected a redis:// or rediss:// URL"));
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "expected a redis:// or rediss:// URL",
+            ));
         }
         let redis_key_prefix = source.get("REDIS_KEY_PREFIX").unwrap_or("wag:").to_owned();
         let kafka_brokers = source.get("KAFKA_BROKERS").map(str::to_owned);
@@ -273,7 +285,9 @@ impl Config {
                 {
                     return Err(ConfigError::new(
                         "CORS_ORIGIN",
-                        format!("`{bad}` is not an origin like https://dash.example.com (or use *)"),
+                        format!(
+                            "`{bad}` is not an origin like https://dash.example.com (or use *)"
+                        ),
                     ));
                 }
                 CorsOrigins::List(origins)
@@ -309,7 +323,9 @@ impl Config {
             kafka_brokers,
             jwt_secret,
             worker_auth_token,
-            access_token_ttl: Duration::from_secs(source.positive_or("JWT_ACCESS_TOKEN_TTL_SECONDS", 900)?),
+            access_token_ttl: Duration::from_secs(
+                source.positive_or("JWT_ACCESS_TOKEN_TTL_SECONDS", 900)?,
+            ),
             refresh_token_ttl: Duration::from_secs(
                 source.positive_or("JWT_REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600)?,
             ),
@@ -319,9 +335,12 @@ impl Config {
             max_body_bytes: source.positive_or("MAX_BODY_BYTES", 1024 * 1024)? as usize,
             tiers,
             login_throttle: LoginThrottle {
-                max_failures_per_account: source.positive_or("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5)? as u32,
+                max_failures_per_account: source.positive_or("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5)?
+                    as u32,
                 max_failures_per_ip: source.positive_or("LOGIN_MAX_FAILURES_PER_IP", 50)? as u32,
-                window: Duration::from_secs(source.positive_or("LOGIN_THROTTLE_WINDOW_SECONDS", 900)?),
+                window: Duration::from_secs(
+                    source.positive_or("LOGIN_THROTTLE_WINDOW_SECONDS", 900)?,
+                ),
             },
             trust_proxy_headers: source.parse_or("TRUST_PROXY_HEADERS", false)?,
             flush_interval: Duration::from_millis(source.positive_or("FLUSH_INTERVAL_MS", 5000)?),
@@ -334,12 +353,18 @@ impl Config {
     }
 }
 
-fn production_secret(source: &VarSource, variable: &'static str) -> Result<Secret<String>, ConfigError> {
+fn production_secret(
+    source: &VarSource,
+    variable: &'static str,
+) -> Result<Secret<String>, ConfigError> {
     let value = source
         .get(variable)
         .ok_or_else(|| ConfigError::new(variable, "must be set when APP_ENV=production"))?;
     if KNOWN_DEFAULT_SECRETS.contains(&value.to_ascii_lowercase().as_str()) {
-        return Err(ConfigError::new(variable, "is a documented default; set a random value"));
+        return Err(ConfigError::new(
+            variable,
+            "is a documented default; set a random value",
+        ));
     }
     if value.len() < MIN_SECRET_LEN {
         return Err(ConfigError::new(
@@ -369,7 +394,12 @@ fn development_secrets(
             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
             .collect(),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
-        Err(err) => return Err(ConfigError::new("DATA_DIR", format!("cannot read {}: {err}", path.display()))),
+        Err(err) => {
+            return Err(ConfigError::new(
+                "DATA_DIR",
+                format!("cannot read {}: {err}", path.display()),
+            ));
+        }
     };
     let mut changed = false;
     for name in ["JWT_SECRET", "WORKER_AUTH_TOKEN"] {
@@ -379,14 +409,22 @@ fn development_secrets(
         }
     }
     if changed {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|err| ConfigError::new("DATA_DIR", format!("cannot create {}: {err}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|err| {
+            ConfigError::new(
+                "DATA_DIR",
+                format!("cannot create {}: {err}", data_dir.display()),
+            )
+        })?;
         let text = format!(
             "# Generated by wa-gateway on first start; set JWT_SECRET / WORKER_AUTH_TOKEN to override.\nJWT_SECRET={}\nWORKER_AUTH_TOKEN={}\n",
             stored["JWT_SECRET"], stored["WORKER_AUTH_TOKEN"]
         );
-        write_private_file(&path, &text)
-            .map_err(|err| ConfigError::new("DATA_DIR", format!("cannot write {}: {err}", path.display())))?;
+        write_private_file(&path, &text).map_err(|err| {
+            ConfigError::new(
+                "DATA_DIR",
+                format!("cannot write {}: {err}", path.display()),
+            )
+        })?;
     }
     let jwt = given_jwt.unwrap_or_else(|| stored["JWT_SECRET"].clone());
     let worker = given_worker.unwrap_or_else(|| stored["WORKER_AUTH_TOKEN"].clone());
@@ -405,7 +443,11 @@ fn write_private_file(path: &Path, text: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(text.as_bytes())
 }
 
-fn tier_limits(source: &VarSource, tier: &'static str, default: TierLimits) -> Result<TierLimits, ConfigError> {
+fn tier_limits(
+    source: &VarSource,
+    tier: &'static str,
+    default: TierLimits,
+) -> Result<TierLimits, ConfigError> {
     // Variable names must be &'static for ConfigError; the nine names are known up front.
     let name = |suffix: &str| -> &'static str {
         match (tier, suffix) {
@@ -434,10 +476,17 @@ struct VarSource {
 impl VarSource {
     /// A set, non-blank variable.
     fn get(&self, name: &str) -> Option<&str> {
-        self.vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+        self.vars
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
     }
 
-    fn parse_or<T: std::str::FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError> {
+    fn parse_or<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        default: T,
+    ) -> Result<T, ConfigError> {
         match self.get(name) {
             None => Ok(default),
             Some(raw) => raw.parse().map_err(|_| {
@@ -464,7 +513,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -117,7 +117,8 @@ impl Email {
     /// Accepts `local@domain.tld` of at most 254 characters.
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
         let email = raw.trim().to_lowercase();
-        let invalid = || InvalidInput::new("email", "must be an e-mail address like name@example.com");
+        let invalid =
+            || InvalidInput::new("email", "must be an e-mail address like name@example.com");
         if email.len() > 254 || email.chars().any(char::is_whitespace) {
             return Err(invalid());
         }
@@ -162,7 +163,10 @@ impl Password {
             return Err(InvalidInput::new(field, "must be at most 128 characters"));
         }
         if !raw.chars().any(char::is_alphabetic) || !raw.chars().any(|c| c.is_ascii_digit()) {
-            return Err(InvalidInput::new(field, "must contain at least one letter and one digit"));
+            return Err(InvalidInput::new(
+                field,
+                "must contain at least one letter and one digit",
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -188,7 +192,10 @@ impl DisplayName {
             return Err(InvalidInput::new(field, "must be at most 100 characters"));
         }
         if name.chars().any(char::is_control) {
-            return Err(InvalidInput::new(field, "must not contain control characters"));
+            return Err(InvalidInput::new(
+                field,
+                "must not contain control characters",
+            ));
         }
         Ok(Self(name.to_owned()))
     }
@@ -246,7 +253,12 @@ pub fn ms_to_rfc3339(ms: i64) -> String {
 pub fn rfc3339_to_ms(field: &'static str, raw: &str) -> Result<i64, InvalidInput> {
     chrono::DateTime::parse_from_rfc3339(raw)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| InvalidInput::new(field, "must be an RFC 3339 timestamp like 2030-01-31T12:00:00Z"))
+        .map_err(|_| {
+            InvalidInput::new(
+                field,
+                "must be an RFC 3339 timestamp like 2030-01-31T12:00:00Z",
+            )
+        })
 }
 
 /// A fresh, time-ordered identifier for rows the gateway creates.
@@ -261,8 +273,19 @@ mod tests {
 
     #[test]
     fn email_is_normalised_and_checked() {
-        assert_eq!(Email::parse("  Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
-        for bad in ["", "ann", "ann@", "@example.com", "ann@example", "a b@example.com", "a@@b.com"] {
+        assert_eq!(
+            Email::parse("  Ann@Example.COM ").unwrap().as_str(),
+            "ann@example.com"
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "ann@example",
+            "a b@example.com",
+            "a@@b.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
     }
@@ -273,7 +296,10 @@ mod tests {
         assert!(Password::parse("password", "allletters").is_err());
         assert!(Password::parse("password", "12345678").is_err());
         assert!(Password::parse("password", "correct horse 1").is_ok());
-        assert_eq!(format!("{:?}", Password::parse("p", "secret123").unwrap()), "Password(***)");
+        assert_eq!(
+            format!("{:?}", Password::parse("p", "secret123").unwrap()),
+            "Password(***)"
+        );
     }
 
     #[test]
@@ -290,6 +316,9 @@ mod tests {
             assert_eq!(tier.as_str().parse::<Tier>().unwrap(), *tier);
         }
         assert!("GOLD".parse::<Tier>().is_err());
-        assert_eq!(serde_json::to_string(&Role::Administrator).unwrap(), "\"ADMINISTRATOR\"");
+        assert_eq!(
+            serde_json::to_string(&Role::Administrator).unwrap(),
+            "\"ADMINISTRATOR\""
+        );
     }
 }

@@ -42,7 +42,13 @@ impl std::fmt::Debug for Counters {
 impl Counters {
     /// Adds `amount` to `key` if that keeps it within `limit`; otherwise leaves it unchanged and
     /// answers `admitted: false`. The window starts at the first admitted hit.
-    pub async fn admit(&self, key: &str, amount: u64, limit: u64, window: Duration) -> anyhow::Result<WindowState> {
+    pub async fn admit(
+        &self,
+        key: &str,
+        amount: u64,
+        limit: u64,
+        window: Duration,
+    ) -> anyhow::Result<WindowState> {
         match self {
             Counters::InProcess(c) => Ok(c.admit(key, amount, limit, window, Instant::now())),
             Counters::Redis(c) => c.admit(key, amount, limit, window).await,
@@ -50,7 +56,12 @@ impl Counters {
     }
 
     /// Adds `amount` unconditionally.
-    pub async fn hit(&self, key: &str, amount: u64, window: Duration) -> anyhow::Result<WindowState> {
+    pub async fn hit(
+        &self,
+        key: &str,
+        amount: u64,
+        window: Duration,
+    ) -> anyhow::Result<WindowState> {
         self.admit(key, amount, u64::MAX / 2, window).await
     }
 
@@ -78,10 +89,13 @@ impl Counters {
         let started = Instant::now();
         if let Counters::Redis(c) = self {
             let mut conn = c.conn.clone();
-            let _: String = tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async(&mut conn))
-                .await
-                .context("redis did not answer within 2 s")?
-                .context("redis PING")?;
+            let _: String = tokio::time::timeout(
+                Duration::from_secs(2),
+                redis::cmd("PING").query_async(&mut conn),
+            )
+            .await
+            .context("redis did not answer within 2 s")?
+            .context("redis PING")?;
         }
         Ok(started.elapsed())
     }
@@ -98,10 +112,19 @@ const SWEEP_EVERY: usize = 1024;
 
 impl InProcessCounters {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
-        self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.windows
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn admit(&self, key: &str, amount: u64, limit: u64, window: Duration, now: Instant) -> WindowState {
+    fn admit(
+        &self,
+        key: &str,
+        amount: u64,
+        limit: u64,
+        window: Duration,
+        now: Instant,
+    ) -> WindowState {
         let mut windows = self.lock();
         if windows.len() % SWEEP_EVERY == SWEEP_EVERY - 1 {
             windows.retain(|_, (_, expires)| *expires > now);
@@ -180,7 +203,13 @@ impl RedisCounters {
         })
     }
 
-    async fn admit(&self, key: &str, amount: u64, limit: u64, window: Duration) -> anyhow::Result<WindowState> {
+    async fn admit(
+        &self,
+        key: &str,
+        amount: u64,
+        limit: u64,
+        window: Duration,
+    ) -> anyhow::Result<WindowState> {
         let mut conn = self.conn.clone();
         let (admitted, count, ttl_ms): (i64, u64, i64) = self
             .admit_script

@@ -2,7 +2,9 @@
 //! phone number.
 
 use anyhow::Context;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 /// The registry and the instruments the gateway updates.
 #[derive(Debug, Clone)]
@@ -17,15 +19,21 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every instrument in a fresh registry (one per app, so tests do not collide).
     pub fn new() -> anyhow::Result<Self> {
-        let registry = Registry::new_custom(Some("wa_gateway".into()), None).context("metrics registry")?;
+        let registry =
+            Registry::new_custom(Some("wa_gateway".into()), None).context("metrics registry")?;
         let http_requests_total = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests answered, by method and status class"),
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests answered, by method and status class",
+            ),
             &["method", "status"],
         )?;
         let http_request_duration_seconds = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ],
+            ),
             &["method"],
         )?;
         registry.register(Box::new(http_requests_total.clone()))?;

@@ -93,7 +93,13 @@ impl Quotas {
     }
 
     /// Charges `amount` units of `kind` to the user if they fit in this hour's quota.
-    pub async fn charge(&self, user_id: &str, tier: Tier, kind: QuotaKind, amount: u64) -> anyhow::Result<QuotaDecision> {
+    pub async fn charge(
+        &self,
+        user_id: &str,
+        tier: Tier,
+        kind: QuotaKind,
+        amount: u64,
+    ) -> anyhow::Result<QuotaDecision> {
         let now = now_ms();
         let hour_start = now - now.rem_euclid(HOUR_MS);
         let hour_end = hour_start + HOUR_MS;
@@ -121,11 +127,17 @@ impl Quotas {
         let hour_start = now - now.rem_euclid(HOUR_MS);
         let messages = self
             .counters
-            .peek(&format!("quota:{}:{user_id}:{hour_start}", QuotaKind::Messages.key_part()))
+            .peek(&format!(
+                "quota:{}:{user_id}:{hour_start}",
+                QuotaKind::Messages.key_part()
+            ))
             .await?;
         let api_calls = self
             .counters
-            .peek(&format!("quota:{}:{user_id}:{hour_start}", QuotaKind::ApiCalls.key_part()))
+            .peek(&format!(
+                "quota:{}:{user_id}:{hour_start}",
+                QuotaKind::ApiCalls.key_part()
+            ))
             .await?;
         Ok(HourUsage {
             messages: messages.count,
@@ -137,7 +149,9 @@ impl Quotas {
 
     fn note_usage(&self, user_id: &str, hour_start: i64, kind: QuotaKind, amount: u64) {
         let mut pending = self.pending_usage.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = pending.entry((user_id.to_owned(), hour_start)).or_insert((0, 0));
+        let entry = pending
+            .entry((user_id.to_owned(), hour_start))
+            .or_insert((0, 0));
         match kind {
             QuotaKind::Messages => entry.0 += amount as i64,
             QuotaKind::ApiCalls => entry.1 += amount as i64,

@@ -43,7 +43,9 @@ pub fn generate() -> GeneratedKey {
 pub fn looks_like_key(credential: &str) -> bool {
     credential.len() >= KEY_PREFIX.len() + 32
         && credential.starts_with(KEY_PREFIX)
-        && credential[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric())
+        && credential[KEY_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Remembers the latest use of each key until the next flush.
@@ -55,7 +57,10 @@ pub struct LastUsedTracker {
 impl LastUsedTracker {
     /// Notes that key `id` was used at `at_ms`. O(1), no I/O.
     pub fn note(&self, id: &str, at_ms: i64) {
-        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match pending.get_mut(id) {
             Some(existing) => *existing = (*existing).max(at_ms),
             None => {
@@ -68,7 +73,10 @@ impl LastUsedTracker {
     /// next flush retries them.
     pub async fn flush(&self, store: &Store) -> anyhow::Result<usize> {
         let batch: Vec<(String, i64)> = {
-            let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut pending = self
+                .pending
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             pending.drain().collect()
         };
         if batch.is_empty() {

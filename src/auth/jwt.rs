@@ -39,7 +39,9 @@ pub struct JwtKeys {
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtKeys").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("JwtKeys")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -64,7 +66,13 @@ impl JwtKeys {
     }
 
     /// Issues a token for the user, valid from `now_s` (seconds).
-    pub fn issue(&self, user_id: &str, role: Role, generation: i64, now_s: i64) -> anyhow::Result<String> {
+    pub fn issue(
+        &self,
+        user_id: &str,
+        role: Role,
+        generation: i64,
+        now_s: i64,
+    ) -> anyhow::Result<String> {
         let claims = AccessClaims {
             sub: user_id.to_owned(),
             role,
@@ -79,7 +87,8 @@ impl JwtKeys {
 
     /// Verifies signature, expiry and type; `None` for any invalid token.
     pub fn verify(&self, token: &str) -> Option<AccessClaims> {
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).ok()?;
+        let data =
+            jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).ok()?;
         (data.claims.typ == ACCESS_TYPE).then_some(data.claims)
     }
 }
@@ -91,7 +100,10 @@ mod tests {
 
     #[test]
     fn round_trip_and_expiry() {
-        let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef", Duration::from_secs(900));
+        let keys = JwtKeys::new(
+            b"0123456789abcdef0123456789abcdef",
+            Duration::from_secs(900),
+        );
         let now = chrono::Utc::now().timestamp();
         let token = keys.issue("u1", Role::User, 3, now).unwrap();
         let claims = keys.verify(&token).unwrap();
@@ -99,7 +111,10 @@ mod tests {
         assert_eq!(claims.generation, 3);
         let expired = keys.issue("u1", Role::User, 3, now - 901).unwrap();
         assert!(keys.verify(&expired).is_none());
-        let other = JwtKeys::new(b"another-key-another-key-another!!", Duration::from_secs(900));
+        let other = JwtKeys::new(
+            b"another-key-another-key-another!!",
+            Duration::from_secs(900),
+        );
         assert!(other.verify(&token).is_none());
     }
 }

@@ -29,8 +29,11 @@ pub async fn hash(password: String) -> anyhow::Result<String> {
 /// password is `Ok(false)`.
 pub async fn verify(password: String, stored_hash: String) -> anyhow::Result<bool> {
     tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&stored_hash).map_err(|e| anyhow::anyhow!("stored password hash: {e}"))?;
-        Ok(hasher().verify_password(password.as_bytes(), &parsed).is_ok())
+        let parsed = PasswordHash::new(&stored_hash)
+            .map_err(|e| anyhow::anyhow!("stored password hash: {e}"))?;
+        Ok(hasher()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
     })
     .await
     .context("password verification task")?
@@ -52,7 +55,11 @@ mod tests {
     async fn hash_and_verify() {
         let stored = super::hash("s3cret-pass".into()).await.unwrap();
         assert!(stored.starts_with("$argon2id$"));
-        assert!(super::verify("s3cret-pass".into(), stored.clone()).await.unwrap());
+        assert!(
+            super::verify("s3cret-pass".into(), stored.clone())
+                .await
+                .unwrap()
+        );
         assert!(!super::verify("wrong-pass1".into(), stored).await.unwrap());
     }
 }

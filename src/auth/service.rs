@@ -87,7 +87,13 @@ pub struct AuthService {
 
 impl AuthService {
     /// Builds the service over shared components.
-    pub fn new(store: Store, jwt: JwtKeys, counters: Arc<Counters>, throttle: LoginThrottle, refresh_ttl: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        jwt: JwtKeys,
+        counters: Arc<Counters>,
+        throttle: LoginThrottle,
+        refresh_ttl: Duration,
+    ) -> Self {
         Self {
             store,
             jwt,
@@ -98,7 +104,12 @@ impl AuthService {
     }
 
     /// Creates a `USER` on the `BASIC` tier and logs it in.
-    pub async fn register(&self, name: &str, email: &str, password: &str) -> Result<(User, TokenPair), AuthError> {
+    pub async fn register(
+        &self,
+        name: &str,
+        email: &str,
+        password: &str,
+    ) -> Result<(User, TokenPair), AuthError> {
         let name = DisplayName::parse("name", name)?;
         let email = Email::parse(email)?;
         let password = Password::parse("password", password)?;
@@ -164,7 +175,9 @@ impl AuthService {
         };
         let password_ok = password::verify(attempt.password.to_owned(), stored_hash).await?;
         let Some(user) = user.filter(|_| password_ok) else {
-            self.counters.hit(&account_key, 1, self.throttle.window).await?;
+            self.counters
+                .hit(&account_key, 1, self.throttle.window)
+                .await?;
             if let Some(ip_key) = &ip_key {
                 self.counters.hit(ip_key, 1, self.throttle.window).await?;
             }
@@ -181,7 +194,11 @@ impl AuthService {
 
     /// Exchanges a refresh token for a new pair (rotation); a replayed token revokes its family.
     pub async fn refresh(&self, refresh_token: &str) -> Result<(User, TokenPair), AuthError> {
-        let record = match self.store.consume_refresh_token(&sha256_hex(refresh_token)).await? {
+        let record = match self
+            .store
+            .consume_refresh_token(&sha256_hex(refresh_token))
+            .await?
+        {
             RefreshOutcome::Rotated(record) => record,
             RefreshOutcome::ReuseDetected => return Err(AuthError::RefreshTokenReused),
             RefreshOutcome::Invalid => return Err(AuthError::InvalidRefreshToken),
@@ -219,7 +236,12 @@ impl AuthService {
     }
 
     /// Changes the password after checking the current one; every other login ends.
-    pub async fn change_password(&self, user: &User, current: &str, new: &str) -> Result<TokenPair, AuthError> {
+    pub async fn change_password(
+        &self,
+        user: &User,
+        current: &str,
+        new: &str,
+    ) -> Result<TokenPair, AuthError> {
         let new = Password::parse("newPassword", new)?;
         if !password::verify(current.to_owned(), user.password_hash.clone()).await? {
             return Err(AuthError::InvalidCredentials);
@@ -249,10 +271,14 @@ impl AuthService {
         &self.jwt
     }
 
-    async fn issue_tokens(&self, user: &User, family_id: Option<&str>) -> Result<TokenPair, AuthError> {
-        let access_token = self
-            .jwt
-            .issue(&user.id, user.role, user.token_generation, now_ms() / 1000)?;
+    async fn issue_tokens(
+        &self,
+        user: &User,
+        family_id: Option<&str>,
+    ) -> Result<TokenPair, AuthError> {
+        let access_token =
+            self.jwt
+                .issue(&user.id, user.role, user.token_generation, now_ms() / 1000)?;
         let refresh_token = random_token(64);
         let new_family;
         let family_id = match family_id {

@@ -122,7 +122,11 @@ pub async fn list_users(context: Ctx, _admin: User, query: ListUsersQuery) -> Ap
     responses((status = 200, body = Envelope<UserView>), (status = 404, body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn get_user(id: String, context: Ctx, _admin: User) -> ApiResult {
-    let user = context.store.user_by_id(&id).await.map_err(user_not_found)?;
+    let user = context
+        .store
+        .user_by_id(&id)
+        .await
+        .map_err(user_not_found)?;
     Ok(success(StatusCode::OK, &UserView::from(&user)))
 }
 
@@ -132,7 +136,12 @@ pub async fn get_user(id: String, context: Ctx, _admin: User) -> ApiResult {
     responses((status = 200, body = Envelope<UserView>), (status = 404, body = ErrorEnvelope),
               (status = 409, description = "would lock the administrator out", body = ErrorEnvelope)),
     security(("bearer" = [])))]
-pub async fn update_user(id: String, context: Ctx, admin: User, body: AdminUserUpdate) -> ApiResult {
+pub async fn update_user(
+    id: String,
+    context: Ctx,
+    admin: User,
+    body: AdminUserUpdate,
+) -> ApiResult {
     if id == admin.id && (body.active == Some(false) || body.role == Some(Role::User)) {
         return Err(ApiError::Conflict {
             code: "SELF_LOCKOUT",
@@ -151,7 +160,11 @@ pub async fn update_user(id: String, context: Ctx, admin: User, body: AdminUserU
         role: body.role,
         active: body.active,
     };
-    let user = context.store.admin_update_user(&id, &update).await.map_err(user_not_found)?;
+    let user = context
+        .store
+        .admin_update_user(&id, &update)
+        .await
+        .map_err(user_not_found)?;
     if body.active == Some(false) {
         context.store.revoke_user_refresh_tokens(&user.id).await?;
     }

@@ -8,7 +8,9 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::error::{ApiResult, finish, success};
-use super::extract::{Ctx, Principal, authenticated, client_ip, json_body, user_session, with_context};
+use super::extract::{
+    Ctx, Principal, authenticated, client_ip, json_body, user_session, with_context,
+};
 use super::views::{AuthTokens, UserView};
 use crate::auth::LoginAttempt;
 use crate::store::User;
@@ -121,18 +123,21 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
 }
 
 /// An optional JSON body: empty means `None`.
-fn optional_json_body() -> impl Filter<Extract = (Option<RefreshRequest>,), Error = warp::Rejection> + Clone {
+fn optional_json_body()
+-> impl Filter<Extract = (Option<RefreshRequest>,), Error = warp::Rejection> + Clone {
     warp::body::bytes().and_then(|body: bytes::Bytes| async move {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        serde_json::from_slice::<RefreshRequest>(&body).map(Some).map_err(|err| {
-            warp::reject::custom(super::error::ApiError::BadRequest {
-                code: "INVALID_JSON",
-                message: format!("invalid request body: {err}"),
-                details: None,
+        serde_json::from_slice::<RefreshRequest>(&body)
+            .map(Some)
+            .map_err(|err| {
+                warp::reject::custom(super::error::ApiError::BadRequest {
+                    code: "INVALID_JSON",
+                    message: format!("invalid request body: {err}"),
+                    details: None,
+                })
             })
-        })
     })
 }
 
@@ -141,8 +146,14 @@ fn optional_json_body() -> impl Filter<Extract = (Option<RefreshRequest>,), Erro
     responses((status = 201, body = Envelope<AuthTokens>), (status = 400, body = ErrorEnvelope),
               (status = 409, description = "e-mail taken", body = ErrorEnvelope)))]
 pub async fn register(context: Ctx, body: RegisterRequest) -> ApiResult {
-    let (user, tokens) = context.auth.register(&body.name, &body.email, &body.password).await?;
-    Ok(success(StatusCode::CREATED, &AuthTokens::new(&user, tokens)))
+    let (user, tokens) = context
+        .auth
+        .register(&body.name, &body.email, &body.password)
+        .await?;
+    Ok(success(
+        StatusCode::CREATED,
+        &AuthTokens::new(&user, tokens),
+    ))
 }
 
 /// Exchanges e-mail and password for tokens; throttled per account and per client address.
@@ -150,7 +161,11 @@ pub async fn register(context: Ctx, body: RegisterRequest) -> ApiResult {
     responses((status = 200, body = Envelope<AuthTokens>), (status = 401, body = ErrorEnvelope),
               (status = 403, description = "account deactivated", body = ErrorEnvelope),
               (status = 429, description = "too many failures", body = ErrorEnvelope)))]
-pub async fn login(context: Ctx, client_ip: Option<std::net::IpAddr>, body: LoginRequest) -> ApiResult {
+pub async fn login(
+    context: Ctx,
+    client_ip: Option<std::net::IpAddr>,
+    body: LoginRequest,
+) -> ApiResult {
     let (user, tokens) = context
         .auth
         .login(LoginAttempt {
@@ -180,7 +195,10 @@ pub async fn logout(context: Ctx, user: User, body: Option<RefreshRequest>) -> A
         .logout(&user, body.as_ref().map(|b| b.refresh_token.as_str()))
         .await?;
     let scope = if body.is_some() { "session" } else { "all" };
-    Ok(success(StatusCode::OK, &serde_json::json!({ "loggedOut": true, "scope": scope })))
+    Ok(success(
+        StatusCode::OK,
+        &serde_json::json!({ "loggedOut": true, "scope": scope }),
+    ))
 }
 
 /// The authenticated user.

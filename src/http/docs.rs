@@ -43,9 +43,17 @@ impl Modify for SecuritySchemes {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
-        components.add_security_scheme("apiKey", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
     }
 }
 
@@ -53,12 +61,17 @@ const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
 /// The docs routes.
 pub fn routes() -> BoxedFilter<(Response,)> {
-    let spec = Arc::new(ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".to_owned()));
+    let spec = Arc::new(
+        ApiDoc::openapi()
+            .to_json()
+            .unwrap_or_else(|_| "{}".to_owned()),
+    );
     // GET /api/v1/openapi.json
     let openapi = warp::path!("api" / "v1" / "openapi.json")
         .and(warp::get())
         .map(move || {
-            warp::reply::with_header(spec.as_str().to_owned(), "content-type", "application/json").into_response()
+            warp::reply::with_header(spec.as_str().to_owned(), "content-type", "application/json")
+                .into_response()
         });
     let config = Arc::new(utoipa_swagger_ui::Config::from(OPENAPI_PATH));
     // GET /api/v1/docs (redirects to /api/v1/docs/) and GET /api/v1/docs/{file}
@@ -77,8 +90,13 @@ pub fn routes() -> BoxedFilter<(Response,)> {
 }
 fn serve_swagger_file(path: &str, config: Arc<utoipa_swagger_ui::Config<'static>>) -> Response {
     match utoipa_swagger_ui::serve(path, config) {
-        Ok(Some(file)) => warp::reply::with_header(file.bytes.into_owned(), "content-type", file.content_type).into_response(),
+        Ok(Some(file)) => {
+            warp::reply::with_header(file.bytes.into_owned(), "content-type", file.content_type)
+                .into_response()
+        }
         Ok(None) => super::error::ApiError::NotFound("documentation file").into_response(),
-        Err(err) => super::error::ApiError::Unexpected(anyhow::anyhow!("swagger ui: {err}")).into_response(),
+        Err(err) => {
+            super::error::ApiError::Unexpected(anyhow::anyhow!("swagger ui: {err}")).into_response()
+        }
     }
 }

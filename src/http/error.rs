@@ -111,8 +111,12 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
-            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
-            ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
+            }
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+            }
             ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::ServiceUnavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::Unexpected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
@@ -138,7 +142,8 @@ impl ApiError {
             "success": false,
             "error": { "code": code, "message": message, "details": details },
         });
-        let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), status).into_response();
         if let ApiError::TooManyRequests { retry_after, .. } = &self {
             // Round up: "retry after 0 seconds" would invite a hot loop.
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -183,7 +188,9 @@ impl From<AuthError> for ApiError {
                 message: "too many failed login attempts; retry later".to_owned(),
                 retry_after,
             },
-            AuthError::InvalidRefreshToken => ApiError::Unauthorized("invalid or expired refresh token"),
+            AuthError::InvalidRefreshToken => {
+                ApiError::Unauthorized("invalid or expired refresh token")
+            }
             AuthError::RefreshTokenReused => {
                 ApiError::Unauthorized("refresh token reuse detected; this login has been revoked")
             }
@@ -198,7 +205,11 @@ impl From<AuthError> for ApiError {
 
 /// Renders `data` inside the success envelope with `status`.
 pub fn success<T: Serialize>(status: StatusCode, data: &T) -> Response {
-    warp::reply::with_status(warp::reply::json(&json!({ "success": true, "data": data })), status).into_response()
+    warp::reply::with_status(
+        warp::reply::json(&json!({ "success": true, "data": data })),
+        status,
+    )
+    .into_response()
 }
 
 /// Turns a handler's result into a response (the last step of every route).
@@ -217,7 +228,10 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::MethodNotAllowed
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge { limit: 0 }
-    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
         ApiError::UnsupportedMediaType
     } else if let Some(missing) = rejection.find::<warp::reject::MissingHeader>() {
         ApiError::BadRequest {
@@ -237,7 +251,10 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             message: format!("invalid query string: {query}"),
             details: None,
         }
-    } else if rejection.find::<warp::filters::cors::CorsForbidden>().is_some() {
+    } else if rejection
+        .find::<warp::filters::cors::CorsForbidden>()
+        .is_some()
+    {
         ApiError::Forbidden {
             code: "CORS_FORBIDDEN",
             message: "origin not allowed",
@@ -250,7 +267,11 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
 
 fn rebuild(error: &ApiError) -> ApiError {
     match error {
-        ApiError::BadRequest { code, message, details } => ApiError::BadRequest {
+        ApiError::BadRequest {
+            code,
+            message,
+            details,
+        } => ApiError::BadRequest {
             code,
             message: message.clone(),
             details: details.clone(),

@@ -28,17 +28,28 @@ pub fn with_context(context: Ctx) -> impl Filter<Extract = (Ctx,), Error = Infal
 /// Parses a JSON body into `T`. Syntax errors are `400 INVALID_JSON`; well-formed JSON of the
 /// wrong shape (missing or mistyped field) is `400 VALIDATION_ERROR`; a non-JSON content type
 /// is `415`. The body size was already bounded by the server.
-pub fn json_body<T: DeserializeOwned + Send + 'static>() -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+pub fn json_body<T: DeserializeOwned + Send + 'static>()
+-> impl Filter<Extract = (T,), Error = Rejection> + Clone {
     warp::header::optional::<String>("content-type")
         .and(warp::body::bytes())
-        .and_then(|content_type: Option<String>, body: bytes::Bytes| async move {
-            parse_json_body::<T>(content_type.as_deref(), &body).map_err(warp::reject::custom)
-        })
+        .and_then(
+            |content_type: Option<String>, body: bytes::Bytes| async move {
+                parse_json_body::<T>(content_type.as_deref(), &body).map_err(warp::reject::custom)
+            },
+        )
 }
 
-fn parse_json_body<T: DeserializeOwned>(content_type: Option<&str>, body: &[u8]) -> Result<T, ApiError> {
+fn parse_json_body<T: DeserializeOwned>(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<T, ApiError> {
     if let Some(content_type) = content_type {
-        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if !(essence == "application/json" || essence.ends_with("+json")) {
             return Err(ApiError::UnsupportedMediaType);
         }
@@ -83,15 +94,20 @@ pub struct Principal {
 
 /// Accepts an access token (`Authorization: Bearer <jwt>`) or an API key (`X-API-Key: wg_…` or
 /// `Authorization: Bearer wg_…`), and charges one API call to the user's hourly quota.
-pub fn authenticated(context: Ctx) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
+pub fn authenticated(
+    context: Ctx,
+) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(warp::header::optional::<String>("x-api-key"))
         .and(with_context(context))
-        .and_then(|authorization: Option<String>, api_key: Option<String>, context: Ctx| async move {
-            let principal = identify(&context, authorization.as_deref(), api_key.as_deref()).await?;
-            charge_api_call(&context, &principal.user).await?;
-            Ok::<_, Rejection>(principal)
-        })
+        .and_then(
+            |authorization: Option<String>, api_key: Option<String>, context: Ctx| async move {
+                let principal =
+                    identify(&context, authorization.as_deref(), api_key.as_deref()).await?;
+                charge_api_call(&context, &principal.user).await?;
+                Ok::<_, Rejection>(principal)
+            },
+        )
 }
 
 /// Like [`authenticated`] but only for dashboard access tokens: account and key management must
@@ -122,13 +138,19 @@ pub fn administrator(context: Ctx) -> impl Filter<Extract = (User,), Error = Rej
     })
 }
 
-async fn identify(context: &AppContext, authorization: Option<&str>, api_key: Option<&str>) -> Result<Principal, Rejection> {
+async fn identify(
+    context: &AppContext,
+    authorization: Option<&str>,
+    api_key: Option<&str>,
+) -> Result<Principal, Rejection> {
     let bearer = authorization.and_then(|value| {
         let (scheme, token) = value.trim().split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
     if let Some(key) = api_key.or(bearer.filter(|token| looks_like_key(token))) {
-        return api_key_principal(context, key.trim()).await.map_err(warp::reject::custom);
+        return api_key_principal(context, key.trim())
+            .await
+            .map_err(warp::reject::custom);
     }
     let Some(token) = bearer else {
         return Err(warp::reject::custom(ApiError::Unauthorized(
@@ -140,7 +162,9 @@ async fn identify(context: &AppContext, authorization: Option<&str>, api_key: Op
             user,
             credential: Credential::AccessToken,
         }),
-        Ok(None) => Err(warp::reject::custom(ApiError::Unauthorized("invalid or expired access token"))),
+        Ok(None) => Err(warp::reject::custom(ApiError::Unauthorized(
+            "invalid or expired access token",
+        ))),
         Err(err) => Err(warp::reject::custom(ApiError::from(err))),
     }
 }
@@ -187,13 +211,20 @@ async fn charge_api_call(context: &AppContext, user: &User) -> Result<(), Reject
 }
 
 /// The client's address: the first `X-Forwarded-For` hop behind a trusted proxy, else the peer.
-pub fn client_ip(context: Ctx) -> impl Filter<Extract = (Option<IpAddr>,), Error = Rejection> + Clone {
+pub fn client_ip(
+    context: Ctx,
+) -> impl Filter<Extract = (Option<IpAddr>,), Error = Rejection> + Clone {
     warp::header::optional::<String>("x-forwarded-for")
         .and(warp::ext::optional::<PeerAddr>())
         .map(move |forwarded: Option<String>, peer: Option<PeerAddr>| {
             let from_proxy = forwarded
                 .filter(|_| context.config.trust_proxy_headers)
-                .and_then(|value| value.split(',').next().and_then(|ip| ip.trim().parse().ok()));
+                .and_then(|value| {
+                    value
+                        .split(',')
+                        .next()
+                        .and_then(|ip| ip.trim().parse().ok())
+                });
             from_proxy.or(peer.map(|p| p.0.ip()))
         })
 }

@@ -47,7 +47,13 @@ pub fn routes(context: Arc<AppContext>) -> BoxedFilter<(Response,)> {
 fn cors(origins: &CorsOrigins) -> warp::filters::cors::Builder {
     let builder = warp::cors()
         .allow_methods(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
-        .allow_headers(["authorization", "content-type", "x-api-key", "x-request-id", "idempotency-key"])
+        .allow_headers([
+            "authorization",
+            "content-type",
+            "x-api-key",
+            "x-request-id",
+            "idempotency-key",
+        ])
         .expose_headers([
             "x-request-id",
             "retry-after",

@@ -83,8 +83,14 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(grace_seconds = grace.as_secs(), "connections still open after the grace period");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_seconds = grace.as_secs(),
+            "connections still open after the grace period"
+        );
     }
 }
 
@@ -95,7 +101,11 @@ async fn handle<S>(
     mut warp_service: S,
 ) -> Result<warp::reply::Response, Infallible>
 where
-    S: tower_service::Service<Request<Full<Bytes>>, Response = warp::reply::Response, Error = Infallible>,
+    S: tower_service::Service<
+            Request<Full<Bytes>>,
+            Response = warp::reply::Response,
+            Error = Infallible,
+        >,
 {
     let started = Instant::now();
     let request_id = request
@@ -112,7 +122,9 @@ where
         let limit = context.config.max_body_bytes;
         let (mut parts, body) = request.into_parts();
         let mut response = match declared_length(&parts.headers) {
-            Some(length) if length > limit as u64 => ApiError::PayloadTooLarge { limit }.into_response(),
+            Some(length) if length > limit as u64 => {
+                ApiError::PayloadTooLarge { limit }.into_response()
+            }
             _ => match Limited::new(body, limit).collect().await {
                 Ok(collected) => {
                     parts.extensions.insert(RequestId(request_id.clone()));
@@ -126,7 +138,11 @@ where
                         Err(never) => match never {},
                     }
                 }
-                Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                Err(err)
+                    if err
+                        .downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
                     ApiError::PayloadTooLarge { limit }.into_response()
                 }
                 Err(err) => ApiError::BadRequest {
@@ -153,7 +169,11 @@ where
             .http_request_duration_seconds
             .with_label_values(&[method_label])
             .observe(elapsed.as_secs_f64());
-        tracing::info!(status = status.as_u16(), elapsed_ms = elapsed.as_secs_f64() * 1000.0, "request finished");
+        tracing::info!(
+            status = status.as_u16(),
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+            "request finished"
+        );
         Ok(response)
     }
     .instrument(span)

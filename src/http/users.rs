@@ -187,7 +187,10 @@ pub async fn get_profile(principal: Principal) -> ApiResult {
     security(("bearer" = [])))]
 pub async fn update_profile(context: Ctx, user: User, body: ProfileUpdate) -> ApiResult {
     let name = DisplayName::parse("name", &body.name)?;
-    let user = context.store.update_user_name(&user.id, name.as_str()).await?;
+    let user = context
+        .store
+        .update_user_name(&user.id, name.as_str())
+        .await?;
     Ok(success(StatusCode::OK, &UserView::from(&user)))
 }
 
@@ -246,7 +249,10 @@ pub async fn create_api_key(context: Ctx, user: User, body: CreateApiKeyRequest)
         .map(|raw| SessionId::parse("sessionId", raw))
         .transpose()?;
     if let Some(session_id) = &session_id
-        && !context.store.user_owns_session(&user.id, session_id.as_str()).await?
+        && !context
+            .store
+            .user_owns_session(&user.id, session_id.as_str())
+            .await?
     {
         return Err(ApiError::NotFound("session"));
     }
@@ -302,10 +308,14 @@ pub async fn list_api_keys(context: Ctx, user: User) -> ApiResult {
     responses((status = 200, body = Envelope<ApiKeyView>), (status = 404, body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn revoke_api_key(id: String, context: Ctx, user: User) -> ApiResult {
-    context.store.revoke_api_key(&user.id, &id).await.map_err(|err| match err {
-        crate::store::StoreError::NotFound => ApiError::NotFound("api key"),
-        other => other.into(),
-    })?;
+    context
+        .store
+        .revoke_api_key(&user.id, &id)
+        .await
+        .map_err(|err| match err {
+            crate::store::StoreError::NotFound => ApiError::NotFound("api key"),
+            other => other.into(),
+        })?;
     let record = context.store.api_key_for_user(&user.id, &id).await?;
     Ok(success(StatusCode::OK, &ApiKeyView::new(&record, now_ms())))
 }

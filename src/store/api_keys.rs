@@ -53,7 +53,8 @@ pub struct NewApiKey<'a> {
     pub expires_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, user_id, session_id, name, key_prefix, expires_at, last_used_at, revoked_at, created_at";
+const COLUMNS: &str =
+    "id, user_id, session_id, name, key_prefix, expires_at, last_used_at, revoked_at, created_at";
 
 impl Store {
     /// Stores a new key and returns its record.
@@ -78,7 +79,10 @@ impl Store {
     }
 
     /// The key with this hash, whatever its state (callers check [`ApiKeyRecord::is_usable`]).
-    pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+    pub async fn api_key_by_hash(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1"
         )))
@@ -88,7 +92,11 @@ impl Store {
     }
 
     /// One of the user's keys; `NotFound` for another user's key (isolation).
-    pub async fn api_key_for_user(&self, user_id: &str, id: &str) -> Result<ApiKeyRecord, StoreError> {
+    pub async fn api_key_for_user(
+        &self,
+        user_id: &str,
+        id: &str,
+    ) -> Result<ApiKeyRecord, StoreError> {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM api_keys WHERE id = $1 AND user_id = $2"
         )))

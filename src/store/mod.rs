@@ -126,9 +126,15 @@ impl Store {
                             // NORMAL is durable in WAL mode except for the last commits before a
                             // power loss; the log tables that must not lose accepted messages
                             // use their own FULL-synchronous connection.
-                            sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                            sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
-                            sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                            sqlx::query("PRAGMA synchronous = NORMAL")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query("PRAGMA foreign_keys = ON")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query("PRAGMA busy_timeout = 10000")
+                                .execute(&mut *conn)
+                                .await?;
                             Ok(())
                         })
                     })
@@ -180,10 +186,13 @@ impl Store {
     /// Round-trips a trivial query; the health endpoint's store probe.
     pub async fn ping(&self) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&self.pool))
-            .await
-            .context("store did not answer within 2 s")?
-            .context("store query failed")?;
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&self.pool),
+        )
+        .await
+        .context("store did not answer within 2 s")?
+        .context("store query failed")?;
         Ok(started.elapsed())
     }
 
@@ -194,7 +203,11 @@ impl Store {
 }
 
 /// Parses a stored enumeration, reporting corruption as an unexpected error.
-pub(crate) fn parse_column<T: FromStr<Err = String>>(column: &'static str, raw: &str) -> Result<T, StoreError> {
-    raw.parse()
-        .map_err(|problem| StoreError::Unexpected(anyhow::anyhow!("corrupt column {column}: {problem}")))
+pub(crate) fn parse_column<T: FromStr<Err = String>>(
+    column: &'static str,
+    raw: &str,
+) -> Result<T, StoreError> {
+    raw.parse().map_err(|problem| {
+        StoreError::Unexpected(anyhow::anyhow!("corrupt column {column}: {problem}"))
+    })
 }

@@ -69,7 +69,10 @@ impl Store {
     }
 
     /// Consumes a refresh token atomically: of two concurrent presentations exactly one rotates.
-    pub async fn consume_refresh_token(&self, token_hash: &str) -> Result<RefreshOutcome, StoreError> {
+    pub async fn consume_refresh_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<RefreshOutcome, StoreError> {
         let now = now_ms();
         let consumed = sqlx::query(
             "UPDATE refresh_tokens SET used_at = $1 \
@@ -99,7 +102,10 @@ impl Store {
     }
 
     /// The record behind a token hash, if any.
-    pub async fn refresh_token_by_hash(&self, token_hash: &str) -> Result<Option<RefreshTokenRecord>, StoreError> {
+    pub async fn refresh_token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshTokenRecord>, StoreError> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM refresh_tokens WHERE token_hash = $1"
         )))
@@ -110,21 +116,25 @@ impl Store {
 
     /// Revokes every token of a family (logout, reuse detection).
     pub async fn revoke_refresh_family(&self, family_id: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL")
-            .bind(now_ms())
-            .bind(family_id)
-            .execute(self.pool())
-            .await?;
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(family_id)
+        .execute(self.pool())
+        .await?;
         Ok(done.rows_affected())
     }
 
     /// Revokes every refresh token of a user (password change, deactivation).
     pub async fn revoke_user_refresh_tokens(&self, user_id: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
-            .bind(now_ms())
-            .bind(user_id)
-            .execute(self.pool())
-            .await?;
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(user_id)
+        .execute(self.pool())
+        .await?;
         Ok(done.rows_affected())
     }
 

@@ -18,7 +18,10 @@ pub struct UsageRecord {
 
 impl Store {
     /// Adds a batch of `(user_id, hour_start, messages, api_calls)` increments in one transaction.
-    pub async fn add_usage(&self, increments: &[(String, i64, i64, i64)]) -> Result<(), StoreError> {
+    pub async fn add_usage(
+        &self,
+        increments: &[(String, i64, i64, i64)],
+    ) -> Result<(), StoreError> {
         if increments.is_empty() {
             return Ok(());
         }
@@ -42,7 +45,11 @@ impl Store {
     }
 
     /// The user's hourly records since `since_ms`, oldest first.
-    pub async fn usage_since(&self, user_id: &str, since_ms: i64) -> Result<Vec<UsageRecord>, StoreError> {
+    pub async fn usage_since(
+        &self,
+        user_id: &str,
+        since_ms: i64,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT hour_start, messages, api_calls FROM usage_records \
              WHERE user_id = $1 AND hour_start >= $2 ORDER BY hour_start",

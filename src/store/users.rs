@@ -194,7 +194,11 @@ impl Store {
     }
 
     /// Replaces the password hash and invalidates every access token issued before now.
-    pub async fn update_user_password(&self, id: &str, password_hash: &str) -> Result<(), StoreError> {
+    pub async fn update_user_password(
+        &self,
+        id: &str,
+        password_hash: &str,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE users SET password_hash = $1, token_generation = token_generation + 1, updated_at = $2 \
@@ -222,14 +226,20 @@ impl Store {
     }
 
     /// Applies an administrator's update.
-    pub async fn admin_update_user(&self, id: &str, update: &UserUpdate) -> Result<User, StoreError> {
+    pub async fn admin_update_user(
+        &self,
+        id: &str,
+        update: &UserUpdate,
+    ) -> Result<User, StoreError> {
         let current = self.user_by_id(id).await?;
         let now = now_ms();
         let name = update.name.clone().unwrap_or(current.name);
         let tier = update.tier.unwrap_or(current.tier);
         let role = update.role.unwrap_or(current.role);
         let (deactivated_at, token_generation) = match update.active {
-            Some(false) if current.deactivated_at.is_none() => (Some(now), current.token_generation + 1),
+            Some(false) if current.deactivated_at.is_none() => {
+                (Some(now), current.token_generation + 1)
+            }
             Some(false) => (current.deactivated_at, current.token_generation),
             Some(true) => (None, current.token_generation),
             None => (current.deactivated_at, current.token_generation),
@@ -258,7 +268,8 @@ impl Store {
             .search
             .as_deref()
             .map(|s| format!("%{}%", escape_like(&s.to_lowercase())));
-        let filter = "($1 IS NULL OR LOWER(email) LIKE $1 ESCAPE '\\' OR LOWER(name) LIKE $1 ESCAPE '\\')";
+        let filter =
+            "($1 IS NULL OR LOWER(email) LIKE $1 ESCAPE '\\' OR LOWER(name) LIKE $1 ESCAPE '\\')";
         let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {USER_COLUMNS} FROM users WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
         )))
@@ -273,7 +284,10 @@ impl Store {
         .bind(pattern.as_deref())
         .fetch_one(self.pool())
         .await?;
-        let users = rows.into_iter().map(User::try_from).collect::<Result<_, _>>()?;
+        let users = rows
+            .into_iter()
+            .map(User::try_from)
+            .collect::<Result<_, _>>()?;
         Ok(UserPage { users, total })
     }
 }

@@ -1,0 +1,122 @@
+//! The binary: `admin create-user` against the same data directory as `serve`, config errors,
+//! graceful shutdown on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{Backend, TestApp};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wa-gateway");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_create_user_works_while_serving() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let output = Command::new(BIN)
+        .args([
+            "admin",
+            "create-user",
+            "--email",
+            "root@example.com",
+            "--password",
+            "r00t-password",
+            "--name",
+            "Root",
+            "--role",
+            "ADMINISTRATOR",
+            "--tier",
+            "MAX",
+        ])
+        .env("DATA_DIR", app.data_dir.path())
+        .env_remove("DATABASE_URL")
+        .env("LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let login = app.login("root@example.com", "r00t-password").await;
+    let token = login.assert_ok(200)["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let users = app.get("/api/v1/admin/users", Some(&token)).await;
+    assert_eq!(users.assert_ok(200)["items"][0]["role"], "ADMINISTRATOR");
+    let user = app.register("Ann", "ann@example.com", "s3cret-pass").await;
+    app.get("/api/v1/admin/users", Some(&user.access_token))
+        .await
+        .assert_error(403, "FORBIDDEN");
+    app.stop().await;
+}
+
+#[test]
+fn invalid_configuration_names_the_variable_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .arg("migrate")
+        .env("DATA_DIR", dir.path())
+        .env("PORT", "eighty")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PORT"), "{stderr}");
+    let output = Command::new(BIN)
+        .arg("migrate")
+        .env("DATA_DIR", dir.path())
+        .env("APP_ENV", "production")
+        .env_remove("JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("JWT_SECRET"));
+}
+
+#[test]
+fn serve_shuts_down_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env("DATA_DIR", dir.path())
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("LOG_LEVEL", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests of the HTTP API and the store, each run on SQLite (embedded default) and on
+//! PostgreSQL + Redis (distributed), through the real application.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin;
+mod api_keys;
+mod auth;
+mod cli;
+mod http_basics;
+mod repository;

@@ -1,0 +1,347 @@
+//! The one test harness: spawns the real application (production code path, port 0) on a fresh
+//! store and talks HTTP to it like a client.
+//!
+//! Backends: `Backend::Sqlite` uses a temporary `DATA_DIR` and in-process counters;
+//! `Backend::Postgres` creates a fresh PostgreSQL database per test from `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and uses Redis at `REDIS_URL` (default
+//! `redis://127.0.0.1:6379`) under a unique key prefix. If either service is unreachable the
+//! test fails loudly with the variable to set: nothing is skipped.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use wa_gateway::app::{AppContext, Application};
+use wa_gateway::config::Config;
+use wa_gateway::store::{Store, StoreLocation};
+
+/// Which deployment flavour a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded default: SQLite + in-process counters.
+    Sqlite,
+    /// Distributed: PostgreSQL + Redis.
+    Postgres,
+}
+
+/// Generates one test per backend from one async body taking `Backend`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await;
+                }
+            )+
+        }
+    };
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates a fresh, empty PostgreSQL database and returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    let admin_url = postgres_admin_url();
+    let admin = sqlx::postgres::PgPool::connect(&admin_url).await.unwrap_or_else(|err| {
+        panic!("PostgreSQL is required for this test: cannot connect to DATABASE_URL={admin_url}: {err}")
+    });
+    let name = unique("wag_test_");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    with_database(&admin_url, &name)
+}
+
+/// `scheme://user@host:port/db?query` with the database replaced.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, ""), |(b, q)| (b, q));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    if query.is_empty() {
+        format!("{server}/{database}")
+    } else {
+        format!("{server}/{database}?{query}")
+    }
+}
+
+/// A connected, migrated store of the given backend (repository tests).
+pub struct TestStore {
+    pub store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestStore {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Store::connect(StoreLocation::SqliteFile(&dir.path().join("test.db")))
+                    .await
+                    .unwrap();
+                store.migrate().await.unwrap();
+                Self {
+                    store,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let url = fresh_postgres_database().await;
+                let store = Store::connect(StoreLocation::Postgres(&url)).await.unwrap();
+                store.migrate().await.unwrap();
+                Self { store, _dir: None }
+            }
+        }
+    }
+}
+
+/// A running gateway.
+pub struct TestApp {
+    pub backend: Backend,
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub context: Arc<AppContext>,
+    pub data_dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A JSON answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn data(&self) -> &Value {
+        &self.body["data"]
+    }
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    /// Asserts the error envelope shape and status.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.body
+        );
+        assert_eq!(self.body["success"], json!(false), "{}", self.body);
+        assert_eq!(self.error_code(), code, "{}", self.body);
+        assert!(self.body["error"]["message"].is_string(), "{}", self.body);
+    }
+    pub fn assert_ok(&self, status: u16) -> &Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.body
+        );
+        assert_eq!(self.body["success"], json!(true), "{}", self.body);
+        self.data()
+    }
+}
+
+/// Tokens of a logged-in user.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user_id: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    /// Spawns with extra environment variables (as the config would read them).
+    pub async fn spawn_with(backend: Backend, extra: &[(&str, &str)]) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut vars: HashMap<String, String> = HashMap::new();
+        vars.insert("HOST".into(), "127.0.0.1".into());
+        vars.insert("PORT".into(), "0".into());
+        vars.insert("DATA_DIR".into(), data_dir.path().display().to_string());
+        vars.insert("LOG_LEVEL".into(), "warn".into());
+        if backend == Backend::Postgres {
+            vars.insert("DATABASE_URL".into(), fresh_postgres_database().await);
+            vars.insert("REDIS_URL".into(), redis_url());
+            vars.insert("REDIS_KEY_PREFIX".into(), unique("wag-test-") + ":");
+        }
+        for (key, value) in extra {
+            vars.insert((*key).to_owned(), (*value).to_owned());
+        }
+        let config = Config::from_vars(vars).unwrap();
+        wa_gateway::telemetry::init(&config.log_level, config.log_format);
+        let application = Application::build(config).await.unwrap_or_else(|err| {
+            panic!("cannot start the gateway on {backend:?} (is PostgreSQL at DATABASE_URL and Redis at REDIS_URL running?): {err:#}")
+        });
+        let base_url = format!("http://{}", application.local_addr());
+        let context = application.context();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(application.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            backend,
+            base_url,
+            client: reqwest::Client::new(),
+            context,
+            data_dir,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("answer is not JSON ({status}): {text}"));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.with_body(reqwest::Method::POST, path, token, body)
+            .await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.with_body(reqwest::Method::PUT, path, token, body)
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Answer {
+        let mut request = self.client.delete(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
+    async fn with_body(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> Answer {
+        let mut request = self.client.request(method, self.url(path)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
+    /// Registers a user through the API and returns its tokens.
+    pub async fn register(&self, name: &str, email: &str, password: &str) -> Login {
+        let answer = self
+            .post(
+                "/api/v1/auth/register",
+                None,
+                json!({"name": name, "email": email, "password": password}),
+            )
+            .await;
+        let data = answer.assert_ok(201);
+        login_from(data)
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Answer {
+        self.post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    /// Creates an administrator directly (as `wa-gateway admin create-user` does) and logs in.
+    pub async fn admin(&self) -> Login {
+        let email = format!("{}@admin.test", unique("admin"));
+        let email = wa_gateway::domain::Email::parse(&email).unwrap();
+        let password = wa_gateway::domain::Password::parse("password", "admin-pass-1").unwrap();
+        self.context
+            .auth
+            .create_user(
+                &email,
+                "Admin",
+                &password,
+                wa_gateway::domain::Role::Administrator,
+                wa_gateway::domain::Tier::Max,
+            )
+            .await
+            .unwrap();
+        login_from(
+            self.login(email.as_str(), "admin-pass-1")
+                .await
+                .assert_ok(200),
+        )
+    }
+}
+
+pub fn login_from(data: &Value) -> Login {
+    Login {
+        user_id: data["user"]["id"].as_str().unwrap().to_owned(),
+        access_token: data["accessToken"].as_str().unwrap().to_owned(),
+        refresh_token: data["refreshToken"].as_str().unwrap().to_owned(),
+    }
+}
