@@ -843,15 +843,19 @@ mod tests {
         }
         let mut now = start;
         let mut delivered: Vec<(String, u32)> = Vec::new();
-        let mut round = 0u32;
-        while !lanes.is_empty() {
-            round += 1;
+        let mut retry_count = 0u32;
+        // Bounded so a scheduling bug fails the test instead of hanging it.
+        for _ in 0..10_000 {
+            if lanes.is_empty() {
+                break;
+            }
             let mut tickets = Vec::new();
             while let Some(head) = lanes.next_ready(now) {
                 tickets.push((head.ticket, *head.item));
             }
             for (ticket, item) in tickets {
-                let outcome = if (item + round).is_multiple_of(3) {
+                let outcome = if item.is_multiple_of(3) && ticket.failed_attempts() < 2 {
+                    retry_count += 1;
                     LaneOutcome::RetryAfter(millis(u64::from(item % 4)))
                 } else {
                     LaneOutcome::Done
@@ -863,6 +867,8 @@ mod tests {
             }
             now += millis(1);
         }
+        assert!(lanes.is_empty());
+        assert_eq!(retry_count, 2 * 334);
         assert_eq!(delivered.len(), 1_000);
         for lane_index in 0..7 {
             let lane_key = format!("session-{lane_index}");
