@@ -16,6 +16,10 @@ use crate::auth::AuthService;
 use crate::auth::api_keys::LastUsedTracker;
 use crate::auth::jwt::JwtKeys;
 use crate::config::Config;
+use crate::fleet::client::WorkerClient;
+use crate::fleet::jobs::MigrationQueue;
+use crate::fleet::routing::RouteCache;
+use crate::fleet::{Fleet, FleetSettings};
 use crate::limits::{Counters, InProcessCounters, RedisCounters};
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
@@ -38,6 +42,8 @@ pub struct AppContext {
     pub api_key_usage: LastUsedTracker,
     /// Prometheus registry and instruments.
     pub metrics: Metrics,
+    /// Workers, sessions, routing, migrations.
+    pub fleet: Arc<Fleet>,
     /// When this process started (health uptime).
     pub started_at: Instant,
 }
@@ -68,6 +74,29 @@ impl AppContext {
             config.refresh_token_ttl,
         );
         let quotas = Quotas::new(counters.clone(), config.tiers);
+        let routes = match &config.redis_url {
+            Some(url) => RouteCache::redis(url.expose(), &config.redis_key_prefix).await?,
+            None => RouteCache::in_process(),
+        };
+        let migrations = match &config.database_url {
+            Some(url) => MigrationQueue::postgres(url.expose()).await?,
+            None => MigrationQueue::sqlite(&config.data_dir.join("jobs.db")).await?,
+        };
+        let fleet = Arc::new(Fleet::new(
+            store.clone(),
+            WorkerClient::new(
+                config.worker_auth_token.clone(),
+                config.worker_request_timeout,
+            )?,
+            routes,
+            migrations,
+            FleetSettings {
+                heartbeat_timeout: config.worker_heartbeat_timeout,
+                monitor_interval: config.worker_monitor_interval,
+                probe_interval: config.worker_probe_interval,
+                metrics_retention: config.worker_metrics_retention,
+            },
+        ));
         Ok(Self {
             config,
             store,
@@ -76,6 +105,7 @@ impl AppContext {
             quotas,
             api_key_usage: LastUsedTracker::default(),
             metrics: Metrics::new()?,
+            fleet,
             started_at: Instant::now(),
         })
     }
@@ -138,6 +168,24 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let flusher = tokio::spawn(run_flusher(self.context.clone(), stop_rx.clone()));
+        let monitor = tokio::spawn(run_fleet_monitor(
+            self.context.fleet.clone(),
+            stop_rx.clone(),
+        ));
+        let migrations = {
+            let fleet = self.context.fleet.clone();
+            let mut stop = stop_rx.clone();
+            let name = format!("migrations-{}", uuid::Uuid::new_v4().simple());
+            tokio::spawn(async move {
+                let queue = fleet.migrations().clone();
+                let stopped = async move {
+                    let _ = stop.changed().await;
+                };
+                if let Err(err) = queue.run_worker(fleet, name, stopped).await {
+                    tracing::error!(error = format!("{err:#}"), "migration worker stopped");
+                }
+            })
+        };
         let routes = crate::http::routes(self.context.clone());
         tracing::info!(
             addr = %self.local_addr,
@@ -157,8 +205,14 @@ impl Application {
         )
         .await;
         let _ = stop_tx.send(true);
-        if let Err(err) = flusher.await {
-            tracing::warn!(error = %err, "background flusher ended abnormally");
+        for (name, task) in [
+            ("flusher", flusher),
+            ("fleet monitor", monitor),
+            ("migration worker", migrations),
+        ] {
+            if let Err(err) = task.await {
+                tracing::warn!(task = name, error = %err, "background task ended abnormally");
+            }
         }
         self.context.flush_batches().await;
         self.context.store.close().await;
@@ -174,6 +228,29 @@ async fn run_flusher(context: Arc<AppContext>, mut stop: watch::Receiver<bool>) 
         tokio::select! {
             _ = ticker.tick() => context.flush_batches().await,
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Liveness checks every monitor interval, `/health` probes and metrics retention on their own
+/// periods. Every step is safe to run in several processes at once.
+async fn run_fleet_monitor(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
+    let settings = fleet.settings();
+    let mut liveness = tokio::time::interval(settings.monitor_interval);
+    let mut probes = tokio::time::interval(settings.probe_interval);
+    let mut retention = tokio::time::interval(Duration::from_secs(600));
+    for ticker in [&mut liveness, &mut probes, &mut retention] {
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        let result = tokio::select! {
+            _ = liveness.tick() => fleet.check_liveness().await.map(|_| ()),
+            _ = probes.tick() => fleet.probe_workers().await,
+            _ = retention.tick() => fleet.prune_metrics().await,
+            _ = stop.changed() => return,
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "fleet monitor step failed");
         }
     }
 }

@@ -188,6 +188,17 @@ pub struct Config {
     /// How often batched bookkeeping (API key `last_used`, usage records) is flushed
     /// (`FLUSH_INTERVAL_MS`, 5000).
     pub flush_interval: Duration,
+    /// A worker silent (no heartbeat, no successful probe) this long is OFFLINE
+    /// (`WORKER_HEARTBEAT_TIMEOUT_MS`, 90000).
+    pub worker_heartbeat_timeout: Duration,
+    /// How often worker liveness is checked (`WORKER_MONITOR_INTERVAL_MS`, 1000).
+    pub worker_monitor_interval: Duration,
+    /// How often workers are probed with `GET /health` (`WORKER_PROBE_INTERVAL_MS`, 15000).
+    pub worker_probe_interval: Duration,
+    /// Timeout of one gateway → worker call (`WORKER_REQUEST_TIMEOUT_MS`, 10000).
+    pub worker_request_timeout: Duration,
+    /// How long worker metrics samples are kept (`WORKER_METRICS_RETENTION_HOURS`, 24).
+    pub worker_metrics_retention: Duration,
 }
 
 /// Values that ship in `.env.example` and docs; production must not run with them.
@@ -344,6 +355,21 @@ impl Config {
             },
             trust_proxy_headers: source.parse_or("TRUST_PROXY_HEADERS", false)?,
             flush_interval: Duration::from_millis(source.positive_or("FLUSH_INTERVAL_MS", 5000)?),
+            worker_heartbeat_timeout: Duration::from_millis(
+                source.positive_or("WORKER_HEARTBEAT_TIMEOUT_MS", 90_000)?,
+            ),
+            worker_monitor_interval: Duration::from_millis(
+                source.positive_or("WORKER_MONITOR_INTERVAL_MS", 1_000)?,
+            ),
+            worker_probe_interval: Duration::from_millis(
+                source.positive_or("WORKER_PROBE_INTERVAL_MS", 15_000)?,
+            ),
+            worker_request_timeout: Duration::from_millis(
+                source.positive_or("WORKER_REQUEST_TIMEOUT_MS", 10_000)?,
+            ),
+            worker_metrics_retention: Duration::from_secs(
+                3600 * source.positive_or("WORKER_METRICS_RETENTION_HOURS", 24)?,
+            ),
         })
     }
 

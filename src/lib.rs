@@ -9,12 +9,14 @@
 //! - [`domain`]: newtypes and enumerations, parsed once at the edge.
 //! - [`store`]: the repository layer over SQLite (embedded) and PostgreSQL.
 //! - [`auth`]: passwords, access/refresh tokens, API keys, the account flows.
+//! - [`fleet`]: workers, session placement and routing, fencing, migration jobs (apalis).
+//! - [`sim`]: the simulated Baileys worker (`wa-gateway sim-worker`).
 //! - [`limits`]: fixed-window counters (in-process or Redis) under throttling and quotas.
 //! - [`quota`]: tier quotas per user per hour and batched usage records.
 //! - [`http`]: warp routes, the error envelope, the server loop.
 //! - [`app`]: building and running the application; graceful shutdown.
 //! - [`metrics`]: Prometheus instruments.
-//! - [`cli`]: the `wa-gateway` command line (`serve`, `migrate`, `admin`).
+//! - [`cli`]: the `wa-gateway` command line (`serve`, `migrate`, `admin`, `sim-worker`).
 //! - [`telemetry`]: logging setup.
 
 pub mod app;
@@ -22,9 +24,11 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod fleet;
 pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod quota;
+pub mod sim;
 pub mod store;
 pub mod telemetry;

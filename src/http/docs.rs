@@ -10,7 +10,7 @@ use warp::filters::BoxedFilter;
 use warp::http::Uri;
 use warp::reply::{Reply, Response};
 
-use super::{admin, auth, health, users, views};
+use super::{admin, auth, health, sessions, users, views, workers_admin};
 
 /// The API description; every documented handler is listed here.
 #[derive(OpenApi)]
@@ -23,14 +23,20 @@ use super::{admin, auth, health, users, views};
         users::create_api_key, users::list_api_keys, users::revoke_api_key,
         admin::list_users, admin::get_user, admin::update_user,
         health::health,
+        sessions::create_session, sessions::list_sessions, sessions::get_session, sessions::delete_session,
+        sessions::connect_session, sessions::session_status, sessions::migrate_session,
+        workers_admin::list_workers, workers_admin::get_worker, workers_admin::fleet_stats, workers_admin::add_worker,
+        workers_admin::update_worker, workers_admin::delete_worker, workers_admin::test_worker,
     ),
-    components(schemas(views::ErrorEnvelope, views::ErrorBody, views::UserView, views::AuthTokens, views::ApiKeyView)),
+    components(schemas(views::ErrorEnvelope, views::ErrorBody, views::UserView, views::AuthTokens, views::ApiKeyView, views::SessionView, views::WorkerView)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "auth", description = "Accounts and tokens"),
         (name = "users", description = "The caller's profile, tier and usage"),
         (name = "api-keys", description = "Integration keys"),
         (name = "admin", description = "Administrators only"),
+        (name = "sessions", description = "WhatsApp sessions"),
+        (name = "workers", description = "The worker fleet (administrators)"),
         (name = "health", description = "Liveness and backends"),
     )
 )]

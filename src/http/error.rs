@@ -203,6 +203,45 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<crate::fleet::FleetError> for ApiError {
+    fn from(err: crate::fleet::FleetError) -> Self {
+        use crate::fleet::FleetError;
+        use crate::fleet::client::WorkerCallError;
+        match err {
+            FleetError::Invalid(invalid) => ApiError::validation(invalid),
+            FleetError::NotFound(what) => ApiError::NotFound(what),
+            FleetError::Conflict { code, message } => ApiError::Conflict { code, message },
+            FleetError::NoWorkerAvailable => ApiError::ServiceUnavailable {
+                code: "NO_WORKER_AVAILABLE",
+                message: "no healthy worker with free capacity is available; retry later"
+                    .to_owned(),
+            },
+            FleetError::NotOwner {
+                worker_id,
+                session_id,
+            } => ApiError::Conflict {
+                code: "STALE_OWNER",
+                message: format!("worker {worker_id} does not own session {session_id}; stop it"),
+            },
+            FleetError::Worker(WorkerCallError::Refused { status, body }) => ApiError::Conflict {
+                code: "WORKER_REFUSED",
+                message: format!(
+                    "the worker refused the request ({status}): {}",
+                    body["error"]["message"]
+                        .as_str()
+                        .or(body["message"].as_str())
+                        .unwrap_or("no reason given")
+                ),
+            },
+            FleetError::Worker(other) => ApiError::ServiceUnavailable {
+                code: "WORKER_UNAVAILABLE",
+                message: other.to_string(),
+            },
+            FleetError::Unexpected(e) => ApiError::Unexpected(e),
+        }
+    }
+}
+
 /// Renders `data` inside the success envelope with `status`.
 pub fn success<T: Serialize>(status: StatusCode, data: &T) -> Response {
     warp::reply::with_status(

@@ -9,8 +9,11 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod server;
+pub mod sessions;
 pub mod users;
 pub mod views;
+pub mod worker_api;
+pub mod workers_admin;
 
 use std::sync::Arc;
 
@@ -24,7 +27,13 @@ use crate::config::CorsOrigins;
 /// The whole route tree, with CORS and error recovery applied.
 pub fn routes(context: Arc<AppContext>) -> BoxedFilter<(Response,)> {
     let api = health::routes(context.clone())
+        .or(worker_api::routes(context.clone()))
+        .unify()
         .or(auth::routes(context.clone()))
+        .unify()
+        .or(sessions::routes(context.clone()))
+        .unify()
+        .or(workers_admin::routes(context.clone()))
         .unify()
         .or(users::routes(context.clone()))
         .unify()

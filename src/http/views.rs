@@ -4,8 +4,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::TokenPair;
+use crate::domain::WorkerStatus;
 use crate::domain::{Role, Tier, ms_to_rfc3339};
-use crate::store::{ApiKeyRecord, User};
+use crate::store::{ApiKeyRecord, Session, User, Worker};
 
 /// The success envelope, as documented in OpenAPI.
 #[derive(Serialize, ToSchema)]
@@ -150,6 +151,107 @@ impl ApiKeyView {
             last_used_at: record.last_used_at.map(ms_to_rfc3339),
             revoked_at: record.revoked_at.map(ms_to_rfc3339),
             created_at: ms_to_rfc3339(record.created_at),
+        }
+    }
+}
+
+/// A worker with its load, as the admin API and registration answer it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerView {
+    /// Worker id.
+    pub id: String,
+    /// Base URL.
+    pub endpoint: String,
+    /// ONLINE, OFFLINE or MAINTENANCE.
+    pub status: WorkerStatus,
+    /// Live sessions assigned.
+    pub session_count: i64,
+    /// Capacity.
+    pub max_sessions: i64,
+    /// Last heartbeat (RFC 3339).
+    pub last_heartbeat: Option<String>,
+    /// Last successful probe (RFC 3339).
+    pub last_probe_ok: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Worker version.
+    pub version: Option<String>,
+    /// Environment.
+    pub environment: Option<String>,
+    /// Last reported CPU.
+    pub cpu_usage: Option<f64>,
+    /// Last reported memory.
+    pub memory_usage: Option<f64>,
+    /// Last reported uptime (s).
+    pub uptime_seconds: Option<i64>,
+    /// First registration (RFC 3339).
+    pub registered_at: String,
+}
+
+impl From<&Worker> for WorkerView {
+    fn from(worker: &Worker) -> Self {
+        Self {
+            id: worker.id.clone(),
+            endpoint: worker.endpoint.clone(),
+            status: worker.status,
+            session_count: worker.session_count,
+            max_sessions: worker.max_sessions,
+            last_heartbeat: worker.last_heartbeat_at.map(ms_to_rfc3339),
+            last_probe_ok: worker.last_probe_ok_at.map(ms_to_rfc3339),
+            description: worker.description.clone(),
+            version: worker.version.clone(),
+            environment: worker.environment.clone(),
+            cpu_usage: worker.cpu_usage,
+            memory_usage: worker.memory_usage,
+            uptime_seconds: worker.uptime_seconds,
+            registered_at: ms_to_rfc3339(worker.registered_at),
+        }
+    }
+}
+
+/// A session as users see it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView {
+    /// Session id.
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// INIT, QR_REQUIRED, CONNECTED, DISCONNECTED, RECONNECTING or ERROR.
+    pub status: crate::domain::SessionStatus,
+    /// Worker running it.
+    pub worker_id: Option<String>,
+    /// WhatsApp number once connected.
+    pub phone_number: Option<String>,
+    /// WhatsApp name once connected.
+    pub display_name: Option<String>,
+    /// Owner.
+    pub user_id: String,
+    /// Fencing epoch (bumped on every move).
+    pub epoch: i64,
+    /// Last report (RFC 3339).
+    pub last_activity_at: Option<String>,
+    /// Creation (RFC 3339).
+    pub created_at: String,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+}
+
+impl From<&Session> for SessionView {
+    fn from(session: &Session) -> Self {
+        Self {
+            id: session.id.clone(),
+            name: session.name.clone(),
+            status: session.status,
+            worker_id: session.worker_id.clone(),
+            phone_number: session.phone_number.clone(),
+            display_name: session.display_name.clone(),
+            user_id: session.user_id.clone(),
+            epoch: session.epoch,
+            last_activity_at: session.last_activity_at.map(ms_to_rfc3339),
+            created_at: ms_to_rfc3339(session.created_at),
+            updated_at: ms_to_rfc3339(session.updated_at),
         }
     }
 }

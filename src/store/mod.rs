@@ -8,10 +8,12 @@
 //! Each submodule adds the repository methods of one aggregate to [`Store`].
 
 mod api_keys;
+mod messages;
 mod refresh_tokens;
 mod sessions;
 mod usage;
 mod users;
+mod workers;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -25,8 +27,10 @@ use sqlx::{AnyPool, ConnectOptions, Connection};
 
 pub use api_keys::{ApiKeyRecord, NewApiKey};
 pub use refresh_tokens::{NewRefreshToken, RefreshOutcome, RefreshTokenRecord};
+pub use sessions::{Session, SessionReport};
 pub use usage::UsageRecord;
 pub use users::{NewUser, User, UserListQuery, UserPage, UserUpdate};
+pub use workers::{Worker, WorkerMetricsSample, WorkerRegistration};
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -1,0 +1,899 @@
+//! The worker fleet and session orchestration: registration and liveness of workers, placement of
+//! sessions, routing of every session call to its owner, status reports with fencing, and the
+//! migration of sessions off dead or drained workers.
+//!
+//! The store is the source of truth for ownership: `sessions.worker_id` + `sessions.epoch`. Every
+//! change of owner is a compare-and-set on the epoch ([`Store::assign_session`]), made *before*
+//! the session is started on the new worker, so at any instant exactly one worker owns a session
+//! and reports from any other worker are fenced off (and that worker is told to stop it).
+
+pub mod client;
+pub mod events;
+pub mod jobs;
+pub mod migration;
+pub mod placement;
+pub mod qr;
+pub mod routing;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use self::client::{StartSession, WorkerCallError, WorkerClient};
+use self::events::{SessionEvent, SessionEvents};
+use self::migration::{MigrateSession, MigrationQueue};
+use self::routing::{Route, RouteCache};
+use crate::domain::{InvalidInput, SessionId, SessionStatus, WorkerStatus, ms_to_rfc3339, now_ms};
+use crate::store::{
+    Session, SessionReport, Store, StoreError, Worker, WorkerMetricsSample, WorkerRegistration,
+};
+
+/// Why a fleet operation failed; the HTTP layer maps each to a status and code.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// A field is invalid.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// No such worker or session (or not the caller's).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A state conflict (duplicate worker, worker not empty, ...).
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Explanation.
+        message: String,
+    },
+    /// No healthy worker has room.
+    #[error("no healthy worker with free capacity is available")]
+    NoWorkerAvailable,
+    /// The worker could not be reached or failed.
+    #[error("worker call failed: {0}")]
+    Worker(#[from] WorkerCallError),
+    /// The report came from a worker that does not own the session's current epoch.
+    #[error("worker {worker_id} does not own session {session_id}")]
+    NotOwner {
+        /// Reporting worker.
+        worker_id: String,
+        /// Session.
+        session_id: String,
+    },
+    /// Store failure or bug.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for FleetError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => FleetError::NotFound("resource"),
+            StoreError::Conflict(what) => FleetError::Conflict {
+                code: "CONFLICT",
+                message: what.to_owned(),
+            },
+            StoreError::Unexpected(e) => FleetError::Unexpected(e),
+        }
+    }
+}
+
+/// Tunables of the fleet.
+#[derive(Clone, Copy, Debug)]
+pub struct FleetSettings {
+    /// After this long without heartbeat or successful probe a worker is OFFLINE.
+    pub heartbeat_timeout: Duration,
+    /// How often liveness is checked.
+    pub monitor_interval: Duration,
+    /// How often workers are probed with `GET /health`.
+    pub probe_interval: Duration,
+    /// How long metrics samples are kept.
+    pub metrics_retention: Duration,
+}
+
+/// A worker's registration as received.
+#[derive(Debug)]
+pub struct RegisterWorker {
+    /// Worker id.
+    pub worker_id: String,
+    /// Base URL.
+    pub endpoint: String,
+    /// Capacity.
+    pub max_sessions: i64,
+    /// Free text.
+    pub description: Option<String>,
+    /// Version.
+    pub version: Option<String>,
+    /// Environment.
+    pub environment: Option<String>,
+}
+
+/// What a registration answers.
+#[derive(Debug)]
+pub struct Registered {
+    /// The stored worker.
+    pub worker: Worker,
+    /// Whether the worker still owns live sessions it should restore.
+    pub recovery_required: bool,
+    /// How many.
+    pub assigned_session_count: usize,
+}
+
+/// One session as a worker lists it in a heartbeat.
+#[derive(Debug, Clone)]
+pub struct ReportedSession {
+    /// Session id.
+    pub session_id: String,
+    /// Status as the worker spells it (may be `LOGGED_OUT`).
+    pub status: Option<String>,
+    /// Phone, null when not connected.
+    pub phone_number: Option<String>,
+    /// Name, null when not connected.
+    pub display_name: Option<String>,
+}
+
+/// A `session-status` callback.
+#[derive(Debug, Clone)]
+pub struct StatusReport {
+    /// Session id.
+    pub session_id: String,
+    /// Status as the worker spells it.
+    pub status: String,
+    /// QR string.
+    pub qr_code: Option<String>,
+    /// Phone.
+    pub phone_number: Option<String>,
+    /// Name.
+    pub display_name: Option<String>,
+    /// Reporting worker, when the worker says.
+    pub worker_id: Option<String>,
+    /// Why (e.g. logged out).
+    pub reason: Option<String>,
+    /// Logged-out marker.
+    pub logged_out: bool,
+}
+
+/// Translates the worker's status spelling; `LOGGED_OUT` is a disconnection with wiped credentials.
+pub fn parse_reported_status(raw: &str) -> Result<(SessionStatus, bool), InvalidInput> {
+    match raw {
+        "LOGGED_OUT" => Ok((SessionStatus::Disconnected, true)),
+        other => other
+            .parse::<SessionStatus>()
+            .map(|status| (status, false))
+            .map_err(|problem| InvalidInput::new("status", problem)),
+    }
+}
+
+/// The fleet: shared by the HTTP handlers, the monitor and the migration jobs.
+#[derive(Debug)]
+pub struct Fleet {
+    store: Store,
+    client: WorkerClient,
+    routes: RouteCache,
+    events: SessionEvents,
+    migrations: MigrationQueue,
+    settings: FleetSettings,
+}
+
+impl Fleet {
+    /// Builds the fleet over shared components.
+    pub fn new(
+        store: Store,
+        client: WorkerClient,
+        routes: RouteCache,
+        migrations: MigrationQueue,
+        settings: FleetSettings,
+    ) -> Self {
+        Self {
+            store,
+            client,
+            routes,
+            events: SessionEvents::default(),
+            migrations,
+            settings,
+        }
+    }
+
+    /// Tunables.
+    pub fn settings(&self) -> FleetSettings {
+        self.settings
+    }
+
+    /// The worker client.
+    pub fn client(&self) -> &WorkerClient {
+        &self.client
+    }
+
+    /// The dashboard event hub.
+    pub fn events(&self) -> &SessionEvents {
+        &self.events
+    }
+
+    /// The migration queue.
+    pub fn migrations(&self) -> &MigrationQueue {
+        &self.migrations
+    }
+
+    fn timeout_ms(&self) -> i64 {
+        self.settings.heartbeat_timeout.as_millis() as i64
+    }
+
+    // ----- worker-facing -------------------------------------------------------------------
+
+    /// Registers (or re-registers) a worker after probing its `/health`.
+    pub async fn register(&self, registration: RegisterWorker) -> Result<Registered, FleetError> {
+        validate_worker_id(&registration.worker_id)?;
+        let endpoint = normalize_endpoint(&registration.endpoint)?;
+        if registration.max_sessions < 1 || registration.max_sessions > 100_000 {
+            return Err(InvalidInput::new("maxSessions", "must be between 1 and 100000").into());
+        }
+        let now = now_ms();
+        if let Some(other) = self.store.worker_by_endpoint(&endpoint).await?
+            && other.id != registration.worker_id
+            && other.status != WorkerStatus::Offline
+            && other.is_alive(now, self.timeout_ms())
+        {
+            return Err(FleetError::Conflict {
+                code: "ENDPOINT_IN_USE",
+                message: format!("endpoint {endpoint} belongs to live worker {}", other.id),
+            });
+        }
+        match self.store.worker_by_id(&registration.worker_id).await {
+            Ok(existing)
+                if existing.endpoint != endpoint
+                    && existing.status != WorkerStatus::Offline
+                    && existing.is_alive(now, self.timeout_ms()) =>
+            {
+                return Err(FleetError::Conflict {
+                    code: "WORKER_ID_IN_USE",
+                    message: format!(
+                        "worker id {} is live at another endpoint ({})",
+                        existing.id, existing.endpoint
+                    ),
+                });
+            }
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(err) => return Err(err.into()),
+        }
+        self.client
+            .health(&endpoint)
+            .await
+            .map_err(|err| FleetError::Conflict {
+                code: "WORKER_UNREACHABLE",
+                message: format!("GET {endpoint}/health failed: {err}"),
+            })?;
+        // A dead worker's endpoint may still be recorded under its old id: free it.
+        if let Some(stale) = self.store.worker_by_endpoint(&endpoint).await?
+            && stale.id != registration.worker_id
+        {
+            self.retire_worker(&stale, "endpoint taken over by a new worker")
+                .await?;
+        }
+        let worker = self
+            .store
+            .upsert_worker(&WorkerRegistration {
+                id: &registration.worker_id,
+                endpoint: &endpoint,
+                max_sessions: registration.max_sessions,
+                description: registration.description.as_deref(),
+                version: registration.version.as_deref(),
+                environment: registration.environment.as_deref(),
+            })
+            .await?;
+        let assigned = self.store.sessions_on_worker(&worker.id).await?;
+        tracing::info!(worker = %worker.id, endpoint = %worker.endpoint, assigned = assigned.len(), "worker registered");
+        Ok(Registered {
+            recovery_required: !assigned.is_empty(),
+            assigned_session_count: assigned.len(),
+            worker,
+        })
+    }
+
+    /// Records a heartbeat and reconciles the sessions it lists. Sessions the worker lists but
+    /// does not own are fenced: the worker is told to stop them.
+    pub async fn heartbeat(
+        &self,
+        worker_id: &str,
+        sample: &WorkerMetricsSample,
+        sessions: &[ReportedSession],
+    ) -> Result<(), FleetError> {
+        if !self.store.record_heartbeat(worker_id, sample).await? {
+            return Err(FleetError::NotFound("worker"));
+        }
+        let worker = self.store.worker_by_id(worker_id).await?;
+        for reported in sessions {
+            let owned = match self.store.session_by_id(&reported.session_id).await {
+                Ok(session) if session.worker_id.as_deref() == Some(worker_id) => Some(session),
+                Ok(_) | Err(StoreError::NotFound) => None,
+                Err(err) => return Err(err.into()),
+            };
+            let Some(session) = owned else {
+                self.fence(&worker, &reported.session_id);
+                continue;
+            };
+            let (status, logged_out) = match reported.status.as_deref().map(parse_reported_status) {
+                Some(Ok(parsed)) => (Some(parsed.0), parsed.1),
+                // A status this gateway does not know must not make a healthy heartbeat fail.
+                Some(Err(_)) | None => (None, false),
+            };
+            let report = SessionReport {
+                status,
+                phone_number: reported.phone_number.clone(),
+                display_name: reported.display_name.clone(),
+                qr_code: None,
+                logged_out,
+            };
+            if status.is_some_and(|s| s != session.status)
+                && let Some(updated) = self
+                    .store
+                    .apply_session_report(&session.id, worker_id, session.epoch, &report)
+                    .await?
+            {
+                self.publish(&updated);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sessions a restarted worker should restore.
+    pub async fn assigned_sessions(&self, worker_id: &str) -> Result<Vec<Session>, FleetError> {
+        self.store
+            .worker_by_id(worker_id)
+            .await
+            .map_err(not_found("worker"))?;
+        Ok(self.store.sessions_on_worker(worker_id).await?)
+    }
+
+    /// Applies a worker's recovery results: SUCCESS → CONNECTED and routed, FAILED → ERROR.
+    pub async fn recovery_results(
+        &self,
+        worker_id: &str,
+        results: &[(String, String)],
+    ) -> Result<usize, FleetError> {
+        let worker = self
+            .store
+            .worker_by_id(worker_id)
+            .await
+            .map_err(not_found("worker"))?;
+        let mut applied = 0;
+        for (session_id, outcome) in results {
+            let Ok(session) = self.store.session_by_id(session_id).await else {
+                continue;
+            };
+            if session.worker_id.as_deref() != Some(worker_id) {
+                self.fence(&worker, session_id);
+                continue;
+            }
+            let status = match outcome.as_str() {
+                "SUCCESS" => SessionStatus::Connected,
+                "FAILED" => SessionStatus::Error,
+                _ => continue,
+            };
+            let report = SessionReport {
+                status: Some(status),
+                ..SessionReport::default()
+            };
+            if let Some(updated) = self
+                .store
+                .apply_session_report(session_id, worker_id, session.epoch, &report)
+                .await?
+            {
+                self.cache_route(&updated, &worker).await;
+                self.publish(&updated);
+                applied += 1;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// A worker leaves the fleet: it goes OFFLINE and its sessions migrate.
+    pub async fn unregister(
+        &self,
+        worker_id: &str,
+        endpoint: Option<&str>,
+    ) -> Result<usize, FleetError> {
+        let worker = self
+            .store
+            .worker_by_id(worker_id)
+            .await
+            .map_err(not_found("worker"))?;
+        if let Some(endpoint) = endpoint
+            && normalize_endpoint(endpoint).ok().as_deref() != Some(worker.endpoint.as_str())
+        {
+            return Err(FleetError::Conflict {
+                code: "ENDPOINT_MISMATCH",
+                message: "endpoint does not match the registered worker".to_owned(),
+            });
+        }
+        self.store
+            .transition_worker(worker_id, worker.status, WorkerStatus::Offline)
+            .await?;
+        self.evacuate(&worker, "worker unregistered").await
+    }
+
+    /// Applies a `session-status` callback with fencing. Returns the updated session.
+    pub async fn session_status(&self, report: StatusReport) -> Result<Session, FleetError> {
+        let (status, logged_out) = parse_reported_status(&report.status)?;
+        let session = self
+            .store
+            .session_by_id(&report.session_id)
+            .await
+            .map_err(not_found("session"))?;
+        let Some(owner) = session.worker_id.clone() else {
+            if let Some(reporter) = &report.worker_id {
+                self.fence_by_id(reporter, &session.id).await;
+                return Err(FleetError::NotOwner {
+                    worker_id: reporter.clone(),
+                    session_id: session.id,
+                });
+            }
+            return Err(FleetError::Conflict {
+                code: "SESSION_NOT_PLACED",
+                message: "session is not assigned to any worker".to_owned(),
+            });
+        };
+        if let Some(reporter) = &report.worker_id
+            && reporter != &owner
+        {
+            self.fence_by_id(reporter, &session.id).await;
+            return Err(FleetError::NotOwner {
+                worker_id: reporter.clone(),
+                session_id: session.id,
+            });
+        }
+        let update = SessionReport {
+            status: Some(status),
+            phone_number: report.phone_number.filter(|p| !p.is_empty()),
+            display_name: report.display_name.filter(|n| !n.is_empty()),
+            qr_code: report
+                .qr_code
+                .filter(|_| status == SessionStatus::QrRequired),
+            logged_out: logged_out || report.logged_out,
+        };
+        let updated = self
+            .store
+            .apply_session_report(&session.id, &owner, session.epoch, &update)
+            .await?
+            .ok_or_else(|| FleetError::NotOwner {
+                worker_id: owner.clone(),
+                session_id: session.id.clone(),
+            })?;
+        if status == SessionStatus::Connected
+            && let Ok(worker) = self.store.worker_by_id(&owner).await
+        {
+            self.cache_route(&updated, &worker).await;
+        }
+        self.publish(&updated);
+        Ok(updated)
+    }
+
+    // ----- session operations (dashboard) ----------------------------------------------------
+
+    /// Creates a session for `user_id`, enforcing the tier's session limit.
+    pub async fn create_session(
+        &self,
+        user_id: &str,
+        name: &str,
+        session_id: Option<&str>,
+        max_sessions: u32,
+    ) -> Result<Session, FleetError> {
+        let id = match session_id {
+            Some(raw) => SessionId::parse("sessionId", raw)?.as_str().to_owned(),
+            None => format!("s-{}", uuid::Uuid::new_v4().simple()),
+        };
+        if self.store.count_live_sessions(user_id).await? >= i64::from(max_sessions) {
+            return Err(FleetError::Conflict {
+                code: "SESSION_LIMIT_REACHED",
+                message: format!(
+                    "your tier allows at most {max_sessions} session(s); delete one first"
+                ),
+            });
+        }
+        self.store
+            .insert_session(&id, user_id, name)
+            .await
+            .map_err(|err| match err {
+                StoreError::Conflict(_) => FleetError::Conflict {
+                    code: "SESSION_ID_TAKEN",
+                    message: format!("session id {id} is already in use"),
+                },
+                other => other.into(),
+            })
+    }
+
+    /// Places the session on a worker (if it has no live one) and starts it there.
+    pub async fn connect(&self, session: &Session) -> Result<Session, FleetError> {
+        let workers = self.store.list_workers().await?;
+        let now = now_ms();
+        if let Some(current) = session
+            .worker_id
+            .as_deref()
+            .and_then(|id| workers.iter().find(|w| w.id == id))
+            && current.status == WorkerStatus::Online
+            && current.is_alive(now, self.timeout_ms())
+        {
+            match self.start_on(current, session).await {
+                Ok(()) | Err(WorkerCallError::Refused { status: 409, .. }) => {
+                    return Ok(self.store.session_by_id(&session.id).await?);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let mut excluded: Vec<String> = Vec::new();
+        let mut epoch = session.epoch;
+        loop {
+            let excluded_refs: Vec<&str> = excluded.iter().map(String::as_str).collect();
+            let Some(target) =
+                placement::choose_worker(&workers, now, self.timeout_ms(), &excluded_refs)
+            else {
+                return Err(FleetError::NoWorkerAvailable);
+            };
+            let Some(assigned) = self
+                .store
+                .assign_session(&session.id, epoch, Some(&target.id), SessionStatus::Init)
+                .await?
+            else {
+                return Err(FleetError::Conflict {
+                    code: "SESSION_BUSY",
+                    message: "the session is being moved; retry shortly".to_owned(),
+                });
+            };
+            epoch = assigned.epoch;
+            match self.start_on(target, &assigned).await {
+                Ok(()) => {
+                    self.cache_route(&assigned, target).await;
+                    self.publish(&assigned);
+                    return Ok(assigned);
+                }
+                Err(err) => {
+                    tracing::warn!(session = %session.id, worker = %target.id, error = %err, "start failed; trying another worker");
+                    excluded.push(target.id.clone());
+                }
+            }
+        }
+    }
+
+    async fn start_on(&self, worker: &Worker, session: &Session) -> Result<(), WorkerCallError> {
+        self.client
+            .start_session(
+                &worker.endpoint,
+                &StartSession {
+                    session_id: &session.id,
+                    user_id: &session.user_id,
+                    session_name: &session.name,
+                },
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Forwards restart, disconnect or logout to the session's owner.
+    pub async fn session_action(
+        &self,
+        session: &Session,
+        action: &str,
+    ) -> Result<Value, FleetError> {
+        let route = self.route(session).await?.ok_or(FleetError::Conflict {
+            code: "SESSION_NOT_PLACED",
+            message: "the session is not running on any worker; connect it first".to_owned(),
+        })?;
+        Ok(self
+            .client
+            .session_action(&route.endpoint, &session.id, action)
+            .await?)
+    }
+
+    /// The owner's live view of the session (QR, status), if it runs anywhere.
+    pub async fn live_status(&self, session: &Session) -> Option<Value> {
+        let route = self.route(session).await.ok().flatten()?;
+        self.client
+            .session_status(&route.endpoint, &session.id)
+            .await
+            .ok()
+    }
+
+    /// Stops the session on its worker (best effort) and deletes it.
+    pub async fn delete_session(&self, session: &Session) -> Result<(), FleetError> {
+        if let Ok(Some(route)) = self.route(session).await
+            && let Err(err) = self
+                .client
+                .delete_session(&route.endpoint, &session.id)
+                .await
+        {
+            tracing::warn!(session = %session.id, error = %err, "could not stop the session on its worker");
+        }
+        self.store.delete_session(&session.id).await?;
+        if let Err(err) = self.routes.remove(&session.id).await {
+            tracing::warn!(error = format!("{err:#}"), "route cache delete failed");
+        }
+        Ok(())
+    }
+
+    /// Where the session runs: cache first, store on a miss (or when the cache is stale).
+    pub async fn route(&self, session: &Session) -> Result<Option<Route>, FleetError> {
+        match self.routes.get(&session.id).await {
+            Ok(Some(route)) if route.epoch == session.epoch => return Ok(Some(route)),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(
+                error = format!("{err:#}"),
+                "route cache read failed; using the store"
+            ),
+        }
+        let Some(worker_id) = session.worker_id.as_deref() else {
+            return Ok(None);
+        };
+        let worker = self.store.worker_by_id(worker_id).await?;
+        let route = Route {
+            worker_id: worker.id.clone(),
+            endpoint: worker.endpoint.clone(),
+            epoch: session.epoch,
+        };
+        if let Err(err) = self.routes.put(&session.id, &route).await {
+            tracing::warn!(error = format!("{err:#}"), "route cache write failed");
+        }
+        Ok(Some(route))
+    }
+
+    // ----- liveness and migration -----------------------------------------------------------
+
+    /// One liveness pass: workers silent past the timeout go OFFLINE and their sessions migrate.
+    /// Safe to run in several processes at once: the status change is a compare-and-set.
+    pub async fn check_liveness(&self) -> Result<usize, FleetError> {
+        let now = now_ms();
+        let mut evacuated = 0;
+        for worker in self.store.list_workers().await? {
+            if worker.status == WorkerStatus::Online && !worker.is_alive(now, self.timeout_ms()) {
+                if self
+                    .store
+                    .transition_worker(&worker.id, WorkerStatus::Online, WorkerStatus::Offline)
+                    .await?
+                {
+                    tracing::warn!(worker = %worker.id, "worker missed its heartbeats; OFFLINE");
+                }
+                evacuated += self.evacuate(&worker, "worker offline").await?;
+            } else if worker.status != WorkerStatus::Online && worker.session_count > 0 {
+                // OFFLINE or MAINTENANCE workers must not keep sessions; re-enqueue (idempotent).
+                evacuated += self.evacuate(&worker, "worker not online").await?;
+            }
+        }
+        Ok(evacuated)
+    }
+
+    /// Probes every non-OFFLINE worker's `/health` once.
+    pub async fn probe_workers(&self) -> Result<(), FleetError> {
+        let workers = self.store.list_workers().await?;
+        let probes = workers
+            .iter()
+            .filter(|w| w.status != WorkerStatus::Offline)
+            .map(|w| async move { (w.id.clone(), self.client.health(&w.endpoint).await.is_ok()) });
+        for (id, ok) in futures_util::future::join_all(probes).await {
+            self.store.record_probe(&id, ok).await?;
+        }
+        Ok(())
+    }
+
+    /// Enqueues a migration job for each live session of `worker`.
+    pub async fn evacuate(&self, worker: &Worker, reason: &str) -> Result<usize, FleetError> {
+        let sessions = self.store.sessions_on_worker(&worker.id).await?;
+        for session in &sessions {
+            self.migrations
+                .enqueue(MigrateSession {
+                    session_id: session.id.clone(),
+                    from_worker_id: Some(worker.id.clone()),
+                    expected_epoch: session.epoch,
+                    target_worker_id: None,
+                    reason: reason.to_owned(),
+                })
+                .await?;
+        }
+        Ok(sessions.len())
+    }
+
+    /// Moves one session (the body of the migration job). Idempotent: a job whose session has
+    /// moved on (epoch changed) does nothing.
+    pub async fn migrate(
+        &self,
+        job: &MigrateSession,
+    ) -> Result<migration::MigrationOutcome, FleetError> {
+        use migration::MigrationOutcome;
+        let session = match self.store.session_by_id(&job.session_id).await {
+            Ok(session) => session,
+            Err(StoreError::NotFound) => return Ok(MigrationOutcome::Skipped("session deleted")),
+            Err(err) => return Err(err.into()),
+        };
+        if session.epoch != job.expected_epoch || session.worker_id != job.from_worker_id {
+            return Ok(MigrationOutcome::Skipped("session already moved"));
+        }
+        let workers = self.store.list_workers().await?;
+        let exclude: Vec<&str> = job.from_worker_id.iter().map(String::as_str).collect();
+        let target = match &job.target_worker_id {
+            Some(wanted) => workers.iter().find(|w| {
+                &w.id == wanted
+                    && w.status == WorkerStatus::Online
+                    && !exclude.contains(&w.id.as_str())
+            }),
+            None => placement::choose_worker(&workers, now_ms(), self.timeout_ms(), &exclude),
+        };
+        let Some(target) = target else {
+            return Ok(MigrationOutcome::RetryLater(
+                "no healthy worker with free capacity",
+            ));
+        };
+        let Some(moved) = self
+            .store
+            .assign_session(
+                &session.id,
+                session.epoch,
+                Some(&target.id),
+                SessionStatus::Reconnecting,
+            )
+            .await?
+        else {
+            return Ok(MigrationOutcome::Skipped(
+                "lost the race to another migration",
+            ));
+        };
+        self.cache_route(&moved, target).await;
+        self.publish(&moved);
+        // The old owner must stop (it may be alive: drain, partition); best effort.
+        if let Some(old) = job
+            .from_worker_id
+            .as_deref()
+            .and_then(|id| workers.iter().find(|w| w.id == id))
+        {
+            let _ = self.client.delete_session(&old.endpoint, &session.id).await;
+        }
+        match self.start_on(target, &moved).await {
+            Ok(()) | Err(WorkerCallError::Refused { status: 409, .. }) => {
+                tracing::info!(session = %session.id, from = ?job.from_worker_id, to = %target.id, epoch = moved.epoch, reason = %job.reason, "session migrated");
+                Ok(MigrationOutcome::Moved {
+                    to_worker_id: target.id.clone(),
+                    epoch: moved.epoch,
+                })
+            }
+            Err(err) => {
+                // The target did not take it: the next attempt moves it again from there.
+                tracing::warn!(session = %session.id, to = %target.id, error = %err, "start on migration target failed");
+                self.migrations
+                    .enqueue(MigrateSession {
+                        session_id: session.id.clone(),
+                        from_worker_id: Some(target.id.clone()),
+                        expected_epoch: moved.epoch,
+                        target_worker_id: None,
+                        reason: format!("start on {} failed", target.id),
+                    })
+                    .await?;
+                Ok(MigrationOutcome::Skipped("target refused; re-enqueued"))
+            }
+        }
+    }
+
+    /// Requests a manual migration (admin), optionally to a chosen worker.
+    pub async fn request_migration(
+        &self,
+        session: &Session,
+        target: Option<String>,
+    ) -> Result<(), FleetError> {
+        if let Some(target) = &target {
+            let worker = self
+                .store
+                .worker_by_id(target)
+                .await
+                .map_err(not_found("worker"))?;
+            if worker.status != WorkerStatus::Online
+                || session.worker_id.as_deref() == Some(target.as_str())
+            {
+                return Err(FleetError::Conflict {
+                    code: "INVALID_TARGET",
+                    message: "the target must be another ONLINE worker".to_owned(),
+                });
+            }
+        }
+        self.migrations
+            .enqueue(MigrateSession {
+                session_id: session.id.clone(),
+                from_worker_id: session.worker_id.clone(),
+                expected_epoch: session.epoch,
+                target_worker_id: target,
+                reason: "manual migration".to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes metrics samples past the retention period.
+    pub async fn prune_metrics(&self) -> Result<(), FleetError> {
+        let cutoff = now_ms() - self.settings.metrics_retention.as_millis() as i64;
+        self.store.prune_worker_metrics(cutoff).await?;
+        Ok(())
+    }
+
+    async fn retire_worker(&self, worker: &Worker, reason: &str) -> Result<(), FleetError> {
+        self.store
+            .transition_worker(&worker.id, worker.status, WorkerStatus::Offline)
+            .await?;
+        self.evacuate(worker, reason).await?;
+        Ok(())
+    }
+
+    async fn cache_route(&self, session: &Session, worker: &Worker) {
+        let route = Route {
+            worker_id: worker.id.clone(),
+            endpoint: worker.endpoint.clone(),
+            epoch: session.epoch,
+        };
+        if let Err(err) = self.routes.put(&session.id, &route).await {
+            tracing::warn!(error = format!("{err:#}"), "route cache write failed");
+        }
+    }
+
+    fn publish(&self, session: &Session) {
+        self.events.publish(SessionEvent {
+            session_id: session.id.clone(),
+            status: session.status.as_str().to_owned(),
+            qr_code: session.qr_code.clone(),
+            phone_number: session.phone_number.clone(),
+            display_name: session.display_name.clone(),
+            worker_id: session.worker_id.clone(),
+            at: ms_to_rfc3339(session.updated_at),
+        });
+    }
+
+    /// Tells `worker` to stop a session it does not own (in the background: never delays the
+    /// worker's own request).
+    fn fence(&self, worker: &Worker, session_id: &str) {
+        tracing::warn!(worker = %worker.id, session = %session_id, "fenced a report from a non-owner; stopping the session there");
+        let client = self.client.clone();
+        let endpoint = worker.endpoint.clone();
+        let session_id = session_id.to_owned();
+        tokio::spawn(async move {
+            if let Err(err) = client.delete_session(&endpoint, &session_id).await {
+                tracing::debug!(error = %err, "fencing stop failed");
+            }
+        });
+    }
+
+    async fn fence_by_id(&self, worker_id: &str, session_id: &str) {
+        if let Ok(worker) = self.store.worker_by_id(worker_id).await {
+            self.fence(&worker, session_id);
+        }
+    }
+}
+
+fn not_found(what: &'static str) -> impl Fn(StoreError) -> FleetError {
+    move |err| match err {
+        StoreError::NotFound => FleetError::NotFound(what),
+        other => other.into(),
+    }
+}
+
+fn validate_worker_id(id: &str) -> Result<(), InvalidInput> {
+    let ok = (1..=100).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidInput::new(
+            "workerId",
+            "must be 1 to 100 of letters, digits, '_', '-', '.', ':'",
+        ))
+    }
+}
+
+/// `http(s)://host[:port][/path]` without a trailing slash.
+pub fn normalize_endpoint(raw: &str) -> Result<String, InvalidInput> {
+    let trimmed = raw.trim().trim_end_matches('/');
+    let valid = (trimmed.starts_with("http://") || trimmed.starts_with("https://"))
+        && trimmed.len() > "https://".len()
+        && trimmed.len() <= 500
+        && !trimmed.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(InvalidInput::new(
+            "endpoint",
+            "must be an http(s) URL such as http://10.0.0.5:3001",
+        ))
+    }
+}

@@ -1,0 +1,528 @@
+//! The HTTP face of a simulated worker: the gateway-facing endpoints of the worker protocol, the
+//! `/sim/…` controls, and the accept loop.
+//!
+//! Every route but `GET /health` requires `Authorization: Bearer <token>`. Answers use the
+//! envelope `{"success": true, "data": …}` / `{"success": false, "error": {"code", "message"}}`;
+//! `GET /health` answers its object at the top level, as the protocol lists it.
+//!
+//! The accept loop keeps every connection task in a `JoinSet` owned by the server task, so
+//! aborting that task (a kill) drops every connection at once, in-flight requests included.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use super::state::SessionId;
+use super::validate::{ValidationError, validate_manage, validate_send};
+use super::worker::{SessionError, Worker};
+
+/// Larger bodies are refused with 413 before any route runs.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long a graceful stop waits for in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// An error answer: status, stable code, message, and the offending field if any.
+#[derive(Debug)]
+struct SimError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl SimError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        SimError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn validation(error: ValidationError) -> Self {
+        SimError {
+            field: Some(error.field.clone()),
+            ..SimError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", error.message)
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(field) = self.field {
+            error["details"] = json!({ "field": field });
+        }
+        let body = json!({ "success": false, "error": error });
+        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+}
+
+impl From<SessionError> for SimError {
+    fn from(error: SessionError) -> Self {
+        let (status, code) = match error {
+            SessionError::NotFound => (StatusCode::NOT_FOUND, "SESSION_NOT_FOUND"),
+            SessionError::AlreadyExists => (StatusCode::CONFLICT, "SESSION_ALREADY_EXISTS"),
+            SessionError::CapacityReached => (StatusCode::SERVICE_UNAVAILABLE, "CAPACITY_REACHED"),
+            SessionError::NotConnected => (StatusCode::CONFLICT, "SESSION_NOT_CONNECTED"),
+            SessionError::WrongState(_) => (StatusCode::CONFLICT, "INVALID_SESSION_STATE"),
+            SessionError::SendFailed => (StatusCode::INTERNAL_SERVER_ERROR, "SEND_FAILED"),
+        };
+        SimError::new(status, code, error.to_string())
+    }
+}
+
+type Answer = Result<Response, SimError>;
+
+fn success<T: Serialize>(status: StatusCode, data: &T) -> Answer {
+    Ok(warp::reply::with_status(
+        warp::reply::json(&json!({ "success": true, "data": data })),
+        status,
+    )
+    .into_response())
+}
+
+fn finish(answer: Answer) -> Response {
+    answer.unwrap_or_else(SimError::into_response)
+}
+
+fn parse_session_id(raw: &str) -> Result<SessionId, SimError> {
+    SessionId::parse(raw).map_err(|err| SimError {
+        field: Some("sessionId".to_owned()),
+        ..SimError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", err.to_string())
+    })
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, SimError> {
+    serde_json::from_slice(body).map_err(|err| {
+        SimError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_JSON",
+            format!("the body is not valid JSON: {err}"),
+        )
+    })
+}
+
+/// A missing or wrong bearer token.
+#[derive(Debug)]
+struct Unauthorized;
+
+impl warp::reject::Reject for Unauthorized {}
+
+/// Passes only requests that carry `Authorization: Bearer <token>`.
+fn authorized(token: Arc<str>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and_then(move |header: Option<String>| {
+            let token = Arc::clone(&token);
+            async move {
+                let presented = header
+                    .as_deref()
+                    .and_then(|value| value.strip_prefix("Bearer "))
+                    .unwrap_or_default();
+                if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(Unauthorized))
+                }
+            }
+        })
+        .untuple_one()
+}
+
+/// The one place where warp rejections become the error envelope.
+async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if rejection.find::<Unauthorized>().is_some() {
+        SimError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "missing or invalid bearer token",
+        )
+    } else if rejection.is_not_found() {
+        SimError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        SimError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "method not allowed",
+        )
+    } else {
+        tracing::debug!(?rejection, "unhandled rejection");
+        SimError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", "bad request")
+    };
+    Ok(error.into_response())
+}
+
+/// The whole route tree of one simulated worker.
+pub(crate) fn routes(worker: Arc<Worker>) -> BoxedFilter<(Response,)> {
+    let token: Arc<str> = Arc::from(worker.config.auth_token.as_str());
+    let with_worker = warp::any().map(move || Arc::clone(&worker));
+
+    // GET /health (no auth: the gateway's liveness probe)
+    let health = warp::path!("health")
+        .and(warp::get())
+        .and(with_worker.clone())
+        .map(|worker: Arc<Worker>| warp::reply::json(&worker.health()).into_response());
+
+    // POST /api/sessions/start
+    let start = warp::path!("api" / "sessions" / "start")
+        .and(warp::post())
+        .and(with_worker.clone())
+        .and(warp::body::bytes())
+        .then(start_session);
+    // GET /api/sessions/{id}/status
+    let status = warp::path!("api" / "sessions" / String / "status")
+        .and(warp::get())
+        .and(with_worker.clone())
+        .then(session_status);
+    // POST /api/sessions/{id}/restart · /disconnect · /logout
+    let control = warp::path!("api" / "sessions" / String / String)
+        .and(warp::post())
+        .and(with_worker.clone())
+        .then(control_session);
+    // DELETE /api/sessions/{id}
+    let delete = warp::path!("api" / "sessions" / String)
+        .and(warp::delete())
+        .and(with_worker.clone())
+        .then(delete_session);
+    // GET /api/sessions
+    let list = warp::path!("api" / "sessions")
+        .and(warp::get())
+        .and(with_worker.clone())
+        .then(list_sessions);
+    // POST /api/{id}/send
+    let send = warp::path!("api" / String / "send")
+        .and(warp::post())
+        .and(with_worker.clone())
+        .and(warp::header::optional::<String>("x-message-id"))
+        .and(warp::body::bytes())
+        .then(send_message);
+    // POST /api/message/{id}/manage
+    let manage = warp::path!("api" / "message" / String / "manage")
+        .and(warp::post())
+        .and(with_worker.clone())
+        .and(warp::body::bytes())
+        .then(manage_message);
+
+    // GET /sim/messages
+    let sim_messages = warp::path!("sim" / "messages")
+        .and(warp::get())
+        .and(with_worker.clone())
+        .then(sim_messages);
+    // GET /sim/sessions
+    let sim_sessions = warp::path!("sim" / "sessions")
+        .and(warp::get())
+        .and(with_worker.clone())
+        .then(sim_sessions);
+    // POST /sim/sessions/{id}/scan · /drop · /inbound
+    let sim_control = warp::path!("sim" / "sessions" / String / String)
+        .and(warp::post())
+        .and(with_worker.clone())
+        .and(warp::body::bytes())
+        .then(sim_control);
+
+    let api = start
+        .or(status)
+        .unify()
+        .or(control)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(list)
+        .unify()
+        .or(send)
+        .unify()
+        .or(manage)
+        .unify()
+        .or(sim_messages)
+        .unify()
+        .or(sim_sessions)
+        .unify()
+        .or(sim_control)
+        .unify();
+    health
+        .or(authorized(token).and(api))
+        .unify()
+        .recover(recover)
+        .unify()
+        .boxed()
+}
+
+/// `POST /api/sessions/start` `{sessionId, userId, sessionName?}` → 201 `{sessionId, status}`.
+/// Unlike send bodies, unknown fields are ignored here: the protocol only documents the
+/// strictness of sends.
+async fn start_session(worker: Arc<Worker>, body: Bytes) -> Response {
+    finish((|| {
+        let body = parse_json(&body)?;
+        let field = |name: &str| body.get(name).filter(|value| !value.is_null());
+        let id = match field("sessionId") {
+            Some(Value::String(raw)) => parse_session_id(raw)?,
+            _ => return Err(missing_string("sessionId")),
+        };
+        let user_id = match field("userId") {
+            Some(Value::String(user)) if !user.is_empty() => user.clone(),
+            _ => return Err(missing_string("userId")),
+        };
+        let session_name = match field("sessionName") {
+            None => None,
+            Some(Value::String(name)) => Some(name.clone()),
+            Some(_) => return Err(missing_string("sessionName")),
+        };
+        worker.start_session(id.clone(), Some(user_id), session_name)?;
+        success(
+            StatusCode::CREATED,
+            &json!({ "sessionId": id.as_str(), "status": "INIT" }),
+        )
+    })())
+}
+
+fn missing_string(field: &str) -> SimError {
+    SimError {
+        field: Some(field.to_owned()),
+        ..SimError::new(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            format!("\"{field}\" must be a non-empty string"),
+        )
+    }
+}
+
+/// `GET /api/sessions/{id}/status`.
+async fn session_status(raw_id: String, worker: Arc<Worker>) -> Response {
+    finish((|| {
+        let id = parse_session_id(&raw_id)?;
+        let detail = worker.session_detail(&id).ok_or(SessionError::NotFound)?;
+        success(StatusCode::OK, &detail)
+    })())
+}
+
+/// `POST /api/sessions/{id}/restart` · `/disconnect` · `/logout`.
+async fn control_session(raw_id: String, action: String, worker: Arc<Worker>) -> Response {
+    finish((|| {
+        let id = parse_session_id(&raw_id)?;
+        let data = match action.as_str() {
+            "restart" => {
+                worker.restart_session(&id)?;
+                json!({ "sessionId": id.as_str(), "status": "INIT" })
+            }
+            "disconnect" => {
+                worker.disconnect_session(&id)?;
+                json!({ "sessionId": id.as_str(), "status": "DISCONNECTED" })
+            }
+            "logout" => {
+                worker.logout_session(&id)?;
+                json!({ "sessionId": id.as_str(), "status": "DISCONNECTED", "reason": "LOGGED_OUT" })
+            }
+            _ => {
+                return Err(SimError::new(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    "no such route",
+                ));
+            }
+        };
+        success(StatusCode::OK, &data)
+    })())
+}
+
+/// `DELETE /api/sessions/{id}`.
+async fn delete_session(raw_id: String, worker: Arc<Worker>) -> Response {
+    finish((|| {
+        let id = parse_session_id(&raw_id)?;
+        worker.delete_session(&id)?;
+        success(
+            StatusCode::OK,
+            &json!({ "sessionId": id.as_str(), "deleted": true }),
+        )
+    })())
+}
+
+/// `GET /api/sessions`.
+async fn list_sessions(worker: Arc<Worker>) -> Response {
+    finish(success(StatusCode::OK, &worker.session_details()))
+}
+
+/// `POST /api/{id}/send`: strict validation, then the per-session queue.
+async fn send_message(
+    raw_id: String,
+    worker: Arc<Worker>,
+    gateway_message_id: Option<String>,
+    body: Bytes,
+) -> Response {
+    let answer = async {
+        let id = parse_session_id(&raw_id)?;
+        let body = parse_json(&body)?;
+        let validated = validate_send(&body).map_err(SimError::validation)?;
+        let sent = worker
+            .send(&id, gateway_message_id, validated, body)
+            .await?;
+        success(StatusCode::OK, &sent)
+    };
+    finish(answer.await)
+}
+
+/// `POST /api/message/{id}/manage`.
+async fn manage_message(raw_id: String, worker: Arc<Worker>, body: Bytes) -> Response {
+    finish((|| {
+        let id = parse_session_id(&raw_id)?;
+        let body = parse_json(&body)?;
+        let managed = validate_manage(&body).map_err(SimError::validation)?;
+        worker.ensure_connected(&id)?;
+        success(
+            StatusCode::OK,
+            &json!({ "action": managed.action, "messageId": managed.message_id, "success": true }),
+        )
+    })())
+}
+
+/// `GET /sim/messages`: every accepted send, in arrival order.
+async fn sim_messages(worker: Arc<Worker>) -> Response {
+    finish(success(StatusCode::OK, &worker.state.messages()))
+}
+
+/// `GET /sim/sessions`.
+async fn sim_sessions(worker: Arc<Worker>) -> Response {
+    finish(success(StatusCode::OK, &worker.state.sessions().views()))
+}
+
+/// `POST /sim/sessions/{id}/scan` · `/drop` · `/inbound`.
+async fn sim_control(raw_id: String, action: String, worker: Arc<Worker>, body: Bytes) -> Response {
+    finish((|| {
+        let id = parse_session_id(&raw_id)?;
+        match action.as_str() {
+            "scan" => {
+                worker.scan(&id)?;
+                success(
+                    StatusCode::OK,
+                    &json!({ "sessionId": id.as_str(), "status": "CONNECTED" }),
+                )
+            }
+            "drop" => {
+                worker.drop_connection(&id)?;
+                success(
+                    StatusCode::OK,
+                    &json!({ "sessionId": id.as_str(), "status": "RECONNECTING" }),
+                )
+            }
+            "inbound" => {
+                let body = parse_json(&body)?;
+                let text = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_owned);
+                let from = text("from")
+                    .filter(|from| !from.is_empty())
+                    .ok_or_else(|| missing_string("from"))?;
+                // A bare number is the common case in demos; the gateway expects a JID.
+                let from = if from.contains('@') {
+                    from
+                } else {
+                    format!("{}@s.whatsapp.net", from.trim_start_matches('+'))
+                };
+                let kind = text("type").unwrap_or_else(|| "text".to_owned());
+                let message_id = worker.inbound(&id, from, kind, text("message"))?;
+                success(StatusCode::OK, &json!({ "messageId": message_id }))
+            }
+            _ => Err(SimError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "no such route",
+            )),
+        }
+    })())
+}
+
+/// Serves `filter` on `listener` until `shutdown` resolves, then lets in-flight requests finish
+/// for at most [`SHUTDOWN_GRACE`]. Aborting the task that runs this drops every connection.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    filter: BoxedFilter<(Response,)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let warp_service = warp::service(filter);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let _ = stream.set_nodelay(true);
+        let warp_service = warp_service.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            handle(request, warp_service.clone())
+        });
+        let connection = graceful.watch(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service),
+        );
+        connections.spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the grace period; dropping them");
+    }
+}
+
+/// Reads the body under [`MAX_BODY_BYTES`] (chunked bodies included), then runs the routes.
+async fn handle<S>(
+    request: hyper::Request<Incoming>,
+    mut warp_service: S,
+) -> Result<Response, Infallible>
+where
+    S: tower_service::Service<hyper::Request<Full<Bytes>>, Response = Response, Error = Infallible>,
+{
+    let (parts, body) = request.into_parts();
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => {
+            let request = hyper::Request::from_parts(parts, Full::new(collected.to_bytes()));
+            warp_service.call(request).await
+        }
+        Err(err)
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Ok(SimError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+            )
+            .into_response())
+        }
+        Err(err) => Ok(SimError::new(
+            StatusCode::BAD_REQUEST,
+            "BODY_READ_ERROR",
+            format!("could not read the body: {err}"),
+        )
+        .into_response()),
+    }
+}
