@@ -46,6 +46,8 @@ pub struct AppContext {
     pub fleet: Arc<Fleet>,
     /// When this process started (health uptime).
     pub started_at: Instant,
+    /// Flips to `true` when shutdown starts, so endless responses (SSE) end and drain completes.
+    pub shutting_down: watch::Sender<bool>,
 }
 
 impl AppContext {
@@ -107,6 +109,7 @@ impl AppContext {
             metrics: Metrics::new()?,
             fleet,
             started_at: Instant::now(),
+            shutting_down: watch::channel(false).0,
         })
     }
 
@@ -187,6 +190,7 @@ impl Application {
             })
         };
         let routes = crate::http::routes(self.context.clone());
+        let shutting_down = self.context.shutting_down.clone();
         tracing::info!(
             addr = %self.local_addr,
             store = self.context.store.backend().as_str(),
@@ -200,6 +204,7 @@ impl Application {
             async move {
                 shutdown.await;
                 tracing::info!("shutdown requested; draining in-flight requests");
+                shutting_down.send_replace(true);
             },
             Duration::from_secs(20),
         )

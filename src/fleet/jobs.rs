@@ -13,6 +13,7 @@ use anyhow::Context;
 use apalis::layers::retry::HasherRng;
 use apalis::layers::retry::backoff::{ExponentialBackoffMaker, MakeBackoff};
 use apalis::prelude::*;
+use apalis_core::backend::ext::poll_strategy::{PollSnapshot, PollStrategy};
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
 use sqlx::postgres::PgPoolOptions;
@@ -29,6 +30,42 @@ const DEDUP_WINDOW_MS: i64 = 30_000;
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// In-process attempts of one job before it is marked failed (then re-requested next window).
 const RETRIES: usize = 12;
+
+/// Wakes the job worker every period to look for new jobs.
+///
+/// apalis's own `IntervalStrategy` arms its next timer without polling it, so when a fetch
+/// completes within the same poll the worker is left with no timer and sleeps until apalis's
+/// 30-second heartbeat (seen here as migrations stalling under load). This strategy keeps
+/// polling its interval until it is pending, so a wake-up is always registered.
+struct TickStrategy {
+    interval: tokio::time::Interval,
+}
+
+impl TickStrategy {
+    fn new(period: Duration) -> Self {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { interval }
+    }
+}
+
+impl PollStrategy for TickStrategy {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _snapshot: &PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        let mut fired = false;
+        while self.interval.poll_tick(cx).is_ready() {
+            fired = true;
+        }
+        if fired {
+            std::task::Poll::Ready(Some(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
 
 /// Where migration jobs are stored.
 #[derive(Clone)]
@@ -154,10 +191,18 @@ impl MigrationQueue {
         }
         match self {
             MigrationQueue::Sqlite(storage) => {
-                run!(storage.clone().poll_with_interval(POLL_INTERVAL))
+                run!(
+                    storage
+                        .clone()
+                        .poll_with_strategy(TickStrategy::new(POLL_INTERVAL))
+                )
             }
             MigrationQueue::Postgres(storage) => {
-                run!(storage.clone().poll_with_interval(POLL_INTERVAL))
+                run!(
+                    storage
+                        .clone()
+                        .poll_with_strategy(TickStrategy::new(POLL_INTERVAL))
+                )
             }
         }
     }

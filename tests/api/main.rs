@@ -9,5 +9,6 @@ mod admin;
 mod api_keys;
 mod auth;
 mod cli;
+mod fleet;
 mod http_basics;
 mod repository;
