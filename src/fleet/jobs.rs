@@ -132,7 +132,12 @@ impl MigrationQueue {
             job.target_worker_id.as_deref().unwrap_or("*"),
             now_ms() / DEDUP_WINDOW_MS
         );
-        let task = TaskBuilder::new(job).idempotency_key(key).build();
+        // apalis re-runs a failed job at once until `max_attempts` (default 25); the in-process
+        // retries with backoff are the only retries wanted, so the stored job gets one run.
+        let task = TaskBuilder::new(job)
+            .idempotency_key(key)
+            .max_attempts(RETRIES + 1)
+            .build();
         let pushed = match self {
             MigrationQueue::Sqlite(storage) => storage
                 .clone()

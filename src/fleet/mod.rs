@@ -622,15 +622,7 @@ impl Fleet {
             return Ok(None);
         };
         let worker = self.store.worker_by_id(worker_id).await?;
-        let route = Route {
-            worker_id: worker.id.clone(),
-            endpoint: worker.endpoint.clone(),
-            epoch: session.epoch,
-        };
-        if let Err(err) = self.routes.put(&session.id, &route).await {
-            tracing::warn!(error = format!("{err:#}"), "route cache write failed");
-        }
-        Ok(Some(route))
+        Ok(Some(self.cache_route(session, &worker).await))
     }
 
     // ----- liveness and migration -----------------------------------------------------------
@@ -815,7 +807,9 @@ impl Fleet {
         Ok(())
     }
 
-    async fn cache_route(&self, session: &Session, worker: &Worker) {
+    /// Caches (and returns) the route of `session` on `worker`; a cache failure only costs a
+    /// store read later.
+    async fn cache_route(&self, session: &Session, worker: &Worker) -> Route {
         let route = Route {
             worker_id: worker.id.clone(),
             endpoint: worker.endpoint.clone(),
@@ -824,6 +818,7 @@ impl Fleet {
         if let Err(err) = self.routes.put(&session.id, &route).await {
             tracing::warn!(error = format!("{err:#}"), "route cache write failed");
         }
+        route
     }
 
     fn publish(&self, session: &Session) {

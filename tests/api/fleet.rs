@@ -30,6 +30,9 @@ backend_tests!(
     worker_routes_need_the_worker_token,
     no_worker_means_503,
     status_shows_the_qr_and_events_stream_changes,
+    session_actions_reach_the_owner,
+    sessions_wait_for_capacity_then_move,
+    admins_add_and_test_workers,
 );
 
 async fn fleet_app(backend: Backend) -> TestApp {
@@ -751,5 +754,155 @@ async fn status_shows_the_qr_and_events_stream_changes(backend: Backend) {
     assert!(done["qrCode"].is_null());
     drop(events);
     w.kill().await;
+    app.stop().await;
+}
+
+async fn session_actions_reach_the_owner(backend: Backend) {
+    let app = fleet_app(backend).await;
+    let admin = app.admin().await;
+    let w = sim(&app, "w-act", 100).await;
+    create_and_connect(&app, &admin, &ids("act", 1)).await;
+    wait_for(Duration::from_secs(10), "CONNECTED", || {
+        all_connected(&app, &admin.access_token, 1)
+    })
+    .await;
+    let token = Some(admin.access_token.as_str());
+    app.post("/api/v1/sessions/act-0/disconnect", token, json!({}))
+        .await
+        .assert_ok(200);
+    wait_for(Duration::from_secs(10), "DISCONNECTED", || async {
+        app.get("/api/v1/sessions/act-0", token).await.body["data"]["status"] == "DISCONNECTED"
+    })
+    .await;
+    app.post("/api/v1/sessions/act-0/restart", token, json!({}))
+        .await
+        .assert_ok(200);
+    wait_for(
+        Duration::from_secs(10),
+        "reconnected after restart",
+        || async {
+            app.get("/api/v1/sessions/act-0", token).await.body["data"]["status"] == "CONNECTED"
+        },
+    )
+    .await;
+    app.post("/api/v1/sessions/act-0/logout", token, json!({}))
+        .await
+        .assert_ok(200);
+    wait_for(Duration::from_secs(10), "logged out", || async {
+        app.get("/api/v1/sessions/act-0", token).await.body["data"]["status"] == "DISCONNECTED"
+    })
+    .await;
+    app.post("/api/v1/sessions/act-0/dance", token, json!({}))
+        .await
+        .assert_error(404, "NOT_FOUND");
+    app.delete("/api/v1/sessions/act-0", token)
+        .await
+        .assert_ok(200);
+    wait_for(
+        Duration::from_secs(5),
+        "worker stops the deleted session",
+        || async { w.sessions().is_empty() },
+    )
+    .await;
+    app.get("/api/v1/sessions/act-0", token)
+        .await
+        .assert_error(404, "NOT_FOUND");
+    w.kill().await;
+    app.stop().await;
+}
+
+async fn sessions_wait_for_capacity_then_move(backend: Backend) {
+    let app = fleet_app(backend).await;
+    let admin = app.admin().await;
+    let only = sim(&app, "w-wait-1", 100).await;
+    create_and_connect(&app, &admin, &ids("wait", 3)).await;
+    wait_for(Duration::from_secs(10), "CONNECTED", || {
+        all_connected(&app, &admin.access_token, 3)
+    })
+    .await;
+    only.kill().await;
+    // No target: the sessions stay put (waiting) while the worker is OFFLINE...
+    wait_for(Duration::from_secs(10), "OFFLINE", || async {
+        app.get("/api/v1/workers/w-wait-1", Some(&admin.access_token))
+            .await
+            .body["data"]["status"]
+            == "OFFLINE"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        sessions_of(&app, &admin.access_token)
+            .await
+            .iter()
+            .all(|s| s["workerId"] == "w-wait-1")
+    );
+    // ...and move as soon as capacity appears.
+    let rescue = sim(&app, "w-wait-2", 100).await;
+    wait_for(
+        Duration::from_secs(15),
+        "moved to the new worker",
+        || async {
+            sessions_of(&app, &admin.access_token)
+                .await
+                .iter()
+                .all(|s| s["workerId"] == "w-wait-2" && s["status"] == "CONNECTED")
+        },
+    )
+    .await;
+    assert_eq!(rescue.sessions().len(), 3);
+    rescue.kill().await;
+    app.stop().await;
+}
+
+async fn admins_add_and_test_workers(backend: Backend) {
+    let app = fleet_app(backend).await;
+    let admin = app.admin().await;
+    let token = Some(admin.access_token.as_str());
+    let w = sim(&app, "w-add", 100).await;
+    // Adding by endpoint probes it and takes the id and capacity from its /health.
+    let added = app
+        .post(
+            "/api/v1/workers",
+            token,
+            json!({"endpoint": w.endpoint(), "maxSessions": 7}),
+        )
+        .await;
+    let added = added.assert_ok(201);
+    assert_eq!(added["id"], "w-add");
+    assert_eq!(added["maxSessions"], 7);
+    app.post(
+        "/api/v1/workers",
+        token,
+        json!({"endpoint": "http://127.0.0.1:1"}),
+    )
+    .await
+    .assert_error(409, "WORKER_UNREACHABLE");
+    let probe = app
+        .post("/api/v1/workers/w-add/test", token, json!({}))
+        .await;
+    let probe = probe.assert_ok(200);
+    assert_eq!(probe["reachable"], true);
+    assert_eq!(probe["health"]["workerId"], "w-add");
+    let updated = app
+        .put(
+            "/api/v1/workers/w-add",
+            token,
+            json!({"maxSessions": 3, "description": "rack 2"}),
+        )
+        .await;
+    let updated = updated.assert_ok(200);
+    assert_eq!(updated["maxSessions"], 3);
+    assert_eq!(updated["description"], "rack 2");
+    app.put("/api/v1/workers/w-add", token, json!({"maxSessions": 0}))
+        .await
+        .assert_error(400, "VALIDATION_ERROR");
+    app.get("/api/v1/workers/nope", token)
+        .await
+        .assert_error(404, "NOT_FOUND");
+    w.kill().await;
+    let dead = app
+        .post("/api/v1/workers/w-add/test", token, json!({}))
+        .await;
+    assert_eq!(dead.assert_ok(200)["reachable"], false);
     app.stop().await;
 }
