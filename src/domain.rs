@@ -237,6 +237,51 @@ impl SessionId {
     }
 }
 
+/// A WhatsApp recipient as workers expect it: `<8–15 digits>@s.whatsapp.net`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct PhoneJid(String);
+
+impl PhoneJid {
+    /// Normalises what customers type: `+62 812-3456-7890`, `6281234567890`, `081234567890`
+    /// (a leading 0 is a local number: it takes `default_country_code`), or an existing JID.
+    pub fn parse(
+        field: &'static str,
+        raw: &str,
+        default_country_code: &str,
+    ) -> Result<Self, InvalidInput> {
+        let raw = raw.trim();
+        let number = raw.strip_suffix("@s.whatsapp.net").unwrap_or(raw);
+        let international = number.starts_with('+') || number.starts_with("00");
+        if number
+            .chars()
+            .any(|c| !(c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')' | '.')))
+        {
+            return Err(InvalidInput::new(
+                field,
+                "must be a phone number like +62 812-3456-7890",
+            ));
+        }
+        let mut digits: String = number.chars().filter(char::is_ascii_digit).collect();
+        if international && number.starts_with("00") {
+            digits.drain(..2);
+        } else if !international && digits.starts_with('0') {
+            digits = format!("{default_country_code}{}", digits.trim_start_matches('0'));
+        }
+        if !(8..=15).contains(&digits.len()) {
+            return Err(InvalidInput::new(
+                field,
+                "must have 8 to 15 digits including the country code",
+            ));
+        }
+        Ok(Self(format!("{digits}@s.whatsapp.net")))
+    }
+
+    /// The JID.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Milliseconds since the Unix epoch: the one time representation of the store.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -308,6 +353,38 @@ mod tests {
         assert!(SessionId::parse("sessionId", "has space").is_err());
         assert!(SessionId::parse("sessionId", &"x".repeat(51)).is_err());
         assert!(SessionId::parse("sessionId", "sales-team_01").is_ok());
+    }
+
+    #[test]
+    fn phone_numbers_are_normalised() {
+        let jid = |raw: &str| PhoneJid::parse("to", raw, "62").map(|j| j.as_str().to_owned());
+        assert_eq!(
+            jid("+62 812-3456-7890").unwrap(),
+            "6281234567890@s.whatsapp.net"
+        );
+        assert_eq!(
+            jid("6281234567890").unwrap(),
+            "6281234567890@s.whatsapp.net"
+        );
+        assert_eq!(jid("081234567890").unwrap(), "6281234567890@s.whatsapp.net");
+        assert_eq!(
+            jid("0062 812 3456 7890").unwrap(),
+            "6281234567890@s.whatsapp.net"
+        );
+        assert_eq!(
+            jid("6281234567890@s.whatsapp.net").unwrap(),
+            "6281234567890@s.whatsapp.net"
+        );
+        for bad in [
+            "",
+            "1234567",
+            "+1234567890123456",
+            "call me",
+            "62812x4567890",
+            "123@g.us",
+        ] {
+            assert!(jid(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
