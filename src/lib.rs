@@ -13,6 +13,7 @@
 //! - [`sim`]: the simulated Baileys worker (`wa-gateway sim-worker`).
 //! - [`limits`]: fixed-window counters (in-process or Redis) under throttling and quotas.
 //! - [`quota`]: tier quotas per user per hour and batched usage records.
+//! - [`send`]: send requests validated into the exact worker send body.
 //! - [`http`]: warp routes, the error envelope, the server loop.
 //! - [`app`]: building and running the application; graceful shutdown.
 //! - [`metrics`]: Prometheus instruments.
@@ -29,6 +30,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod quota;
+pub mod send;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
