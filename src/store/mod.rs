@@ -26,6 +26,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AnyPool, ConnectOptions, Connection};
 
 pub use api_keys::{ApiKeyRecord, NewApiKey};
+pub use messages::{MessageEvent, MessageRecord, NewOutboundMessage};
 pub use refresh_tokens::{NewRefreshToken, RefreshOutcome, RefreshTokenRecord};
 pub use sessions::{Session, SessionReport};
 pub use usage::UsageRecord;

@@ -279,3 +279,87 @@ async fn usage_records_accumulate(backend: Backend) {
         1
     );
 }
+
+mod messages {
+    use wa_gateway::domain::MessageStatus;
+    use wa_gateway::store::{NewOutboundMessage, StoreError};
+
+    use crate::backend_tests;
+    use crate::common::{Backend, TestStore};
+
+    backend_tests!(outbound_messages_advance_and_keep_a_timeline);
+
+    async fn outbound_messages_advance_and_keep_a_timeline(backend: Backend) {
+        let test = TestStore::new(backend).await;
+        let store = &test.store;
+        let ann = super::new_user(store, "ann@example.com").await;
+        let bob = super::new_user(store, "bob@example.com").await;
+        let messages: Vec<NewOutboundMessage> = (0..3)
+            .map(|i| NewOutboundMessage {
+                id: format!("m-{i}"),
+                user_id: ann.id.clone(),
+                session_id: "sales-1".into(),
+                message_type: "TEXT",
+                remote_jid: "6281234567890@s.whatsapp.net".into(),
+                content: r#"{"to":"6281234567890@s.whatsapp.net","type":"text","message":"hi"}"#
+                    .into(),
+                idempotency_key: None,
+            })
+            .collect();
+        store.insert_outbound_messages(&messages).await.unwrap();
+        assert!(matches!(
+            store.insert_outbound_messages(&messages[..1]).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let stored = store.message_for_user(&ann.id, "m-1").await.unwrap();
+        assert_eq!(stored.status, MessageStatus::Pending);
+        assert!(matches!(
+            store.message_for_user(&bob.id, "m-1").await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(
+            store
+                .apply_message_status("sales-1", "m-1", MessageStatus::Sent, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .apply_message_status("sales-1", "m-1", MessageStatus::Read, None)
+                .await
+                .unwrap()
+        );
+        // Late or wrong-session reports never move a message backwards or across sessions.
+        assert!(
+            !store
+                .apply_message_status("sales-1", "m-1", MessageStatus::Delivered, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .apply_message_status("other", "m-2", MessageStatus::Sent, None)
+                .await
+                .unwrap()
+        );
+        let timeline: Vec<MessageStatus> = store
+            .message_timeline("m-1")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.status)
+            .collect();
+        assert_eq!(
+            timeline,
+            vec![
+                MessageStatus::Pending,
+                MessageStatus::Sent,
+                MessageStatus::Read
+            ]
+        );
+        assert_eq!(
+            store.message_for_user(&ann.id, "m-1").await.unwrap().status,
+            MessageStatus::Read
+        );
+    }
+}
