@@ -8,16 +8,22 @@
 //!   the Kafka topics and lays out the embedded SQLite log;
 //! * [`partitioner`]: Kafka's Java-compatible murmur2 partitioner, so a session lands on
 //!   the same partition in the embedded log and in Kafka;
-//! * [`envelope`]: the versioned JSON record values of the outbound and event topics.
+//! * [`envelope`]: the versioned JSON record values of the outbound and event topics;
+//! * [`embedded`]: the embedded partitioned log on SQLite, used when `KAFKA_BROKERS` is
+//!   unset: group-committed, durable appends, offset-ordered fetches, consumer-group
+//!   positions and change notifications.
 //!
-//! The append implementations (the embedded SQLite log and the rdkafka producer) will
-//! live here too, behind one interface, so the ingress does not care which back end runs.
-//! This core is runtime-independent: no I/O, no async.
+//! [`topics`], [`partitioner`] and [`envelope`] are runtime-independent (no I/O, no
+//! async); [`embedded`] runs on Tokio and `sqlx`. The rdkafka producer will live here too,
+//! behind one interface with the embedded log, so the ingress does not care which back end
+//! runs.
 
+pub mod embedded;
 pub mod envelope;
 pub mod partitioner;
 pub mod topics;
 
+pub use embedded::{EmbeddedLog, LogError, LogRecord, MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 pub use envelope::{ENVELOPE_VERSION, EnvelopeError, EventEnvelope, OutboundEnvelope, WorkerEvent};
 pub use partitioner::{RDKAFKA_PARTITIONER, murmur2, partition_for_key, to_positive};
 pub use topics::{

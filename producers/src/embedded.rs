@@ -1,0 +1,1152 @@
+//! The embedded partitioned log: Kafka's topic/partition/offset model on one SQLite file.
+//!
+//! Used when `KAFKA_BROKERS` is unset and one gateway process owns the database. Topics and
+//! partition counts come from the [`TopicCatalog`], and a keyed record lands on the same
+//! partition as it would in Kafka ([`TopicSpec::partition_for_key`](crate::topics::TopicSpec::partition_for_key)), so switching back
+//! ends keeps per-session ordering.
+//!
+//! Records live in `log_records` and consumer-group positions in `log_consumer_offsets`;
+//! both tables are created by the application's migrations, never by this module.
+//!
+//! # Group commit
+//!
+//! Every append goes through a channel to a single writer task. The writer drains whatever
+//! is queued (up to [`MAX_BATCH_RECORDS`] records or [`MAX_BATCH_BYTES`] bytes, though one
+//! [`EmbeddedLog::append_batch`] is never split), assigns offsets from its in-memory map of
+//! next offsets (dense per partition, no read per append), writes the whole batch in one
+//! transaction with multi-row `INSERT`s and commits it. Only then is every waiter answered,
+//! so an acknowledged record is as durable as the pool's `synchronous` setting makes a
+//! commit (the application uses `FULL`). If the transaction fails, every waiter of that
+//! batch gets the error and the writer re-reads the next offsets from the table, so no
+//! offset is skipped or reused.
+//!
+//! Readers use [`EmbeddedLog::fetch`] and [`EmbeddedLog::subscribe`] (woken after every
+//! committed batch of a topic), and keep their positions with [`EmbeddedLog::commit`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::{AssertSqlSafe, SqlitePool};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::topics::TopicCatalog;
+
+/// The writer stops draining the queue into a batch once it holds this many records.
+pub const MAX_BATCH_RECORDS: usize = 5_000;
+/// The writer stops draining the queue into a batch once its keys and values reach this
+/// many bytes.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Append requests that may wait for the writer before appenders are held back.
+const QUEUE_CAPACITY: usize = 8_192;
+/// Rows of the largest multi-row `INSERT`; chunks are powers of two up to this, so only a
+/// handful of distinct statements exist (all cacheable) and a statement binds
+/// `6 * 512 = 3072` parameters, far below SQLite's limit of 32766.
+const MAX_INSERT_ROWS: usize = 512;
+/// Columns bound per inserted row.
+const INSERT_COLUMNS: usize = 6;
+
+/// Why a log operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The topic is not in the catalog the log was opened with.
+    #[error("topic `{0}` is not defined in the embedded log")]
+    UnknownTopic(String),
+    /// The partition does not exist in the topic.
+    #[error("topic `{topic}` has no partition {partition}")]
+    UnknownPartition {
+        /// The topic's wire name.
+        topic: String,
+        /// The requested partition.
+        partition: i32,
+    },
+    /// The log was closed (or its writer stopped) before the record was written; the record
+    /// was not appended.
+    #[error("the embedded log is closed")]
+    Closed,
+    /// The group-commit transaction holding the record failed; nothing of that batch was
+    /// appended. Shared by every appender of the batch.
+    #[error("the group commit holding this record failed: {0}")]
+    BatchFailed(Arc<sqlx::Error>),
+    /// A database operation failed.
+    #[error("embedded log database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// One record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// The topic's wire name.
+    pub topic: String,
+    /// The partition the record is in.
+    pub partition: i32,
+    /// Its offset within the partition (dense, from 0).
+    pub offset: i64,
+    /// The record key (a session id for the gateway's topics).
+    pub key: String,
+    /// The record value (an encoded envelope).
+    pub value: Vec<u8>,
+    /// When the batch holding the record was written, in Unix milliseconds.
+    pub appended_at_ms: i64,
+}
+
+/// A topic of the open log.
+#[derive(Debug)]
+struct TopicState {
+    /// The wire name, as stored in the tables.
+    name: String,
+    /// Partition count.
+    partitions: i32,
+    /// Bumped after every committed batch holding records of this topic.
+    changes: watch::Sender<u64>,
+}
+
+impl TopicState {
+    /// Fails unless `partition` is one of the topic's.
+    fn check_partition(&self, partition: i32) -> Result<(), LogError> {
+        if (0..self.partitions).contains(&partition) {
+            Ok(())
+        } else {
+            Err(LogError::UnknownPartition {
+                topic: self.name.clone(),
+                partition,
+            })
+        }
+    }
+}
+
+/// State shared by the handles and the writer task.
+#[derive(Debug)]
+struct Shared {
+    pool: SqlitePool,
+    /// The catalog's topics, in catalog order; requests refer to them by index.
+    topics: Vec<TopicState>,
+    /// Logical and wire names to an index into `topics`.
+    by_name: HashMap<String, usize>,
+    /// Handed out by [`EmbeddedLog::subscribe`] for unknown topics; never bumped.
+    idle: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// The index of a topic by logical or wire name.
+    fn resolve(&self, topic: &str) -> Result<usize, LogError> {
+        self.by_name
+            .get(topic)
+            .copied()
+            .ok_or_else(|| LogError::UnknownTopic(topic.to_owned()))
+    }
+}
+
+/// One record waiting for the writer.
+struct PendingRecord {
+    partition: i32,
+    key: String,
+    value: Vec<u8>,
+}
+
+/// One append call waiting for the writer; its records go into one transaction.
+struct AppendRequest {
+    topic: usize,
+    records: Vec<PendingRecord>,
+    reply: oneshot::Sender<Result<Vec<(i32, i64)>, LogError>>,
+}
+
+impl AppendRequest {
+    fn bytes(&self) -> usize {
+        self.records
+            .iter()
+            .map(|record| record.key.len() + record.value.len())
+            .sum()
+    }
+}
+
+/// What the clones of one [`EmbeddedLog`] share; dropping it stops the writer.
+#[derive(Debug)]
+struct Handle {
+    shared: Arc<Shared>,
+    requests: mpsc::Sender<AppendRequest>,
+    shutdown: watch::Sender<bool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The embedded partitioned log over one SQLite database. Cheap to clone; the group-commit
+/// writer stops when the last clone is dropped or [`close`](Self::close) is called.
+#[derive(Debug, Clone)]
+pub struct EmbeddedLog {
+    inner: Arc<Handle>,
+}
+
+impl EmbeddedLog {
+    /// Opens the log over an existing pool whose database already has the `log_records` and
+    /// `log_consumer_offsets` tables. The pool's settings decide durability: the
+    /// application passes one with `synchronous=FULL`, so an acknowledged append survives
+    /// power loss. Loads every partition's next offset and starts the group-commit writer;
+    /// must be called inside a Tokio runtime.
+    pub async fn open(pool: SqlitePool, catalog: &TopicCatalog) -> Result<Self, LogError> {
+        let mut topics = Vec::with_capacity(catalog.len());
+        let mut by_name = HashMap::with_capacity(catalog.len() * 2);
+        for (index, spec) in catalog.iter().enumerate() {
+            by_name.insert(spec.logical_name().to_owned(), index);
+            by_name.insert(spec.name.clone(), index);
+            topics.push(TopicState {
+                name: spec.name.clone(),
+                partitions: spec.partitions,
+                changes: watch::Sender::new(0),
+            });
+        }
+        let shared = Arc::new(Shared {
+            pool,
+            topics,
+            by_name,
+            idle: watch::Sender::new(0),
+        });
+        let next_offsets = load_next_offsets(&shared).await?;
+        let (requests, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let writer = tokio::spawn(run_writer(
+            Arc::clone(&shared),
+            queue,
+            shutdown_rx,
+            next_offsets,
+        ));
+        Ok(Self {
+            inner: Arc::new(Handle {
+                shared,
+                requests,
+                shutdown,
+                writer: Mutex::new(Some(writer)),
+            }),
+        })
+    }
+
+    /// Appends one record to `topic` (logical or wire name) on the partition Kafka would
+    /// pick for `key` (murmur2). Resolves only once the batch holding it is committed;
+    /// returns its `(partition, offset)`.
+    ///
+    /// Dropping the future after the record was queued does not withdraw it: it may still
+    /// be appended, like a Kafka produce whose acknowledgement was lost.
+    pub async fn append(
+        &self,
+        topic: &str,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<(i32, i64), LogError> {
+        let positions = self
+            .append_batch(topic, vec![(key.to_owned(), value)])
+            .await?;
+        positions.into_iter().next().ok_or(LogError::Closed)
+    }
+
+    /// Appends many records to `topic` in one transaction (all or none), e.g. a bulk send.
+    /// Returns their `(partition, offset)` in input order; records of one partition get
+    /// increasing offsets in input order.
+    pub async fn append_batch(
+        &self,
+        topic: &str,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<(i32, i64)>, LogError> {
+        let shared = &self.inner.shared;
+        let index = shared.resolve(topic)?;
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let spec = &shared.topics[index];
+        let records = records
+            .into_iter()
+            .map(|(key, value)| PendingRecord {
+                partition: crate::partitioner::partition_for_key(key.as_bytes(), spec.partitions),
+                key,
+                value,
+            })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .requests
+            .send(AppendRequest {
+                topic: index,
+                records,
+                reply,
+            })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        answer.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Reads up to `max` records of one partition, from `from_offset` on, in offset order.
+    /// Returns fewer (or none) when the partition holds no more yet; records already
+    /// removed by [`truncate`](Self::truncate) are skipped.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        from_offset: i64,
+        max: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        let shared = &self.inner.shared;
+        let state = &shared.topics[shared.resolve(topic)?];
+        state.check_partition(partition)?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT record_offset, record_key, record_value, appended_at FROM log_records \
+             WHERE topic = ?1 AND partition_id = ?2 AND record_offset >= ?3 \
+             ORDER BY record_offset LIMIT ?4",
+        )
+        .bind(&state.name)
+        .bind(partition)
+        .bind(from_offset)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&shared.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(offset, key, value, appended_at_ms)| LogRecord {
+                topic: state.name.clone(),
+                partition,
+                offset,
+                key,
+                value,
+                appended_at_ms,
+            })
+            .collect())
+    }
+
+    /// The position (next offset to read) `group` committed on a partition; 0 when it never
+    /// committed one.
+    pub async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<i64, LogError> {
+        let shared = &self.inner.shared;
+        let state = &shared.topics[shared.resolve(topic)?];
+        state.check_partition(partition)?;
+        let position: Option<i64> = sqlx::query_scalar(
+            "SELECT committed_offset FROM log_consumer_offsets \
+             WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3",
+        )
+        .bind(group)
+        .bind(&state.name)
+        .bind(partition)
+        .fetch_optional(&shared.pool)
+        .await?;
+        Ok(position.unwrap_or(0))
+    }
+
+    /// Commits `group`'s positions, `(topic, partition, next offset to read)`, in one
+    /// transaction. A position never moves backwards: one below what is stored is ignored.
+    /// Every topic and partition is checked before anything is written.
+    pub async fn commit(
+        &self,
+        group: &str,
+        positions: &[(String, i32, i64)],
+    ) -> Result<(), LogError> {
+        let shared = &self.inner.shared;
+        let mut resolved = Vec::with_capacity(positions.len());
+        for (topic, partition, offset) in positions {
+            let state = &shared.topics[shared.resolve(topic)?];
+            state.check_partition(*partition)?;
+            resolved.push((state.name.as_str(), *partition, *offset));
+        }
+        if resolved.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = shared.pool.begin().await?;
+        for (topic, partition, offset) in resolved {
+            sqlx::query(
+                "INSERT INTO log_consumer_offsets \
+                 (group_id, topic, partition_id, committed_offset, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET \
+                 committed_offset = excluded.committed_offset, updated_at = excluded.updated_at \
+                 WHERE excluded.committed_offset > log_consumer_offsets.committed_offset",
+            )
+            .bind(group)
+            .bind(topic)
+            .bind(partition)
+            .bind(offset)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A counter bumped after every committed batch holding records of `topic`: wait on
+    /// [`changed`](watch::Receiver::changed) and then [`fetch`](Self::fetch), instead of
+    /// polling. For a topic not in the catalog the receiver never changes (its fetches fail
+    /// with [`LogError::UnknownTopic`]).
+    #[must_use]
+    pub fn subscribe(&self, topic: &str) -> watch::Receiver<u64> {
+        let shared = &self.inner.shared;
+        match shared.resolve(topic) {
+            Ok(index) => shared.topics[index].changes.subscribe(),
+            Err(_) => shared.idle.subscribe(),
+        }
+    }
+
+    /// Housekeeping: deletes the records of `topic` that were appended more than
+    /// `older_than_ms` milliseconds ago (the topic's retention) **and** that every consumer
+    /// group which committed a position on their partition has read. A partition no group
+    /// committed on keeps its records, and the newest record of each partition is always
+    /// kept so its next offset survives a restart. A negative `older_than_ms` (retention -1,
+    /// forever) deletes nothing. Returns how many records were deleted.
+    pub async fn truncate(&self, topic: &str, older_than_ms: i64) -> Result<u64, LogError> {
+        let shared = &self.inner.shared;
+        let state = &shared.topics[shared.resolve(topic)?];
+        if older_than_ms < 0 {
+            return Ok(0);
+        }
+        let cutoff = now_ms().saturating_sub(older_than_ms);
+        let mut deleted = 0;
+        for partition in 0..state.partitions {
+            let read_by_all: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(committed_offset) FROM log_consumer_offsets \
+                 WHERE topic = ?1 AND partition_id = ?2",
+            )
+            .bind(&state.name)
+            .bind(partition)
+            .fetch_one(&shared.pool)
+            .await?;
+            let newest = max_record_offset(&shared.pool, &state.name, partition).await?;
+            let (Some(read_by_all), Some(newest)) = (read_by_all, newest) else {
+                continue;
+            };
+            let below = read_by_all.min(newest);
+            let result = sqlx::query(
+                "DELETE FROM log_records WHERE topic = ?1 AND partition_id = ?2 \
+                 AND record_offset < ?3 AND appended_at < ?4",
+            )
+            .bind(&state.name)
+            .bind(partition)
+            .bind(below)
+            .bind(cutoff)
+            .execute(&shared.pool)
+            .await?;
+            deleted += result.rows_affected();
+        }
+        Ok(deleted)
+    }
+
+    /// Stops the writer and waits for it: the batch being written is finished, appends
+    /// still queued and later ones fail with [`LogError::Closed`]. Reads keep working until
+    /// the pool is closed. Idempotent.
+    pub async fn close(&self) {
+        self.inner.shutdown.send_replace(true);
+        let writer = match self.inner.writer.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(writer) = writer
+            && let Err(error) = writer.await
+        {
+            tracing::error!(%error, "embedded log writer task failed");
+        }
+    }
+}
+
+/// Now, in Unix milliseconds.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// The highest offset stored in a partition, if it holds any record.
+async fn max_record_offset(
+    pool: &SqlitePool,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT MAX(record_offset) FROM log_records WHERE topic = ?1 AND partition_id = ?2",
+    )
+    .bind(topic)
+    .bind(partition)
+    .fetch_one(pool)
+    .await
+}
+
+/// Every partition's next offset, `[topic][partition]`: one past the highest stored record,
+/// and never below a committed position (so offsets are not reused even if a partition's
+/// records were all deleted).
+async fn load_next_offsets(shared: &Shared) -> Result<Vec<Vec<i64>>, sqlx::Error> {
+    let mut next = Vec::with_capacity(shared.topics.len());
+    for topic in &shared.topics {
+        let mut partitions = Vec::with_capacity(usize::try_from(topic.partitions).unwrap_or(0));
+        for partition in 0..topic.partitions {
+            let stored = max_record_offset(&shared.pool, &topic.name, partition)
+                .await?
+                .map_or(0, |offset| offset + 1);
+            let committed: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(committed_offset) FROM log_consumer_offsets \
+                 WHERE topic = ?1 AND partition_id = ?2",
+            )
+            .bind(&topic.name)
+            .bind(partition)
+            .fetch_one(&shared.pool)
+            .await?;
+            partitions.push(stored.max(committed.unwrap_or(0)));
+        }
+        next.push(partitions);
+    }
+    Ok(next)
+}
+
+/// `INSERT` statements for `1, 2, 4, ..., MAX_INSERT_ROWS` rows, indexed by log2 of the
+/// row count.
+fn insert_statements() -> Vec<Arc<str>> {
+    let mut statements = Vec::new();
+    let mut rows = 1;
+    while rows <= MAX_INSERT_ROWS {
+        let mut sql = String::from(
+            "INSERT INTO log_records \
+             (topic, partition_id, record_offset, record_key, record_value, appended_at) VALUES ",
+        );
+        let row = format!("({})", ["?"; INSERT_COLUMNS].join(","));
+        sql.push_str(&vec![row; rows].join(","));
+        statements.push(Arc::from(sql));
+        rows *= 2;
+    }
+    statements
+}
+
+/// Resolves once the log is closed or every handle is gone.
+async fn closed(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the sender (every handle) is gone: closed as well.
+    let _ = shutdown.wait_for(|closed| *closed).await;
+}
+
+/// The group-commit writer: owns the next offsets and is the only task writing records.
+async fn run_writer(
+    shared: Arc<Shared>,
+    mut queue: mpsc::Receiver<AppendRequest>,
+    mut shutdown: watch::Receiver<bool>,
+    mut next_offsets: Vec<Vec<i64>>,
+) {
+    let statements = insert_statements();
+    // Set when the in-memory offsets may disagree with the table (a failed batch whose
+    // re-read failed too); they are re-read before the next batch.
+    let mut stale = false;
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = closed(&mut shutdown) => break,
+            request = queue.recv() => match request {
+                Some(request) => request,
+                None => break,
+            },
+        };
+        let mut records = first.records.len();
+        let mut bytes = first.bytes();
+        let mut batch = vec![first];
+        while records < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
+            let Ok(request) = queue.try_recv() else { break };
+            records += request.records.len();
+            bytes += request.bytes();
+            batch.push(request);
+        }
+
+        if stale {
+            match load_next_offsets(&shared).await {
+                Ok(reloaded) => {
+                    next_offsets = reloaded;
+                    stale = false;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "embedded log cannot re-read its offsets");
+                    let error = Arc::new(error);
+                    for request in batch {
+                        let _ = request
+                            .reply
+                            .send(Err(LogError::BatchFailed(Arc::clone(&error))));
+                    }
+                    continue;
+                }
+            }
+        }
+
+        match write_batch(&shared, &statements, &mut next_offsets, &batch).await {
+            Ok(positions) => {
+                let mut touched = vec![false; shared.topics.len()];
+                for request in &batch {
+                    touched[request.topic] = true;
+                }
+                for (topic, touched) in shared.topics.iter().zip(touched) {
+                    if touched {
+                        topic
+                            .changes
+                            .send_modify(|counter| *counter = counter.wrapping_add(1));
+                    }
+                }
+                for (request, positions) in batch.into_iter().zip(positions) {
+                    let _ = request.reply.send(Ok(positions));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, records, "embedded log group commit failed");
+                match load_next_offsets(&shared).await {
+                    Ok(reloaded) => next_offsets = reloaded,
+                    Err(_) => stale = true,
+                }
+                let error = Arc::new(error);
+                for request in batch {
+                    let _ = request
+                        .reply
+                        .send(Err(LogError::BatchFailed(Arc::clone(&error))));
+                }
+            }
+        }
+    }
+    queue.close();
+    while let Some(request) = queue.recv().await {
+        let _ = request.reply.send(Err(LogError::Closed));
+    }
+}
+
+/// One row of a batch, borrowed from its request.
+struct Row<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    key: &'a str,
+    value: &'a [u8],
+}
+
+/// Assigns offsets to every record of `batch` and writes them in one transaction.
+/// Returns each request's positions; on error the caller must re-read `next_offsets`.
+async fn write_batch(
+    shared: &Shared,
+    statements: &[Arc<str>],
+    next_offsets: &mut [Vec<i64>],
+    batch: &[AppendRequest],
+) -> Result<Vec<Vec<(i32, i64)>>, sqlx::Error> {
+    let mut positions = Vec::with_capacity(batch.len());
+    let mut rows = Vec::new();
+    for request in batch {
+        let topic = &shared.topics[request.topic];
+        let mut request_positions = Vec::with_capacity(request.records.len());
+        for record in &request.records {
+            // The partition was computed modulo the topic's partition count.
+            let slot = usize::try_from(record.partition)
+                .ok()
+                .and_then(|partition| next_offsets[request.topic].get_mut(partition))
+                .ok_or_else(|| {
+                    sqlx::Error::Protocol(format!(
+                        "partition {} out of range for topic {}",
+                        record.partition, topic.name
+                    ))
+                })?;
+            let offset = *slot;
+            *slot += 1;
+            request_positions.push((record.partition, offset));
+            rows.push(Row {
+                topic: &topic.name,
+                partition: record.partition,
+                offset,
+                key: &record.key,
+                value: &record.value,
+            });
+        }
+        positions.push(request_positions);
+    }
+
+    let now = now_ms();
+    let mut tx = shared.pool.begin().await?;
+    let mut rest = rows.as_slice();
+    while !rest.is_empty() {
+        let take = rest.len().min(MAX_INSERT_ROWS);
+        // The largest power of two not above `take`.
+        let size = 1usize << (usize::BITS - 1 - take.leading_zeros());
+        let (chunk, tail) = rest.split_at(size);
+        let sql = &statements[size.trailing_zeros() as usize];
+        let mut query = sqlx::query(AssertSqlSafe(Arc::clone(sql)));
+        for row in chunk {
+            query = query
+                .bind(row.topic)
+                .bind(row.partition)
+                .bind(row.offset)
+                .bind(row.key)
+                .bind(row.value)
+                .bind(now);
+        }
+        if let Err(error) = query.execute(&mut *tx).await {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "embedded log rollback failed");
+            }
+            return Err(error);
+        }
+        rest = tail;
+    }
+    tx.commit().await?;
+    Ok(positions)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    };
+
+    use super::*;
+    use crate::topics::{EVENTS_TOPIC, OUTBOUND_TOPIC};
+
+    /// The tables as `migrations/sqlite/20261124000001_initial_schema.sql` creates them.
+    const DDL: [&str; 2] = [
+        "CREATE TABLE IF NOT EXISTS log_records (topic TEXT NOT NULL, partition_id INTEGER NOT NULL, \
+         record_offset BIGINT NOT NULL, record_key TEXT NOT NULL, record_value BLOB NOT NULL, \
+         appended_at BIGINT NOT NULL, PRIMARY KEY (topic, partition_id, record_offset))",
+        "CREATE TABLE IF NOT EXISTS log_consumer_offsets (group_id TEXT NOT NULL, topic TEXT NOT NULL, \
+         partition_id INTEGER NOT NULL, committed_offset BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
+         PRIMARY KEY (group_id, topic, partition_id))",
+    ];
+
+    async fn pool(path: &Path) -> SqlitePool {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .unwrap();
+        for statement in DDL {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool
+    }
+
+    fn catalog() -> &'static TopicCatalog {
+        TopicCatalog::builtin().unwrap()
+    }
+
+    async fn open(path: &Path) -> EmbeddedLog {
+        EmbeddedLog::open(pool(path).await, catalog())
+            .await
+            .unwrap()
+    }
+
+    fn temp() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        (dir, path)
+    }
+
+    /// Every record of a topic, by partition, in offset order.
+    async fn read_all(log: &EmbeddedLog, topic: &str) -> BTreeMap<i32, Vec<LogRecord>> {
+        let spec = catalog().get(topic).unwrap();
+        let mut all = BTreeMap::new();
+        for partition in spec.partition_ids() {
+            let records = log.fetch(topic, partition, 0, usize::MAX).await.unwrap();
+            all.insert(partition, records);
+        }
+        all
+    }
+
+    /// Asserts every partition's offsets are exactly `0..n`.
+    fn assert_dense(all: &BTreeMap<i32, Vec<LogRecord>>) {
+        for (partition, records) in all {
+            for (expected, record) in records.iter().enumerate() {
+                assert_eq!(record.offset, expected as i64, "partition {partition}");
+                assert_eq!(record.partition, *partition);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn offsets_are_dense_per_partition_and_follow_the_key() {
+        let (_dir, path) = temp();
+        let log = open(&path).await;
+        let spec = catalog().get(OUTBOUND_TOPIC).unwrap();
+        let mut expected: HashMap<i32, i64> = HashMap::new();
+        for i in 0..60 {
+            let key = format!("session-{}", i % 7);
+            let (partition, offset) = log
+                .append(OUTBOUND_TOPIC, &key, format!("v{i}").into_bytes())
+                .await
+                .unwrap();
+            assert_eq!(partition, spec.partition_for_key(key.as_bytes()));
+            let next = expected.entry(partition).or_insert(0);
+            assert_eq!(offset, *next);
+            *next += 1;
+        }
+        let all = read_all(&log, OUTBOUND_TOPIC).await;
+        assert_dense(&all);
+        assert_eq!(all.values().map(Vec::len).sum::<usize>(), 60);
+        // Another topic has its own offsets.
+        let (_, offset) = log
+            .append(EVENTS_TOPIC, "session-0", b"e".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(offset, 0);
+        // The wire name works as well as the logical one.
+        let (partition, offset) = log
+            .append(&spec.name, "session-0", b"x".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(offset, expected[&partition]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_are_durable_without_gaps_or_duplicates() {
+        let (_dir, path) = temp();
+        let log = open(&path).await;
+        let mut tasks = Vec::new();
+        for task in 0..50 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..20 {
+                    let key = format!("session-{}", (task * 3 + i) % 17);
+                    let value = format!("{task}/{i}").into_bytes();
+                    let position = log
+                        .append(OUTBOUND_TOPIC, &key, value.clone())
+                        .await
+                        .unwrap();
+                    acked.push((position, key, value));
+                }
+                acked
+            }));
+        }
+        let mut acked = Vec::new();
+        for task in tasks {
+            acked.extend(task.await.unwrap());
+        }
+        assert_eq!(acked.len(), 1000);
+        let distinct: BTreeSet<(i32, i64)> = acked.iter().map(|(position, ..)| *position).collect();
+        assert_eq!(distinct.len(), 1000, "no position is handed out twice");
+
+        // Re-open the file with a fresh pool: every acknowledged record is there.
+        log.close().await;
+        drop(log);
+        let reopened = open(&path).await;
+        let all = read_all(&reopened, OUTBOUND_TOPIC).await;
+        assert_dense(&all);
+        assert_eq!(all.values().map(Vec::len).sum::<usize>(), 1000);
+        for ((partition, offset), key, value) in &acked {
+            let record = &all[partition][usize::try_from(*offset).unwrap()];
+            assert_eq!((&record.key, &record.value), (key, value));
+        }
+        // Appends continue after the highest stored offset.
+        let (partition, offset) = reopened
+            .append(OUTBOUND_TOPIC, "session-1", b"after".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(offset, all[&partition].len() as i64);
+    }
+
+    #[tokio::test]
+    async fn append_batch_keeps_input_order() {
+        let (_dir, path) = temp();
+        let log = open(&path).await;
+        let spec = catalog().get(OUTBOUND_TOPIC).unwrap();
+        log.append(OUTBOUND_TOPIC, "a", b"first".to_vec())
+            .await
+            .unwrap();
+        let records: Vec<(String, Vec<u8>)> = (0..1500)
+            .map(|i| (format!("k{}", i % 5), format!("{i}").into_bytes()))
+            .collect();
+        let positions = log
+            .append_batch(OUTBOUND_TOPIC, records.clone())
+            .await
+            .unwrap();
+        assert_eq!(positions.len(), records.len());
+        let mut last: HashMap<i32, i64> = HashMap::new();
+        for ((key, value), (partition, offset)) in records.iter().zip(&positions) {
+            assert_eq!(*partition, spec.partition_for_key(key.as_bytes()));
+            if let Some(previous) = last.insert(*partition, *offset) {
+                assert_eq!(*offset, previous + 1, "increasing in input order");
+            }
+            let fetched = log
+                .fetch(OUTBOUND_TOPIC, *partition, *offset, 1)
+                .await
+                .unwrap();
+            assert_eq!(&fetched[0].value, value);
+        }
+        assert_dense(&read_all(&log, OUTBOUND_TOPIC).await);
+        assert!(
+            log.append_batch(OUTBOUND_TOPIC, Vec::new())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn fetch_returns_offset_ranges() {
+        let (_dir, path) = temp();
+        let log = open(&path).await;
+        let records: Vec<(String, Vec<u8>)> =
+            (0..10).map(|i| ("one-key".to_owned(), vec![i])).collect();
+        let positions = log.append_batch(EVENTS_TOPIC, records).await.unwrap();
+        let partition = positions[0].0;
+        let range = log.fetch(EVENTS_TOPIC, partition, 3, 4).await.unwrap();
+        assert_eq!(
+            range.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            [3, 4, 5, 6]
+        );
+        assert_eq!(range[0].value, [3]);
+        assert_eq!(range[0].key, "one-key");
+        assert_eq!(range[0].topic, catalog().get(EVENTS_TOPIC).unwrap().name);
+        assert!(range[0].appended_at_ms > 0);
+        assert_eq!(
+            log.fetch(EVENTS_TOPIC, partition, 8, 100)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(
+            log.fetch(EVENTS_TOPIC, partition, 10, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            log.fetch(EVENTS_TOPIC, partition, 0, 0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let other = (partition + 1) % 12;
+        assert!(
+            log.fetch(EVENTS_TOPIC, other, 0, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            log.fetch(EVENTS_TOPIC, 12, 0, 1).await,
+            Err(LogError::UnknownPartition { partition: 12, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn committed_positions_never_move_backwards() {
+        let (_dir, path) = temp();
+        let log = open(&path).await;
+        assert_eq!(log.committed("g", OUTBOUND_TOPIC, 3).await.unwrap(), 0);
+        let topic = OUTBOUND_TOPIC.to_owned();
+        log.commit("g", &[(topic.clone(), 3, 10), (topic.clone(), 4, 2)])
+            .await
+            .unwrap();
+        assert_eq!(log.committed("g", OUTBOUND_TOPIC, 3).await.unwrap(), 10);
+        assert_eq!(log.committed("g", OUTBOUND_TOPIC, 4).await.unwrap(), 2);
+        log.commit("g", &[(topic.clone(), 3, 7), (topic.clone(), 4, 5)])
+            .await
+            .unwrap();
+        assert_eq!(log.committed("g", OUTBOUND_TOPIC, 3).await.unwrap(), 10);
+        assert_eq!(log.committed("g", OUTBOUND_TOPIC, 4).await.unwrap(), 5);
+        assert_eq!(log.committed("other", OUTBOUND_TOPIC, 3).await.unwrap(), 0);
+        // A bad entry rejects the whole commit.
+        assert!(matches!(
+            log.commit("g", &[(topic.clone(), 3, 20), ("nope".to_owned(), 0, 1)]).await,
+            Err(LogError::UnknownTopic(name)) if name == "nope"
+        ));
+        assert_eq!(log.committed("g", OUTBOUND_TOPIC, 3).await.unwrap(), 10);
+        log.commit("g", &[]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn subscribe_wakes_after_an_append() {
+        let (_dir, path) = temp();
+        let log = open(&path).await;
+        let mut changes = log.subscribe(OUTBOUND_TOPIC);
+        let other = log.subscribe(EVENTS_TOPIC);
+        let before = *changes.borrow_and_update();
+        let writer = log.clone();
+        let append = tokio::spawn(async move {
+            writer
+                .append(OUTBOUND_TOPIC, "s", b"v".to_vec())
+                .await
+                .unwrap()
+        });
+        tokio::time::timeout(Duration::from_secs(10), changes.changed())
+            .await
+            .expect("woken")
+            .unwrap();
+        assert!(*changes.borrow_and_update() > before);
+        let (partition, offset) = append.await.unwrap();
+        // Once woken, the record is visible.
+        assert_eq!(
+            log.fetch(OUTBOUND_TOPIC, partition, offset, 1)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(!other.has_changed().unwrap(), "other topics are not woken");
+    }
+
+    #[tokio::test]
+    async fn unknown_topics_and_closed_logs_are_errors() {
+        let (_dir, path) = temp();
+        let log = open(&path).await;
+        assert!(matches!(
+            log.append("wa.nope", "k", Vec::new()).await,
+            Err(LogError::UnknownTopic(name)) if name == "wa.nope"
+        ));
+        assert!(matches!(
+            log.append_batch("wa.nope", Vec::new()).await,
+            Err(LogError::UnknownTopic(_))
+        ));
+        assert!(matches!(
+            log.fetch("wa.nope", 0, 0, 1).await,
+            Err(LogError::UnknownTopic(_))
+        ));
+        assert!(matches!(
+            log.committed("g", "wa.nope", 0).await,
+            Err(LogError::UnknownTopic(_))
+        ));
+        assert!(matches!(
+            log.truncate("wa.nope", 0).await,
+            Err(LogError::UnknownTopic(_))
+        ));
+        let mut idle = log.subscribe("wa.nope");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), idle.changed())
+                .await
+                .is_err(),
+            "an unknown topic's receiver never fires"
+        );
+        log.close().await;
+        log.close().await;
+        assert!(matches!(
+            log.append(OUTBOUND_TOPIC, "k", Vec::new()).await,
+            Err(LogError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_its_waiters_and_reuses_no_offset() {
+        let (_dir, path) = temp();
+        let log = open(&path).await;
+        let (partition, _) = log
+            .append(OUTBOUND_TOPIC, "k", b"0".to_vec())
+            .await
+            .unwrap();
+        // Make the next insert fail.
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE INSERT ON log_records \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&log.inner.shared.pool)
+        .await
+        .unwrap();
+        assert!(matches!(
+            log.append(OUTBOUND_TOPIC, "k", b"1".to_vec()).await,
+            Err(LogError::BatchFailed(_))
+        ));
+        sqlx::query("DROP TRIGGER refuse")
+            .execute(&log.inner.shared.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            log.append(OUTBOUND_TOPIC, "k", b"2".to_vec())
+                .await
+                .unwrap(),
+            (partition, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn truncate_keeps_unread_and_recent_records() {
+        let (_dir, path) = temp();
+        let log = open(&path).await;
+        let records: Vec<(String, Vec<u8>)> = (0..10).map(|i| ("k".to_owned(), vec![i])).collect();
+        let partition = log.append_batch(OUTBOUND_TOPIC, records).await.unwrap()[0].0;
+        let topic = OUTBOUND_TOPIC.to_owned();
+        // Nobody committed: nothing goes.
+        assert_eq!(log.truncate(OUTBOUND_TOPIC, 0).await.unwrap(), 0);
+        log.commit("fast", &[(topic.clone(), partition, 10)])
+            .await
+            .unwrap();
+        log.commit("slow", &[(topic.clone(), partition, 4)])
+            .await
+            .unwrap();
+        // Too recent for a day's retention; forever retention keeps everything.
+        assert_eq!(log.truncate(OUTBOUND_TOPIC, 86_400_000).await.unwrap(), 0);
+        assert_eq!(log.truncate(OUTBOUND_TOPIC, -1).await.unwrap(), 0);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(log.truncate(OUTBOUND_TOPIC, 0).await.unwrap(), 4);
+        let left = log.fetch(OUTBOUND_TOPIC, partition, 0, 100).await.unwrap();
+        assert_eq!(left.first().map(|r| r.offset), Some(4));
+        // Everyone read everything: the newest record stays, so offsets survive a restart.
+        log.commit("slow", &[(topic.clone(), partition, 10)])
+            .await
+            .unwrap();
+        assert_eq!(log.truncate(OUTBOUND_TOPIC, 0).await.unwrap(), 5);
+        log.close().await;
+        drop(log);
+        let reopened = open(&path).await;
+        assert_eq!(
+            reopened
+                .append(OUTBOUND_TOPIC, "k", b"next".to_vec())
+                .await
+                .unwrap(),
+            (partition, 10)
+        );
+    }
+
+    #[tokio::test]
+    async fn throughput_of_group_commit() {
+        const RECORDS: usize = 20_000;
+        let (_dir, path) = temp();
+        let log = open(&path).await;
+        let value = vec![b'x'; 256];
+
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for task in 0..200 {
+            let log = log.clone();
+            let value = value.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..RECORDS / 200 {
+                    let key = format!("session-{}", (task + i) % 500);
+                    log.append(OUTBOUND_TOPIC, &key, value.clone())
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let concurrent = started.elapsed();
+
+        let started = Instant::now();
+        for batch in 0..RECORDS / 1000 {
+            let records = (0..1000)
+                .map(|i| (format!("session-{}", (batch + i) % 500), value.clone()))
+                .collect();
+            log.append_batch(EVENTS_TOPIC, records).await.unwrap();
+        }
+        let batched = started.elapsed();
+
+        eprintln!(
+            "embedded log: {RECORDS} appends from 200 tasks in {concurrent:?} ({:.0} records/s); \
+             {RECORDS} via append_batch(1000) in {batched:?} ({:.0} records/s)",
+            RECORDS as f64 / concurrent.as_secs_f64(),
+            RECORDS as f64 / batched.as_secs_f64(),
+        );
+        for topic in [OUTBOUND_TOPIC, EVENTS_TOPIC] {
+            let all = read_all(&log, topic).await;
+            assert_dense(&all);
+            assert_eq!(all.values().map(Vec::len).sum::<usize>(), RECORDS);
+        }
+    }
+}
