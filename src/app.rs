@@ -20,7 +20,7 @@ use crate::fleet::client::WorkerClient;
 use crate::fleet::jobs::MigrationQueue;
 use crate::fleet::routing::RouteCache;
 use crate::fleet::{Fleet, FleetSettings};
-use crate::limits::{Counters, InProcessCounters, RedisCounters};
+use crate::limits::{Counters, InProcessCounters, RedisCounters, connect_redis};
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
 use crate::store::{Store, StoreLocation};
@@ -58,10 +58,14 @@ impl AppContext {
             None => Store::connect(StoreLocation::SqliteFile(&config.sqlite_path())).await?,
         };
         store.migrate().await?;
-        let counters = Arc::new(match &config.redis_url {
-            Some(url) => Counters::Redis(
-                RedisCounters::connect(url.expose(), &config.redis_key_prefix).await?,
-            ),
+        let redis = match &config.redis_url {
+            Some(url) => Some(connect_redis(url.expose()).await?),
+            None => None,
+        };
+        let counters = Arc::new(match &redis {
+            Some(conn) => {
+                Counters::Redis(RedisCounters::new(conn.clone(), &config.redis_key_prefix))
+            }
             None => Counters::InProcess(InProcessCounters::default()),
         });
         let jwt = JwtKeys::new(
@@ -76,8 +80,8 @@ impl AppContext {
             config.refresh_token_ttl,
         );
         let quotas = Quotas::new(counters.clone(), config.tiers);
-        let routes = match &config.redis_url {
-            Some(url) => RouteCache::redis(url.expose(), &config.redis_key_prefix).await?,
+        let routes = match redis {
+            Some(conn) => RouteCache::redis(conn, &config.redis_key_prefix),
             None => RouteCache::in_process(),
         };
         let migrations = match &config.database_url {

@@ -188,19 +188,24 @@ pub struct RedisCounters {
     admit_script: redis::Script,
 }
 
+/// Opens the process's one Redis connection (multiplexed, reconnecting); every Redis-backed
+/// component shares a clone of it.
+pub async fn connect_redis(url: &str) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).context("parsing REDIS_URL")?;
+    tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
+        .await
+        .context("connecting to Redis (REDIS_URL): timed out after 5 s")?
+        .context("connecting to Redis (REDIS_URL)")
+}
+
 impl RedisCounters {
-    /// Connects (with automatic reconnection) and namespaces every key under `prefix`.
-    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("parsing REDIS_URL")?;
-        let conn = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
-            .await
-            .context("connecting to Redis (REDIS_URL): timed out after 5 s")?
-            .context("connecting to Redis (REDIS_URL)")?;
-        Ok(Self {
+    /// Counters on a shared connection, every key namespaced under `prefix`.
+    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        Self {
             conn,
             prefix: format!("{prefix}counter:"),
             admit_script: redis::Script::new(ADMIT_SCRIPT),
-        })
+        }
     }
 
     async fn admit(

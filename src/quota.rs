@@ -15,6 +15,11 @@ use crate::store::Store;
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// The counter of one user's `kind` in the hour starting at `hour_start` (ms).
+fn quota_key(kind: QuotaKind, user_id: &str, hour_start: i64) -> String {
+    format!("quota:{}:{user_id}:{hour_start}", kind.key_part())
+}
+
 /// What is being counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuotaKind {
@@ -107,7 +112,7 @@ impl Quotas {
         // Keys live a minute past the hour so a slow clock on another api process cannot reopen
         // a window that this one has closed.
         let window = Duration::from_millis((hour_end - now + 60_000) as u64);
-        let key = format!("quota:{}:{user_id}:{hour_start}", kind.key_part());
+        let key = quota_key(kind, user_id, hour_start);
         let state = self.counters.admit(&key, amount, limit, window).await?;
         if state.admitted {
             self.note_usage(user_id, hour_start, kind, amount);
@@ -127,17 +132,11 @@ impl Quotas {
         let hour_start = now - now.rem_euclid(HOUR_MS);
         let messages = self
             .counters
-            .peek(&format!(
-                "quota:{}:{user_id}:{hour_start}",
-                QuotaKind::Messages.key_part()
-            ))
+            .peek(&quota_key(QuotaKind::Messages, user_id, hour_start))
             .await?;
         let api_calls = self
             .counters
-            .peek(&format!(
-                "quota:{}:{user_id}:{hour_start}",
-                QuotaKind::ApiCalls.key_part()
-            ))
+            .peek(&quota_key(QuotaKind::ApiCalls, user_id, hour_start))
             .await?;
         Ok(HourUsage {
             messages: messages.count,

@@ -25,7 +25,7 @@ use crate::domain::now_ms;
 
 const QUEUE: &str = "session_migrations";
 /// Window of the idempotency key.
-const DEDUP_WINDOW_MS: i64 = 30_000;
+pub(crate) const DEDUP_WINDOW_MS: i64 = 30_000;
 /// How often idle workers look for new jobs.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// In-process attempts of one job before it is marked failed (then re-requested next window).

@@ -172,6 +172,8 @@ pub struct Fleet {
     events: SessionEvents,
     migrations: MigrationQueue,
     settings: FleetSettings,
+    /// Per stuck worker, the job window in which its sessions were last re-enqueued.
+    reevacuated: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl Fleet {
@@ -190,6 +192,7 @@ impl Fleet {
             events: SessionEvents::default(),
             migrations,
             settings,
+            reevacuated: Default::default(),
         }
     }
 
@@ -300,13 +303,16 @@ impl Fleet {
             return Err(FleetError::NotFound("worker"));
         }
         let worker = self.store.worker_by_id(worker_id).await?;
+        // One read for the whole heartbeat, not one per listed session.
+        let owned: std::collections::HashMap<String, Session> = self
+            .store
+            .sessions_on_worker(worker_id)
+            .await?
+            .into_iter()
+            .map(|session| (session.id.clone(), session))
+            .collect();
         for reported in sessions {
-            let owned = match self.store.session_by_id(&reported.session_id).await {
-                Ok(session) if session.worker_id.as_deref() == Some(worker_id) => Some(session),
-                Ok(_) | Err(StoreError::NotFound) => None,
-                Err(err) => return Err(err.into()),
-            };
-            let Some(session) = owned else {
+            let Some(session) = owned.get(&reported.session_id) else {
                 self.fence(&worker, &reported.session_id);
                 continue;
             };
@@ -641,13 +647,31 @@ impl Fleet {
                 {
                     tracing::warn!(worker = %worker.id, "worker missed its heartbeats; OFFLINE");
                 }
+                // Counts as this window's evacuation, so the next tick does not repeat it.
+                self.due_for_reevacuation(&worker.id, now);
                 evacuated += self.evacuate(&worker, "worker offline").await?;
-            } else if worker.status != WorkerStatus::Online && worker.session_count > 0 {
-                // OFFLINE or MAINTENANCE workers must not keep sessions; re-enqueue (idempotent).
+            } else if worker.status != WorkerStatus::Online
+                && worker.session_count > 0
+                && self.due_for_reevacuation(&worker.id, now)
+            {
+                // OFFLINE or MAINTENANCE workers must not keep sessions: ask again once per job
+                // window (a job that ran out of retries, e.g. no capacity yet, is replaced).
                 evacuated += self.evacuate(&worker, "worker not online").await?;
             }
         }
         Ok(evacuated)
+    }
+
+    /// Whether a stuck worker's sessions should be re-enqueued now: once per job dedup window,
+    /// so a dead worker with many waiting sessions does not cost a job insert per session per tick.
+    fn due_for_reevacuation(&self, worker_id: &str, now: i64) -> bool {
+        let window = now / jobs::DEDUP_WINDOW_MS;
+        let mut last = self.reevacuated.lock().unwrap_or_else(|p| p.into_inner());
+        if last.get(worker_id) == Some(&window) {
+            return false;
+        }
+        last.insert(worker_id.to_owned(), window);
+        true
     }
 
     /// Probes every non-OFFLINE worker's `/health` once.

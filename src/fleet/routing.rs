@@ -63,17 +63,12 @@ impl RouteCache {
         RouteCache::InProcess(Mutex::new(HashMap::new()))
     }
 
-    /// A Redis-backed cache under `prefix`.
-    pub async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("parsing REDIS_URL")?;
-        let conn = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
-            .await
-            .context("connecting to Redis (REDIS_URL): timed out")?
-            .context("connecting to Redis (REDIS_URL)")?;
-        Ok(RouteCache::Redis {
+    /// A Redis-backed cache on a shared connection, keys under `prefix`.
+    pub fn redis(conn: ConnectionManager, prefix: &str) -> Self {
+        RouteCache::Redis {
             conn,
             prefix: format!("{prefix}route:"),
-        })
+        }
     }
 
     /// The cached route of a session.

@@ -7,11 +7,11 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::error::{ApiError, ApiResult, finish, success};
+use super::error::{ApiError, ApiResult, finish, not_found_as, success};
 use super::extract::{Ctx, administrator, json_body, with_context};
 use super::views::UserView;
 use crate::domain::{DisplayName, Role, Tier};
-use crate::store::{StoreError, User, UserListQuery, UserUpdate};
+use crate::store::{User, UserListQuery, UserUpdate};
 
 #[allow(unused_imports)]
 use super::views::{Envelope, ErrorEnvelope};
@@ -126,7 +126,7 @@ pub async fn get_user(id: String, context: Ctx, _admin: User) -> ApiResult {
         .store
         .user_by_id(&id)
         .await
-        .map_err(user_not_found)?;
+        .map_err(not_found_as("user"))?;
     Ok(success(StatusCode::OK, &UserView::from(&user)))
 }
 
@@ -164,17 +164,10 @@ pub async fn update_user(
         .store
         .admin_update_user(&id, &update)
         .await
-        .map_err(user_not_found)?;
+        .map_err(not_found_as("user"))?;
     if body.active == Some(false) {
         context.store.revoke_user_refresh_tokens(&user.id).await?;
     }
     tracing::info!(admin = %admin.id, user = %user.id, "user updated by administrator");
     Ok(success(StatusCode::OK, &UserView::from(&user)))
-}
-
-fn user_not_found(err: StoreError) -> ApiError {
-    match err {
-        StoreError::NotFound => ApiError::NotFound("user"),
-        other => other.into(),
-    }
 }

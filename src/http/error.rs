@@ -242,6 +242,14 @@ impl From<crate::fleet::FleetError> for ApiError {
     }
 }
 
+/// Maps a store `NotFound` to a 404 naming `what`; other store errors as usual.
+pub fn not_found_as(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |err| match err {
+        StoreError::NotFound => ApiError::NotFound(what),
+        other => other.into(),
+    }
+}
+
 /// Renders `data` inside the success envelope with `status`.
 pub fn success<T: Serialize>(status: StatusCode, data: &T) -> Response {
     warp::reply::with_status(

@@ -7,7 +7,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::error::{ApiError, ApiResult, finish, success};
+use super::error::{ApiError, ApiResult, finish, not_found_as, success};
 use super::extract::{Ctx, Principal, authenticated, json_body, user_session, with_context};
 use super::views::{ApiKeyView, UserView};
 use crate::auth::api_keys;
@@ -312,10 +312,7 @@ pub async fn revoke_api_key(id: String, context: Ctx, user: User) -> ApiResult {
         .store
         .revoke_api_key(&user.id, &id)
         .await
-        .map_err(|err| match err {
-            crate::store::StoreError::NotFound => ApiError::NotFound("api key"),
-            other => other.into(),
-        })?;
+        .map_err(not_found_as("api key"))?;
     let record = context.store.api_key_for_user(&user.id, &id).await?;
     Ok(success(StatusCode::OK, &ApiKeyView::new(&record, now_ms())))
 }

@@ -11,7 +11,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::error::{ApiError, ApiResult, finish, success};
+use super::error::{ApiError, ApiResult, finish, not_found_as, success};
 use super::extract::{Ctx, administrator, json_body, with_context};
 use super::views::WorkerView;
 use crate::domain::WorkerStatus;
@@ -145,13 +145,6 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-fn worker_not_found(err: StoreError) -> ApiError {
-    match err {
-        StoreError::NotFound => ApiError::NotFound("worker"),
-        other => other.into(),
-    }
-}
-
 /// The fleet with its load.
 #[utoipa::path(get, path = "/api/v1/workers", tag = "workers",
     responses((status = 200, body = Envelope<Vec<WorkerView>>), (status = 403, body = ErrorEnvelope)),
@@ -171,7 +164,7 @@ pub async fn get_worker(id: String, context: Ctx, _admin: User) -> ApiResult {
         .store
         .worker_by_id(&id)
         .await
-        .map_err(worker_not_found)?;
+        .map_err(not_found_as("worker"))?;
     Ok(success(StatusCode::OK, &WorkerView::from(&worker)))
 }
 
@@ -281,7 +274,7 @@ pub async fn update_worker(
             body.status,
         )
         .await
-        .map_err(worker_not_found)?;
+        .map_err(not_found_as("worker"))?;
     let draining = if worker.status == WorkerStatus::Online {
         0
     } else {
@@ -312,7 +305,7 @@ pub async fn delete_worker(id: String, context: Ctx, _admin: User) -> ApiResult 
                 message: "the worker still holds sessions; drain it first (status MAINTENANCE)"
                     .to_owned(),
             },
-            other => worker_not_found(other),
+            other => not_found_as("worker")(other),
         })?;
     Ok(success(
         StatusCode::OK,
@@ -328,7 +321,7 @@ pub async fn test_worker(id: String, context: Ctx, _admin: User) -> ApiResult {
         .store
         .worker_by_id(&id)
         .await
-        .map_err(worker_not_found)?;
+        .map_err(not_found_as("worker"))?;
     let started = Instant::now();
     let result = context.fleet.client().health(&worker.endpoint).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
