@@ -13,16 +13,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::AuthService;
-use crate::auth::api_keys::LastUsedTracker;
+use crate::auth::api_keys::{LastUsedTracker, VerifiedKeys};
 use crate::auth::jwt::JwtKeys;
 use crate::config::Config;
+use crate::delivery::events::run_events;
+use crate::delivery::run_delivery;
 use crate::fleet::client::WorkerClient;
 use crate::fleet::jobs::MigrationQueue;
 use crate::fleet::routing::RouteCache;
 use crate::fleet::{Fleet, FleetSettings};
 use crate::limits::{Counters, InProcessCounters, RedisCounters, connect_redis};
 use crate::metrics::Metrics;
+use crate::pipeline::{DELIVERY_GROUP, EVENTS_GROUP, Pipeline};
 use crate::quota::Quotas;
+use crate::send::Ingress;
 use crate::store::{Store, StoreLocation};
 
 /// Everything a request handler may need; shared behind an `Arc`.
@@ -40,10 +44,16 @@ pub struct AppContext {
     pub quotas: Quotas,
     /// Batched API key `last_used` bookkeeping.
     pub api_key_usage: LastUsedTracker,
+    /// Recently verified API keys (a two-second cache in front of the store).
+    pub verified_keys: VerifiedKeys,
     /// Prometheus registry and instruments.
     pub metrics: Metrics,
     /// Workers, sessions, routing, migrations.
     pub fleet: Arc<Fleet>,
+    /// The log under the send pipeline.
+    pub pipeline: Pipeline,
+    /// Accepts sends into the outbound log.
+    pub ingress: Ingress,
     /// When this process started (health uptime).
     pub started_at: Instant,
     /// Flips to `true` when shutdown starts, so endless responses (SSE) end and drain completes.
@@ -103,13 +113,18 @@ impl AppContext {
                 metrics_retention: config.worker_metrics_retention,
             },
         ));
+        let pipeline = Pipeline::connect(&config).await?;
+        let ingress = Ingress::new(pipeline.producer().clone(), pipeline.topics().outbound);
         Ok(Self {
+            pipeline,
+            ingress,
             config,
             store,
             auth,
             counters,
             quotas,
             api_key_usage: LastUsedTracker::default(),
+            verified_keys: VerifiedKeys::default(),
             metrics: Metrics::new()?,
             fleet,
             started_at: Instant::now(),
@@ -175,6 +190,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let flusher = tokio::spawn(run_flusher(self.context.clone(), stop_rx.clone()));
+        let housekeeping = tokio::spawn(run_housekeeping(self.context.clone(), stop_rx.clone()));
         let monitor = tokio::spawn(run_fleet_monitor(
             self.context.fleet.clone(),
             stop_rx.clone(),
@@ -193,6 +209,20 @@ impl Application {
                 }
             })
         };
+        let topics = self.context.pipeline.topics();
+        let delivery = tokio::spawn(run_delivery(
+            self.context.clone(),
+            self.context
+                .pipeline
+                .source(DELIVERY_GROUP, &topics.outbound)?,
+            topics.clone(),
+            stop_rx.clone(),
+        ));
+        let events = tokio::spawn(run_events(
+            self.context.clone(),
+            self.context.pipeline.source(EVENTS_GROUP, &topics.events)?,
+            stop_rx.clone(),
+        ));
         let routes = crate::http::routes(self.context.clone());
         let shutting_down = self.context.shutting_down.clone();
         tracing::info!(
@@ -216,14 +246,18 @@ impl Application {
         let _ = stop_tx.send(true);
         for (name, task) in [
             ("flusher", flusher),
+            ("housekeeping", housekeeping),
             ("fleet monitor", monitor),
             ("migration worker", migrations),
+            ("delivery consumer", delivery),
+            ("events consumer", events),
         ] {
             if let Err(err) = task.await {
                 tracing::warn!(task = name, error = %err, "background task ended abnormally");
             }
         }
         self.context.flush_batches().await;
+        self.context.pipeline.close().await;
         self.context.store.close().await;
         tracing::info!("wa-gateway stopped");
         Ok(())
@@ -237,6 +271,28 @@ async fn run_flusher(context: Arc<AppContext>, mut stop: watch::Receiver<bool>) 
         tokio::select! {
             _ = ticker.tick() => context.flush_batches().await,
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Every ten minutes: expired idempotency keys go, and the embedded log drops what is past its
+/// retention and read by every group. Safe in several processes at once.
+async fn run_housekeeping(context: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(600));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(err) = context.store.purge_idempotency_keys().await {
+            tracing::warn!(error = %err, "purging idempotency keys failed");
+        }
+        if let Err(err) = context.pipeline.trim().await {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "trimming the embedded log failed"
+            );
         }
     }
 }

@@ -24,12 +24,31 @@ pub enum Command {
     Migrate,
     /// Run a simulated Baileys worker (tests, demos, benchmarks, smoke tests of a deployment).
     SimWorker(SimWorkerArgs),
+    /// Benchmark the send pipeline: spawn a gateway and simulated workers (or use --target),
+    /// send, check delivery, print one RESULT line.
+    #[command(long_about = crate::loadgen::LONG_ABOUT)]
+    Loadgen(crate::loadgen::LoadgenArgs),
+    /// Kafka tasks against `KAFKA_BROKERS`.
+    Kafka {
+        /// Which task.
+        #[command(subcommand)]
+        command: KafkaCommand,
+    },
     /// Administrative tasks against the configured store.
     Admin {
         /// Which task.
         #[command(subcommand)]
         command: AdminCommand,
     },
+}
+
+/// `wa-gateway kafka …`
+#[derive(Debug, Subcommand)]
+pub enum KafkaCommand {
+    /// Create the topics of `kafka/topics.toml` (under `KAFKA_TOPIC_PREFIX`) that do not exist
+    /// yet; fails when one exists with another partition count. The gateway does the same at
+    /// start.
+    CreateTopics,
 }
 
 /// `wa-gateway admin …`
@@ -82,6 +101,9 @@ pub struct SimWorkerArgs {
     /// Probability (0..=1) that a send fails with 500.
     #[arg(long, default_value_t = 0.0)]
     pub fail_rate: f64,
+    /// Send SENT/DELIVERED/READ message-status callbacks after each send (true or false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub receipts: bool,
 }
 
 fn parse_role(raw: &str) -> Result<Role, String> {
@@ -94,9 +116,15 @@ fn parse_tier(raw: &str) -> Result<Tier, String> {
 
 /// Runs a parsed command line; the error is printed by `main` and the process exits non-zero.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The load generator configures the processes it spawns itself: it must not read `.env`,
+    // generate secrets in `./data` or refuse a production `APP_ENV` of the shell it runs in.
+    let command = match cli.command {
+        Some(Command::Loadgen(args)) => return crate::loadgen::run(args).await,
+        other => other,
+    };
     let config = Config::from_env()?;
     crate::telemetry::init(&config.log_level, config.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
+    match command.unwrap_or(Command::Serve) {
         Command::SimWorker(args) => {
             if !(0.0..=1.0).contains(&args.fail_rate) {
                 anyhow::bail!("--fail-rate must be between 0 and 1");
@@ -111,12 +139,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 auto_connect: std::time::Duration::from_millis(args.auto_connect_ms),
                 send_latency: std::time::Duration::from_millis(args.send_latency_ms),
                 fail_rate: args.fail_rate,
+                receipts: args.receipts,
                 register_delay: std::time::Duration::ZERO,
                 register_retries: 5,
                 register_retry_interval: std::time::Duration::from_secs(5),
             };
             crate::sim::run(sim, shutdown_signal()).await
         }
+        Command::Loadgen(args) => crate::loadgen::run(args).await,
         Command::Serve => {
             let application = Application::build(config).await?;
             application.run_until_stopped(shutdown_signal()).await
@@ -128,6 +158,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "migrations applied"
             );
             context.store.close().await;
+            Ok(())
+        }
+        Command::Kafka {
+            command: KafkaCommand::CreateTopics,
+        } => {
+            let Some(brokers) = config.kafka_brokers.as_deref() else {
+                anyhow::bail!("KAFKA_BROKERS is not set: the embedded log needs no topics");
+            };
+            let catalog = crate::pipeline::catalog(&config)?;
+            let created = producers::kafka::create_topics(brokers, &catalog).await?;
+            for spec in catalog.iter() {
+                let state = if created.contains(&spec.name) {
+                    "created"
+                } else {
+                    "exists"
+                };
+                println!("{state:8} {} ({} partitions)", spec.name, spec.partitions);
+            }
             Ok(())
         }
         Command::Admin {

@@ -89,6 +89,11 @@ pub struct TierLimits {
     pub messages_per_hour: u32,
     /// Authenticated API calls per hour (API key or JWT).
     pub api_calls_per_hour: u32,
+    /// Least time between two sends of one session, so a number does not look like a bot
+    /// (`{TIER}_TIER_SEND_INTERVAL_MS`; 0 turns pacing off).
+    pub send_interval_ms: u64,
+    /// Random extra up to this much on top of `send_interval` (`{TIER}_TIER_SEND_JITTER_MS`).
+    pub send_jitter_ms: u64,
 }
 
 /// Limits for every tier, overridable per tier through `{TIER}_TIER_MAX_*`.
@@ -117,16 +122,22 @@ impl Default for TierTable {
                 max_sessions: 1,
                 messages_per_hour: 100,
                 api_calls_per_hour: 1_000,
+                send_interval_ms: 2_000,
+                send_jitter_ms: 1_000,
             },
             pro: TierLimits {
                 max_sessions: 5,
                 messages_per_hour: 1_000,
                 api_calls_per_hour: 10_000,
+                send_interval_ms: 1_000,
+                send_jitter_ms: 500,
             },
             max: TierLimits {
                 max_sessions: 20,
                 messages_per_hour: 10_000,
                 api_calls_per_hour: 100_000,
+                send_interval_ms: 300,
+                send_jitter_ms: 200,
             },
         }
     }
@@ -162,6 +173,9 @@ pub struct Config {
     pub redis_key_prefix: String,
     /// Kafka bootstrap servers; unset means the embedded log (`KAFKA_BROKERS`).
     pub kafka_brokers: Option<String>,
+    /// Put in front of every topic and consumer-group name (`KAFKA_TOPIC_PREFIX`, empty), so
+    /// several gateways (or test runs) can share one cluster.
+    pub topic_prefix: String,
     /// HMAC key of access tokens (`JWT_SECRET`).
     pub jwt_secret: Secret<String>,
     /// Shared secret of the worker protocol, both directions (`WORKER_AUTH_TOKEN`).
@@ -199,6 +213,16 @@ pub struct Config {
     pub worker_request_timeout: Duration,
     /// How long worker metrics samples are kept (`WORKER_METRICS_RETENTION_HOURS`, 24).
     pub worker_metrics_retention: Duration,
+    /// Country calling code put in front of local numbers (`0812…`) (`DEFAULT_COUNTRY_CODE`, 62).
+    pub default_country_code: String,
+    /// How long an accepted message may wait for its session's worker before it is FAILED and
+    /// dead-lettered (`DELIVERY_MAX_WAIT_MS`, 600000).
+    pub delivery_max_wait: Duration,
+    /// Delivery attempts before a message is FAILED and dead-lettered (`DELIVERY_MAX_ATTEMPTS`, 50).
+    pub delivery_max_attempts: u32,
+    /// Worker calls the delivery consumer keeps in flight at once, one per session at most
+    /// (`DELIVERY_MAX_IN_FLIGHT`, 512).
+    pub delivery_max_in_flight: usize,
 }
 
 /// Values that ship in `.env.example` and docs; production must not run with them.
@@ -332,6 +356,7 @@ impl Config {
             redis_url,
             redis_key_prefix,
             kafka_brokers,
+            topic_prefix: source.get("KAFKA_TOPIC_PREFIX").unwrap_or("").to_owned(),
             jwt_secret,
             worker_auth_token,
             access_token_ttl: Duration::from_secs(
@@ -370,6 +395,12 @@ impl Config {
             worker_metrics_retention: Duration::from_secs(
                 3600 * source.positive_or("WORKER_METRICS_RETENTION_HOURS", 24)?,
             ),
+            default_country_code: parse_country_code(source.get("DEFAULT_COUNTRY_CODE"))?,
+            delivery_max_wait: Duration::from_millis(
+                source.positive_or("DELIVERY_MAX_WAIT_MS", 600_000)?,
+            ),
+            delivery_max_attempts: source.positive_or("DELIVERY_MAX_ATTEMPTS", 50)? as u32,
+            delivery_max_in_flight: source.positive_or("DELIVERY_MAX_IN_FLIGHT", 512)? as usize,
         })
     }
 
@@ -469,6 +500,22 @@ fn write_private_file(path: &Path, text: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(text.as_bytes())
 }
 
+/// `DEFAULT_COUNTRY_CODE`: 1 to 3 digits, a leading `+` tolerated.
+fn parse_country_code(raw: Option<&str>) -> Result<String, ConfigError> {
+    let code = raw.unwrap_or("62").trim_start_matches('+');
+    if (1..=3).contains(&code.len())
+        && code.bytes().all(|b| b.is_ascii_digit())
+        && !code.starts_with('0')
+    {
+        Ok(code.to_owned())
+    } else {
+        Err(ConfigError::new(
+            "DEFAULT_COUNTRY_CODE",
+            format!("`{code}` is not a country calling code (1 to 3 digits, e.g. 62)"),
+        ))
+    }
+}
+
 fn tier_limits(
     source: &VarSource,
     tier: &'static str,
@@ -479,12 +526,18 @@ fn tier_limits(
         match (tier, suffix) {
             ("BASIC", "SESSIONS") => "BASIC_TIER_MAX_SESSIONS",
             ("BASIC", "MESSAGES") => "BASIC_TIER_MAX_MESSAGES_PER_HOUR",
+            ("BASIC", "INTERVAL") => "BASIC_TIER_SEND_INTERVAL_MS",
+            ("BASIC", "JITTER") => "BASIC_TIER_SEND_JITTER_MS",
             ("BASIC", _) => "BASIC_TIER_MAX_API_CALLS_PER_HOUR",
             ("PRO", "SESSIONS") => "PRO_TIER_MAX_SESSIONS",
             ("PRO", "MESSAGES") => "PRO_TIER_MAX_MESSAGES_PER_HOUR",
+            ("PRO", "INTERVAL") => "PRO_TIER_SEND_INTERVAL_MS",
+            ("PRO", "JITTER") => "PRO_TIER_SEND_JITTER_MS",
             ("PRO", _) => "PRO_TIER_MAX_API_CALLS_PER_HOUR",
             (_, "SESSIONS") => "MAX_TIER_MAX_SESSIONS",
             (_, "MESSAGES") => "MAX_TIER_MAX_MESSAGES_PER_HOUR",
+            (_, "INTERVAL") => "MAX_TIER_SEND_INTERVAL_MS",
+            (_, "JITTER") => "MAX_TIER_SEND_JITTER_MS",
             _ => "MAX_TIER_MAX_API_CALLS_PER_HOUR",
         }
     };
@@ -492,6 +545,8 @@ fn tier_limits(
         max_sessions: source.parse_or(name("SESSIONS"), default.max_sessions)?,
         messages_per_hour: source.parse_or(name("MESSAGES"), default.messages_per_hour)?,
         api_calls_per_hour: source.parse_or(name("API_CALLS"), default.api_calls_per_hour)?,
+        send_interval_ms: source.parse_or(name("INTERVAL"), default.send_interval_ms)?,
+        send_jitter_ms: source.parse_or(name("JITTER"), default.send_jitter_ms)?,
     })
 }
 

@@ -3,7 +3,8 @@
 
 use anyhow::Context;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The registry and the instruments the gateway updates.
@@ -14,6 +15,14 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     /// Request latency by method.
     pub http_request_duration_seconds: HistogramVec,
+    /// Messages accepted into the outbound log.
+    pub messages_accepted_total: IntCounter,
+    /// Delivery outcomes by kind (`sent`, `failed`, `retried`, `dead_lettered`, `skipped`).
+    pub delivery_outcomes_total: IntCounterVec,
+    /// Time from acceptance to the worker's answer, for messages sent.
+    pub delivery_latency_seconds: Histogram,
+    /// Worker events applied to the store.
+    pub events_applied_total: IntCounter,
 }
 
 impl Metrics {
@@ -36,13 +45,55 @@ impl Metrics {
             ),
             &["method"],
         )?;
+        let messages_accepted_total = IntCounter::new(
+            "messages_accepted_total",
+            "Messages accepted into the outbound log",
+        )?;
+        let delivery_outcomes_total = IntCounterVec::new(
+            Opts::new(
+                "delivery_outcomes_total",
+                "Delivery attempts by outcome (sent, failed, retried, dead_lettered, skipped)",
+            ),
+            &["outcome"],
+        )?;
+        let delivery_latency_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "delivery_latency_seconds",
+                "From acceptance to the worker's answer, for messages sent",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+            ]),
+        )?;
+        let events_applied_total =
+            IntCounter::new("events_applied_total", "Worker events applied to the store")?;
         registry.register(Box::new(http_requests_total.clone()))?;
         registry.register(Box::new(http_request_duration_seconds.clone()))?;
+        registry.register(Box::new(messages_accepted_total.clone()))?;
+        registry.register(Box::new(delivery_outcomes_total.clone()))?;
+        registry.register(Box::new(delivery_latency_seconds.clone()))?;
+        registry.register(Box::new(events_applied_total.clone()))?;
         Ok(Self {
             registry,
             http_requests_total,
             http_request_duration_seconds,
+            messages_accepted_total,
+            delivery_outcomes_total,
+            delivery_latency_seconds,
+            events_applied_total,
         })
+    }
+
+    /// Counts messages accepted into the log.
+    pub fn messages_accepted(&self, count: u64) {
+        self.messages_accepted_total.inc_by(count);
+    }
+
+    /// Counts one delivery outcome.
+    pub fn delivery_outcome(&self, outcome: &'static str) {
+        self.delivery_outcomes_total
+            .with_label_values(&[outcome])
+            .inc();
     }
 
     /// The text exposition format for `GET /metrics`.

@@ -19,9 +19,10 @@
 //!   contiguous fully-handled offset of each partition, tolerating offset
 //!   gaps left by compaction or transactions.
 //!
-//! Nothing here reads the clock, sleeps or does I/O: the async consume loop
-//! passes `now` in and performs the Kafka and worker calls itself, which keeps
-//! this crate deterministic and cheap to test.
+//! Lanes, offsets and backoff never read the clock, sleep or do I/O: the async
+//! consume loop passes `now` in and performs the worker calls itself, which
+//! keeps them deterministic and cheap to test. [`source`] is the one I/O part:
+//! the reader of the log ([`LogSource`]), over the embedded log or Kafka.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -63,11 +64,15 @@
 //! ```
 
 mod backoff;
+pub mod kafka;
 mod lanes;
 mod offsets;
+pub mod source;
 
 pub use backoff::{Backoff, BackoffJitter};
+pub use kafka::KafkaSource;
 pub use lanes::{
     DispatchTicket, DispatchedHead, FinishedHead, LaneError, LaneOutcome, SessionLanes,
 };
 pub use offsets::{ConsumerOffsets, OffsetError, PartitionOffsets};
+pub use source::{EmbeddedSource, LogSource, SourceError, SourceEvent, SourceRecord};

@@ -5,8 +5,9 @@
 //! partition as it would in Kafka ([`TopicSpec::partition_for_key`](crate::topics::TopicSpec::partition_for_key)), so switching back
 //! ends keeps per-session ordering.
 //!
-//! Records live in `log_records` and consumer-group positions in `log_consumer_offsets`;
-//! both tables are created by the application's migrations, never by this module.
+//! Records live in `log_records` and consumer-group positions in `log_consumer_offsets`.
+//! The gateway keeps the log in its own file (`DATA_DIR/log.db`, [`EmbeddedLog::open_file`],
+//! which creates the tables of [`SCHEMA`]), whichever store it runs on.
 //!
 //! # Group commit
 //!
@@ -24,9 +25,11 @@
 //! committed batch of a topic), and keep their positions with [`EmbeddedLog::commit`].
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -46,6 +49,16 @@ const QUEUE_CAPACITY: usize = 8_192;
 const MAX_INSERT_ROWS: usize = 512;
 /// Columns bound per inserted row.
 const INSERT_COLUMNS: usize = 6;
+
+/// The log's tables; created by [`EmbeddedLog::open_file`] when missing.
+pub const SCHEMA: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS log_records (topic TEXT NOT NULL, partition_id INTEGER NOT NULL, \
+     record_offset BIGINT NOT NULL, record_key TEXT NOT NULL, record_value BLOB NOT NULL, \
+     appended_at BIGINT NOT NULL, PRIMARY KEY (topic, partition_id, record_offset))",
+    "CREATE TABLE IF NOT EXISTS log_consumer_offsets (group_id TEXT NOT NULL, topic TEXT NOT NULL, \
+     partition_id INTEGER NOT NULL, committed_offset BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
+     PRIMARY KEY (group_id, topic, partition_id))",
+];
 
 /// Why a log operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +231,26 @@ impl EmbeddedLog {
                 writer: Mutex::new(Some(writer)),
             }),
         })
+    }
+
+    /// Opens (creating when missing) the log in its own SQLite file at `path`, with its
+    /// tables, WAL and `synchronous=FULL`: an acknowledged append survives power loss. The
+    /// log keeps its own file so its group-commit writer never queues behind the store's.
+    pub async fn open_file(path: &Path, catalog: &TopicCatalog) -> Result<Self, LogError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await?;
+        }
+        Self::open(pool, catalog).await
     }
 
     /// Appends one record to `topic` (logical or wire name) on the partition Kafka would
@@ -692,25 +725,10 @@ async fn write_batch(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
-    use std::path::Path;
-    use std::time::{Duration, Instant};
-
-    use sqlx::sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-    };
+    use std::time::Instant;
 
     use super::*;
     use crate::topics::{EVENTS_TOPIC, OUTBOUND_TOPIC};
-
-    /// The tables as `migrations/sqlite/20261124000001_initial_schema.sql` creates them.
-    const DDL: [&str; 2] = [
-        "CREATE TABLE IF NOT EXISTS log_records (topic TEXT NOT NULL, partition_id INTEGER NOT NULL, \
-         record_offset BIGINT NOT NULL, record_key TEXT NOT NULL, record_value BLOB NOT NULL, \
-         appended_at BIGINT NOT NULL, PRIMARY KEY (topic, partition_id, record_offset))",
-        "CREATE TABLE IF NOT EXISTS log_consumer_offsets (group_id TEXT NOT NULL, topic TEXT NOT NULL, \
-         partition_id INTEGER NOT NULL, committed_offset BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
-         PRIMARY KEY (group_id, topic, partition_id))",
-    ];
 
     async fn pool(path: &Path) -> SqlitePool {
         let options = SqliteConnectOptions::new()
@@ -724,7 +742,7 @@ mod tests {
             .connect_with(options)
             .await
             .unwrap();
-        for statement in DDL {
+        for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await.unwrap();
         }
         pool

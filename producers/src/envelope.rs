@@ -276,6 +276,13 @@ pub enum WorkerEvent {
         /// When it was read, in milliseconds since the Unix epoch.
         #[serde(default)]
         read_at: Option<i64>,
+        /// WhatsApp's id of the message, from the worker's answer to the send; later receipts
+        /// may name the message by it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        whatsapp_message_id: Option<String>,
+        /// Delivery attempts it took, when the delivery consumer reports the outcome.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempts: Option<u32>,
     },
     /// A message arrived on the session.
     MessageReceived {
@@ -458,6 +465,8 @@ mod tests {
                 error_message: None,
                 delivered_at: Some(1_700_000_001_000),
                 read_at: Some(1_700_000_002_000),
+                whatsapp_message_id: None,
+                attempts: None,
             },
             WorkerEvent::MessageStatus {
                 message_id: "msg-2".into(),
@@ -465,6 +474,8 @@ mod tests {
                 error_message: Some("not on WhatsApp".into()),
                 delivered_at: None,
                 read_at: None,
+                whatsapp_message_id: None,
+                attempts: None,
             },
             WorkerEvent::MessageReceived {
                 message_id: "WA-3EB0".into(),
@@ -500,6 +511,8 @@ mod tests {
                 error_message: None,
                 delivered_at: Some(41),
                 read_at: None,
+                whatsapp_message_id: None,
+                attempts: None,
             },
         )
         .attributed_to("w-1", Some(7));

@@ -120,3 +120,52 @@ mod tests {
         assert_eq!(pending.len(), 2);
     }
 }
+
+/// How long a verified key (with its owner) is trusted without reading the store again. Revoking
+/// a key or changing its owner in this process takes effect at once (the entry is dropped);
+/// through another api replica it takes at most this long.
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A verified key and its owner, as of `at`.
+type Verified = (
+    crate::store::ApiKeyRecord,
+    crate::store::User,
+    std::time::Instant,
+);
+
+/// Recently verified keys by hash, so an integration posting thousands of sends a second costs
+/// the store two reads per key every couple of seconds, not two per request.
+#[derive(Debug, Default)]
+pub struct VerifiedKeys {
+    entries: Mutex<HashMap<String, Verified>>,
+}
+
+impl VerifiedKeys {
+    /// The key with this hash and its owner, if verified recently.
+    pub fn get(&self, hash: &str) -> Option<(crate::store::ApiKeyRecord, crate::store::User)> {
+        let entries = self.lock();
+        let (record, user, at) = entries.get(hash)?;
+        (at.elapsed() < VERIFIED_TTL).then(|| (record.clone(), user.clone()))
+    }
+
+    /// Remembers a verified key.
+    pub fn put(&self, hash: String, record: crate::store::ApiKeyRecord, user: crate::store::User) {
+        let mut entries = self.lock();
+        if entries.len() >= 10_000 {
+            entries.retain(|_, (_, _, at)| at.elapsed() < VERIFIED_TTL);
+        }
+        entries.insert(hash, (record, user, std::time::Instant::now()));
+    }
+
+    /// Forgets every key of `user_id` (a key was revoked, or the user changed).
+    pub fn forget_user(&self, user_id: &str) {
+        self.lock()
+            .retain(|_, (record, _, _)| record.user_id != user_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Verified>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

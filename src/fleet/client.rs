@@ -131,6 +131,26 @@ impl WorkerClient {
         .await
     }
 
+    /// `POST {endpoint}/api/{sessionId}/send` with the gateway's message id in `X-Message-Id`
+    /// and `Idempotency-Key` (the worker refuses unknown body fields, so it cannot travel in
+    /// the body).
+    pub async fn send_message(
+        &self,
+        endpoint: &str,
+        session_id: &str,
+        message_id: &str,
+        body: &Value,
+    ) -> Result<Value, WorkerCallError> {
+        self.call(
+            self.http
+                .post(format!("{endpoint}/api/{session_id}/send"))
+                .header("x-message-id", message_id)
+                .header("idempotency-key", message_id)
+                .json(body),
+        )
+        .await
+    }
+
     async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, WorkerCallError> {
         let response = request
             .bearer_auth(self.token.expose())

@@ -168,6 +168,7 @@ pub async fn update_user(
     if body.active == Some(false) {
         context.store.revoke_user_refresh_tokens(&user.id).await?;
     }
+    context.verified_keys.forget_user(&user.id);
     tracing::info!(admin = %admin.id, user = %user.id, "user updated by administrator");
     Ok(success(StatusCode::OK, &UserView::from(&user)))
 }

@@ -78,6 +78,14 @@ pub enum ApiError {
         /// When to retry.
         retry_after: Duration,
     },
+    /// Over the hourly message quota (429, with `Retry-After` and `X-RateLimit-*`).
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Explanation.
+        message: String,
+        /// The counter's state, for the headers.
+        decision: crate::quota::QuotaDecision,
+    },
     /// A dependency is down (503).
     #[error("{message}")]
     ServiceUnavailable {
@@ -118,6 +126,9 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
             }
             ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
+            ApiError::QuotaExceeded { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "MESSAGE_QUOTA_EXCEEDED")
+            }
             ApiError::ServiceUnavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::Unexpected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
         }
@@ -144,12 +155,26 @@ impl ApiError {
         });
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), status).into_response();
-        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            ApiError::QuotaExceeded { decision, .. } => {
+                let headers = response.headers_mut();
+                headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
+                headers.insert(
+                    "x-ratelimit-remaining",
+                    HeaderValue::from(decision.remaining),
+                );
+                headers.insert("x-ratelimit-reset", HeaderValue::from(decision.reset_at_s));
+                Some(decision.retry_after)
+            }
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             // Round up: "retry after 0 seconds" would invite a hot loop.
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
-                response.headers_mut().insert("retry-after", value);
-            }
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(seconds.max(1)));
         }
         response
     }
@@ -341,6 +366,10 @@ fn rebuild(error: &ApiError) -> ApiError {
             code,
             message: message.clone(),
             retry_after: *retry_after,
+        },
+        ApiError::QuotaExceeded { message, decision } => ApiError::QuotaExceeded {
+            message: message.clone(),
+            decision: *decision,
         },
         ApiError::ServiceUnavailable { code, message } => ApiError::ServiceUnavailable {
             code,

@@ -39,7 +39,8 @@ pub fn json_body<T: DeserializeOwned + Send + 'static>()
         )
 }
 
-fn parse_json_body<T: DeserializeOwned>(
+/// [`json_body`]'s parsing, for handlers that also need the raw bytes (idempotency).
+pub fn parse_json_body<T: DeserializeOwned>(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<T, ApiError> {
@@ -175,12 +176,22 @@ async fn api_key_principal(context: &AppContext, key: &str) -> Result<Principal,
         return Err(REFUSED);
     }
     let now = now_ms();
-    let record = context.store.api_key_by_hash(&sha256_hex(key)).await?;
-    let Some(record) = record.filter(|r| r.is_usable(now)) else {
-        return Err(REFUSED);
+    let hash = sha256_hex(key);
+    let (record, user) = match context.verified_keys.get(&hash) {
+        Some(verified) => verified,
+        None => {
+            let Some(record) = context.store.api_key_by_hash(&hash).await? else {
+                return Err(REFUSED);
+            };
+            let user = context.store.user_by_id(&record.user_id).await?;
+            context
+                .verified_keys
+                .put(hash, record.clone(), user.clone());
+            (record, user)
+        }
     };
-    let user = context.store.user_by_id(&record.user_id).await?;
-    if !user.is_active() {
+    // Checked on every request, cached or not: expiry is a matter of the clock.
+    if !record.is_usable(now) || !user.is_active() {
         return Err(REFUSED);
     }
     context.api_key_usage.note(&record.id, now);

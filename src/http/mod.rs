@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod docs;
 pub mod error;
+pub mod external;
 pub mod extract;
 pub mod health;
 pub mod server;
@@ -30,6 +31,8 @@ pub fn routes(context: Arc<AppContext>) -> BoxedFilter<(Response,)> {
         .or(worker_api::routes(context.clone()))
         .unify()
         .or(auth::routes(context.clone()))
+        .unify()
+        .or(external::routes(context.clone()))
         .unify()
         .or(sessions::routes(context.clone()))
         .unify()

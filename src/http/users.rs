@@ -313,6 +313,7 @@ pub async fn revoke_api_key(id: String, context: Ctx, user: User) -> ApiResult {
         .revoke_api_key(&user.id, &id)
         .await
         .map_err(not_found_as("api key"))?;
+    context.verified_keys.forget_user(&user.id);
     let record = context.store.api_key_for_user(&user.id, &id).await?;
     Ok(success(StatusCode::OK, &ApiKeyView::new(&record, now_ms())))
 }

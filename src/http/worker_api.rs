@@ -16,9 +16,10 @@ use warp::{Filter, Rejection};
 use super::error::{ApiError, ApiResult, finish, success};
 use super::extract::{Ctx, json_body, with_context};
 use super::views::WorkerView;
-use crate::domain::{MessageStatus, SessionId};
+use crate::domain::{MessageStatus, SessionId, now_ms};
 use crate::fleet::{RegisterWorker, ReportedSession, StatusReport};
 use crate::store::WorkerMetricsSample;
+use producers::{EventEnvelope, WorkerEvent};
 
 /// Registration body.
 #[derive(Deserialize)]
@@ -433,33 +434,48 @@ async fn message_status(context: Ctx, body: MessageStatusBody) -> ApiResult {
         .to_ascii_uppercase()
         .parse()
         .map_err(|problem| crate::domain::InvalidInput::new("status", problem))?;
-    context
-        .store
-        .session_by_id(&body.session_id)
-        .await
-        .map_err(|_| ApiError::NotFound("session"))?;
-    let updated = context
-        .store
-        .apply_message_status(
-            &body.session_id,
-            &body.message_id,
-            status,
-            body.error_message.as_deref(),
-        )
-        .await?;
+    // Through wa.events.v1 like every status change: the events consumer applies it in a
+    // batch, in the session's order. Answered once the log holds it.
+    let event = EventEnvelope::new(
+        body.session_id.clone(),
+        now_ms(),
+        WorkerEvent::MessageStatus {
+            message_id: body.message_id.clone(),
+            status: status.as_str().to_owned(),
+            error_message: body.error_message,
+            delivered_at: None,
+            read_at: None,
+            whatsapp_message_id: None,
+            attempts: None,
+        },
+    );
+    append_event(&context, event).await?;
     Ok(success(
         StatusCode::OK,
-        &json!({ "messageId": body.message_id, "status": status, "updated": updated }),
+        &json!({ "messageId": body.message_id, "status": status, "accepted": true }),
     ))
+}
+
+/// Appends a worker event to `wa.events.v1`; `503` when the log does not take it (the worker
+/// retries its callback).
+async fn append_event(context: &Ctx, event: EventEnvelope) -> Result<(), ApiError> {
+    let topic = context.pipeline.topics().events;
+    context
+        .pipeline
+        .producer()
+        .append_batch(&topic, vec![(event.session_id.clone(), event.encode())])
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "appending a worker event failed");
+            ApiError::ServiceUnavailable {
+                code: "LOG_UNAVAILABLE",
+                message: "the event log did not accept the report; retry".to_owned(),
+            }
+        })
 }
 
 async fn message_received(context: Ctx, body: MessageReceivedBody) -> ApiResult {
     SessionId::parse("sessionId", &body.session_id)?;
-    let session = context
-        .store
-        .session_by_id(&body.session_id)
-        .await
-        .map_err(|_| ApiError::NotFound("session"))?;
     let message_type = body
         .message_type
         .unwrap_or_else(|| "text".to_owned())
@@ -469,19 +485,19 @@ async fn message_received(context: Ctx, body: MessageReceivedBody) -> ApiResult 
         | "LINK" | "POLL" | "REACTION" => message_type,
         _ => "TEXT".to_owned(),
     };
-    let stored = context
-        .store
-        .insert_inbound_message(
-            &session.user_id,
-            &session.id,
-            &body.message_id,
-            &body.from,
-            &message_type,
-            &Value::Object(body.rest),
-        )
-        .await?;
+    let event = EventEnvelope::new(
+        body.session_id.clone(),
+        now_ms(),
+        WorkerEvent::MessageReceived {
+            message_id: body.message_id.clone(),
+            from: body.from,
+            message_type,
+            body: Value::Object(body.rest),
+        },
+    );
+    append_event(&context, event).await?;
     Ok(success(
         StatusCode::OK,
-        &json!({ "messageId": body.message_id, "stored": stored }),
+        &json!({ "messageId": body.message_id, "accepted": true }),
     ))
 }

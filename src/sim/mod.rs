@@ -16,7 +16,9 @@
 //! [`SimWorker::kill`] leaves nothing running; session-status callbacks leave in the order the
 //! transitions happened; sends through one session are recorded in arrival order.
 //!
-//! Simulation controls (same bearer token as the rest): `GET /sim/messages`, `GET /sim/sessions`,
+//! Simulation controls (same bearer token as the rest): `GET /sim/messages` (every accepted send
+//! in arrival order; `?after=<n>` answers `{total, messages}` with only the sends from index `n`
+//! on, for pollers of large runs), `GET /sim/sessions`,
 //! `POST /sim/sessions/{id}/scan` (connect now), `POST /sim/sessions/{id}/drop` (`RECONNECTING`,
 //! then `CONNECTED` after 100 ms), `POST /sim/sessions/{id}/inbound` `{from, message?, type?}`
 //! (forwarded to `POST /api/webhooks/message-received`).
@@ -83,6 +85,10 @@ pub struct SimWorkerConfig {
     pub send_latency: Duration,
     /// Probability in `0.0..=1.0` that a send answers 500 (`--fail-rate`).
     pub fail_rate: f64,
+    /// Whether accepted sends are followed by `SENT`, `DELIVERED` and `READ` message-status
+    /// callbacks (`--receipts`, on by default like a real worker). Off, a benchmark measures the
+    /// send path without the callback traffic.
+    pub receipts: bool,
     /// Pause before the first registration (the real worker waits about 5 s).
     pub register_delay: Duration,
     /// Registration attempts after the first one fails.
@@ -108,6 +114,7 @@ impl SimWorkerConfig {
             auto_connect: DEFAULT_AUTO_CONNECT,
             send_latency: Duration::ZERO,
             fail_rate: 0.0,
+            receipts: true,
             register_delay: Duration::ZERO,
             register_retries: DEFAULT_REGISTER_RETRIES,
             register_retry_interval: DEFAULT_REGISTER_RETRY_INTERVAL,
@@ -151,6 +158,7 @@ impl std::fmt::Debug for SimWorkerConfig {
             .field("auto_connect", &self.auto_connect)
             .field("send_latency", &self.send_latency)
             .field("fail_rate", &self.fail_rate)
+            .field("receipts", &self.receipts)
             .field("register_delay", &self.register_delay)
             .field("register_retries", &self.register_retries)
             .field("register_retry_interval", &self.register_retry_interval)

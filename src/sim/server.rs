@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -28,7 +28,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::state::SessionId;
+use super::state::{ReceivedSend, SessionId};
 use super::validate::{ValidationError, validate_manage, validate_send};
 use super::worker::{SessionError, Worker};
 
@@ -218,10 +218,11 @@ pub(crate) fn routes(worker: Arc<Worker>) -> BoxedFilter<(Response,)> {
         .and(warp::body::bytes())
         .then(manage_message);
 
-    // GET /sim/messages
+    // GET /sim/messages[?after=<n>]
     let sim_messages = warp::path!("sim" / "messages")
         .and(warp::get())
         .and(with_worker.clone())
+        .and(warp::query::<MessagesQuery>())
         .then(sim_messages);
     // GET /sim/sessions
     let sim_sessions = warp::path!("sim" / "sessions")
@@ -389,9 +390,34 @@ async fn manage_message(raw_id: String, worker: Arc<Worker>, body: Bytes) -> Res
     })())
 }
 
-/// `GET /sim/messages`: every accepted send, in arrival order.
-async fn sim_messages(worker: Arc<Worker>) -> Response {
-    finish(success(StatusCode::OK, &worker.state.messages()))
+/// Query of `GET /sim/messages`.
+#[derive(Debug, Deserialize)]
+struct MessagesQuery {
+    /// Skip the first `after` sends; absent means the plain list of all of them.
+    after: Option<usize>,
+}
+
+/// `GET /sim/messages`: every accepted send, in arrival order. With `?after=<n>`:
+/// `{total, messages}`, the sends from index `n` on and how many there are in all, so a poller
+/// fetches each send once however long the run.
+async fn sim_messages(worker: Arc<Worker>, query: MessagesQuery) -> Response {
+    let (total, newer) = worker.state.messages_after(query.after.unwrap_or(0));
+    let messages: Vec<&ReceivedSend> = newer.iter().map(Arc::as_ref).collect();
+    match query.after {
+        // The original answer, a bare array, which existing clients parse.
+        None => finish(success(StatusCode::OK, &messages)),
+        Some(_) => finish(success(StatusCode::OK, &MessagesPage { total, messages })),
+    }
+}
+
+/// The answer of `GET /sim/messages?after=<n>`; typed so a large page is serialised straight from
+/// the records, not through an intermediate `Value`.
+#[derive(Serialize)]
+struct MessagesPage<'a> {
+    /// Sends recorded so far; the next poll passes it as `after`.
+    total: usize,
+    /// The sends from index `after` on, in arrival order.
+    messages: Vec<&'a ReceivedSend>,
 }
 
 /// `GET /sim/sessions`.

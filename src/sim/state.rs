@@ -112,6 +112,9 @@ pub struct ReceivedSend {
     pub message_id: Option<String>,
     /// The request body, untouched.
     pub body: Value,
+    /// When it was recorded, in Unix microseconds: a benchmark on the same machine subtracts the
+    /// moment the gateway accepted the send to get the end-to-end latency.
+    pub received_at_us: i64,
 }
 
 /// One session held by the worker.
@@ -279,8 +282,9 @@ fn view_of(id: &SessionId, entry: &SessionEntry) -> SimSessionView {
 #[derive(Debug, Default)]
 pub(crate) struct SimState {
     pub(crate) sessions: Mutex<Sessions>,
-    /// Accepted sends in arrival order.
-    messages: Mutex<Vec<ReceivedSend>>,
+    /// Accepted sends in arrival order. Shared pointers, so a poll copies references rather
+    /// than bodies while it holds the lock that every send also takes.
+    messages: Mutex<Vec<Arc<ReceivedSend>>>,
 }
 
 impl SimState {
@@ -290,11 +294,23 @@ impl SimState {
 
     /// Records an accepted send.
     pub(crate) fn record_send(&self, send: ReceivedSend) {
-        lock(&self.messages).push(send);
+        lock(&self.messages).push(Arc::new(send));
     }
 
     pub(crate) fn messages(&self) -> Vec<ReceivedSend> {
-        lock(&self.messages).clone()
+        lock(&self.messages)
+            .iter()
+            .map(|send| ReceivedSend::clone(send))
+            .collect()
+    }
+
+    /// The sends from index `after` on (none when `after` is past the end) and the total count,
+    /// read under one lock so the two agree. Pollers pass the total they saw last and receive
+    /// only what is new, however many sends the worker holds.
+    pub(crate) fn messages_after(&self, after: usize) -> (usize, Vec<Arc<ReceivedSend>>) {
+        let messages = lock(&self.messages);
+        let newer = messages.get(after..).unwrap_or_default().to_vec();
+        (messages.len(), newer)
     }
 
     pub(crate) fn message_count(&self) -> usize {

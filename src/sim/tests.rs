@@ -659,6 +659,64 @@ async fn sends_are_recorded_in_order_and_receipts_follow() {
 }
 
 #[tokio::test]
+async fn messages_page_after_an_index_with_receipt_times_and_receipts_off() {
+    let gateway = FakeGateway::start().await;
+    let worker = SimWorker::start(SimWorkerConfig {
+        receipts: false,
+        ..gateway.config("sim-page")
+    })
+    .await
+    .unwrap();
+    let client = Client::new(&worker);
+    let id = client.connected_session(&gateway, "page").await;
+    let before_us = chrono::Utc::now().timestamp_micros();
+    for i in 0..3 {
+        let body = json!({ "to": TO, "type": "text", "message": format!("page {i}") });
+        let (status, answer) = client.send(&id, Some(&format!("page-{i}")), body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let after_us = chrono::Utc::now().timestamp_micros();
+
+    let (status, page) = client.get("/sim/messages?after=1").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["data"]["total"], 3);
+    let messages = page["data"]["messages"].as_array().unwrap();
+    let ids: Vec<&str> = messages
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["page-1", "page-2"]);
+    let stamps: Vec<i64> = messages
+        .iter()
+        .map(|m| m["receivedAtUs"].as_i64().unwrap())
+        .collect();
+    assert!(stamps[0] <= stamps[1], "{stamps:?}");
+    assert!(
+        stamps
+            .iter()
+            .all(|&at| (before_us..=after_us).contains(&at))
+    );
+    let recorded = worker.messages();
+    assert!(recorded.iter().all(|m| m.received_at_us >= before_us));
+
+    // Past the end: the total only. Without `after`: the plain list, as before.
+    let (_, end) = client.get("/sim/messages?after=99").await;
+    assert_eq!(end["data"], json!({ "total": 3, "messages": [] }));
+    let (_, all) = client.get("/sim/messages").await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 3);
+    let (status, bad) = client.get("/sim/messages?after=-1").await;
+    assert_eq!(status, 400, "{bad}");
+
+    // Receipts would leave at once (SENT has no delay); give them ample time not to.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        gateway
+            .calls_to("POST", "/api/webhooks/message-status")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn concurrent_sends_keep_per_session_arrival_order() {
     let gateway = FakeGateway::start().await;
     let worker = SimWorker::start(SimWorkerConfig {

@@ -456,9 +456,10 @@ impl Worker {
                 session_id: id.to_string(),
                 message_id: gateway_message_id.clone(),
                 body,
+                received_at_us: Utc::now().timestamp_micros(),
             });
         }
-        if send.kind.has_receipts() {
+        if self.config.receipts && send.kind.has_receipts() {
             let reported_id = gateway_message_id.unwrap_or_else(|| whatsapp_id.clone());
             self.spawn_receipts(id.to_string(), reported_id);
         }

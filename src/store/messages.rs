@@ -22,6 +22,119 @@ pub struct NewOutboundMessage {
     pub content: String,
     /// The client's `Idempotency-Key`, if any.
     pub idempotency_key: Option<String>,
+    /// When the ingress accepted it (ms); the message's `createdAt`.
+    pub accepted_at: i64,
+}
+
+/// One status change to apply, from the events consumer.
+#[derive(Debug, Clone)]
+pub struct MessageStatusChange {
+    /// The session the message belongs to (a worker can only move its own session's messages).
+    pub session_id: String,
+    /// The gateway's id, or the worker's WhatsApp id.
+    pub message_id: String,
+    /// The new status.
+    pub status: MessageStatus,
+    /// Why it failed.
+    pub error_message: Option<String>,
+    /// WhatsApp's id of the message, once the worker answered the send.
+    pub worker_message_id: Option<String>,
+    /// Delivery attempts, when the delivery consumer reports the outcome.
+    pub attempts: Option<i64>,
+    /// When it happened (ms).
+    pub at: i64,
+}
+
+/// Filters and page of [`Store::list_messages`].
+#[derive(Debug, Clone)]
+pub struct MessageListQuery {
+    /// Whose messages (always set: isolation).
+    pub user_id: String,
+    /// Only this session's.
+    pub session_id: Option<String>,
+    /// Only in this status.
+    pub status: Option<MessageStatus>,
+    /// Only this direction.
+    pub direction: Option<MessageDirection>,
+    /// Keyset cursor: rows strictly older than this `(created_at, id)`.
+    pub before: Option<(i64, String)>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// Rows per multi-row insert: 8 bound columns each stays far below every placeholder limit.
+const RECORD_CHUNK: usize = 200;
+
+const MESSAGE_COLUMNS: &str = "id, user_id, session_id, direction, message_type, remote_jid, content, status, \
+    worker_message_id, error_message, CAST(attempts AS BIGINT) AS attempts, created_at, updated_at";
+
+/// Moves a message forward only (any state may become FAILED, nothing leaves it). Returns the id
+/// of the row it changed. The message is found by its id or WhatsApp's id through two indexed
+/// lookups: an `OR` of the two lets SQLite's planner walk the session's index instead, which is
+/// a scan of every message of the session per status change.
+const UPDATE_STATUS_SQL: &str = "UPDATE messages SET status = $1, error_message = COALESCE($2, error_message), \
+     updated_at = $3, attempts = COALESCE($7, attempts), \
+     worker_message_id = COALESCE($8, worker_message_id), \
+     sent_at = CASE WHEN $1 = 'SENT' THEN $3 ELSE sent_at END, \
+     delivered_at = CASE WHEN $1 = 'DELIVERED' THEN $3 ELSE delivered_at END, \
+     read_at = CASE WHEN $1 = 'READ' THEN $3 ELSE read_at END, \
+     failed_at = CASE WHEN $1 = 'FAILED' THEN $3 ELSE failed_at END \
+     WHERE id = (SELECT id FROM messages WHERE id = $5 AND session_id = $4 \
+                 UNION ALL SELECT id FROM messages WHERE worker_message_id = $5 AND session_id = $4 LIMIT 1) AND \
+     (CASE status WHEN 'PENDING' THEN 0 WHEN 'SENT' THEN 1 WHEN 'DELIVERED' THEN 2 WHEN 'READ' THEN 3 ELSE 4 END) < $6 \
+     RETURNING id";
+
+/// Applies one change found by the gateway's id or WhatsApp's id; returns the id it moved.
+async fn update_one(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    change: &MessageStatusChange,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(UPDATE_STATUS_SQL)
+        .bind(change.status.as_str())
+        .bind(change.error_message.as_deref())
+        .bind(change.at)
+        .bind(&change.session_id)
+        .bind(&change.message_id)
+        .bind(status_rank(change.status))
+        .bind(change.attempts)
+        .bind(change.worker_message_id.as_deref())
+        .fetch_all(&mut **tx)
+        .await?)
+}
+
+/// Order of statuses; FAILED ranks last so it can follow any other, and nothing follows it.
+fn status_rank(status: MessageStatus) -> i64 {
+    match status {
+        MessageStatus::Pending => 0,
+        MessageStatus::Sent => 1,
+        MessageStatus::Delivered => 2,
+        MessageStatus::Read => 3,
+        MessageStatus::Failed => 4,
+    }
+}
+
+/// Appends `rows` value tuples of `columns` placeholders each, numbered from `$1`, with
+/// `direction` as a literal fourth column and 'PENDING' / 0 for status and attempts: the
+/// layout of the outbound insert.
+fn push_value_rows(sql: &mut String, rows: usize, columns: usize, direction: &str) {
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        let p = |column: usize| format!("${}", row * columns + column);
+        sql.push_str(&format!(
+            "({}, {}, {}, {direction}, {}, {}, {}, 'PENDING', {}, 0, {}, {})",
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6),
+            p(7),
+            p(8),
+            p(8)
+        ));
+    }
 }
 
 /// A stored message.
@@ -105,42 +218,286 @@ pub struct MessageEvent {
 }
 
 impl Store {
-    /// Records accepted outbound messages (PENDING) and their first timeline step, all in one
-    /// transaction: a bulk send of 1000 is one commit.
+    /// Records accepted outbound messages (PENDING) in one transaction with multi-row inserts.
+    /// The PENDING step of the timeline is the row's `created_at` (see
+    /// [`message_timeline`](Self::message_timeline)), not a row of its own. Idempotent: a message already recorded is left as it
+    /// is, because the delivery consumer records what it reads from the log and a redelivered
+    /// record must not reset a message that moved on. Returns how many were new.
     pub async fn insert_outbound_messages(
         &self,
         messages: &[NewOutboundMessage],
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         if messages.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        let now = now_ms();
+        let mut recorded = 0;
+        let _turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
-        for message in messages {
-            sqlx::query(
-                "INSERT INTO messages (id, user_id, session_id, direction, message_type, remote_jid, content, status, \
-                 idempotency_key, attempts, created_at, updated_at) \
-                 VALUES ($1, $2, $3, 'OUTBOUND', $4, $5, $6, 'PENDING', $7, 0, $8, $8)",
-            )
-            .bind(&message.id)
-            .bind(&message.user_id)
-            .bind(&message.session_id)
-            .bind(message.message_type)
-            .bind(&message.remote_jid)
-            .bind(&message.content)
-            .bind(message.idempotency_key.as_deref())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| StoreError::from_sqlx(e, "message id already exists"))?;
-            sqlx::query("INSERT INTO message_events (message_id, status, detail, at) VALUES ($1, 'PENDING', NULL, $2)")
-                .bind(&message.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in messages.chunks(RECORD_CHUNK) {
+            let mut sql = String::with_capacity(256 + chunk.len() * 64);
+            sql.push_str(
+                "INSERT INTO messages (id, user_id, session_id, direction, message_type, remote_jid, content, \
+                 status, idempotency_key, attempts, created_at, updated_at) VALUES ",
+            );
+            push_value_rows(&mut sql, chunk.len(), 8, "'OUTBOUND'");
+            sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+            for message in chunk {
+                query = query
+                    .bind(&message.id)
+                    .bind(&message.user_id)
+                    .bind(&message.session_id)
+                    .bind(message.message_type)
+                    .bind(&message.remote_jid)
+                    .bind(&message.content)
+                    .bind(message.idempotency_key.as_deref())
+                    .bind(message.accepted_at);
+            }
+            recorded += query.fetch_all(&mut *tx).await?.len() as u64;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(recorded)
+    }
+
+    /// Which of `ids` are no longer PENDING (sent, failed, ...): a redelivered log record whose
+    /// message already has an outcome must not reach the worker a second time.
+    pub async fn settled_message_ids(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut settled = std::collections::HashSet::new();
+        for chunk in ids.chunks(RECORD_CHUNK * 4) {
+            let mut sql =
+                String::from("SELECT id FROM messages WHERE status <> 'PENDING' AND id IN (");
+            for index in 0..chunk.len() {
+                if index > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("${}", index + 1));
+            }
+            sql.push(')');
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            settled.extend(query.fetch_all(self.pool()).await?);
+        }
+        Ok(settled)
+    }
+
+    /// Applies many status changes in one transaction, in order (see
+    /// [`apply_message_status`](Self::apply_message_status) for the rules). Returns how many
+    /// changed a message.
+    pub async fn apply_message_statuses(
+        &self,
+        changes: &[MessageStatusChange],
+    ) -> Result<u64, StoreError> {
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        let mut changed = 0;
+        let _turn = self.write_turn().await;
+        let mut tx = self.pool().begin().await?;
+        // WhatsApp's id and the attempt count of delivery outcomes, whatever the status does
+        // (the outcome may lose the race to the worker's own SENT receipt).
+        let side: Vec<&MessageStatusChange> = changes
+            .iter()
+            .filter(|c| c.worker_message_id.is_some() || c.attempts.is_some())
+            .collect();
+        for chunk in side.chunks(RECORD_CHUNK) {
+            let mut ids = String::new();
+            let mut worker_ids = String::from("CASE id");
+            let mut attempts = String::from("CASE id");
+            for (index, _) in chunk.iter().enumerate() {
+                let base = index * 3;
+                if index > 0 {
+                    ids.push(',');
+                }
+                ids.push_str(&format!("${}", base + 1));
+                worker_ids.push_str(&format!(" WHEN ${} THEN ${}", base + 1, base + 2));
+                attempts.push_str(&format!(" WHEN ${} THEN ${}", base + 1, base + 3));
+            }
+            let sql = format!(
+                "UPDATE messages SET worker_message_id = COALESCE(worker_message_id, {worker_ids} END), \
+                 attempts = COALESCE({attempts} END, attempts) WHERE id IN ({ids})"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for change in chunk {
+                query = query
+                    .bind(&change.message_id)
+                    .bind(change.worker_message_id.as_deref())
+                    .bind(change.attempts);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        // Statuses without a reason, grouped by status in rank order: moving forward only, the
+        // result is the same as applying them one by one, at a few statements per batch.
+        let mut events: Vec<(String, MessageStatus, Option<String>, i64)> = Vec::new();
+        for status in [
+            MessageStatus::Sent,
+            MessageStatus::Delivered,
+            MessageStatus::Read,
+            MessageStatus::Failed,
+        ] {
+            let group: Vec<&MessageStatusChange> = changes
+                .iter()
+                .filter(|c| c.status == status && c.error_message.is_none())
+                .collect();
+            for chunk in group.chunks(RECORD_CHUNK) {
+                let at = chunk.iter().map(|c| c.at).max().unwrap_or_else(now_ms);
+                let mut ids = String::new();
+                let mut sessions = String::from("CASE id");
+                for (index, _) in chunk.iter().enumerate() {
+                    let base = 3 + index * 2;
+                    if index > 0 {
+                        ids.push(',');
+                    }
+                    ids.push_str(&format!("${}", base + 1));
+                    sessions.push_str(&format!(" WHEN ${} THEN ${}", base + 1, base + 2));
+                }
+                let sql = format!(
+                    "UPDATE messages SET status = $1, updated_at = $2, \
+                     sent_at = CASE WHEN $1 = 'SENT' THEN $2 ELSE sent_at END, \
+                     delivered_at = CASE WHEN $1 = 'DELIVERED' THEN $2 ELSE delivered_at END, \
+                     read_at = CASE WHEN $1 = 'READ' THEN $2 ELSE read_at END, \
+                     failed_at = CASE WHEN $1 = 'FAILED' THEN $2 ELSE failed_at END \
+                     WHERE id IN ({ids}) AND session_id = ({sessions} END) AND \
+                     (CASE status WHEN 'PENDING' THEN 0 WHEN 'SENT' THEN 1 WHEN 'DELIVERED' THEN 2 \
+                      WHEN 'READ' THEN 3 ELSE 4 END) < $3 RETURNING id"
+                );
+                let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+                    .bind(status.as_str())
+                    .bind(at)
+                    .bind(status_rank(status));
+                for change in chunk {
+                    query = query.bind(&change.message_id).bind(&change.session_id);
+                }
+                let updated: std::collections::HashSet<String> =
+                    query.fetch_all(&mut *tx).await?.into_iter().collect();
+                let missed: Vec<&&MessageStatusChange> = chunk
+                    .iter()
+                    .filter(|c| !updated.contains(&c.message_id))
+                    .collect();
+                for id in updated {
+                    events.push((id, status, None, at));
+                }
+                if missed.is_empty() {
+                    continue;
+                }
+                // Not moved by our id: either it is already further along (nothing to do) or
+                // the worker named it by WhatsApp's id (one statement each, found by index).
+                let mut sql = String::from("SELECT id FROM messages WHERE id IN (");
+                for index in 0..missed.len() {
+                    if index > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!("${}", index + 1));
+                }
+                sql.push(')');
+                let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+                for change in &missed {
+                    query = query.bind(&change.message_id);
+                }
+                let known: std::collections::HashSet<String> =
+                    query.fetch_all(&mut *tx).await?.into_iter().collect();
+                for change in missed
+                    .into_iter()
+                    .filter(|c| !known.contains(&c.message_id))
+                {
+                    for id in update_one(&mut tx, change).await? {
+                        events.push((id, status, None, change.at));
+                    }
+                }
+            }
+        }
+        // Statuses with a reason (failures), one by one, in order.
+        for change in changes.iter().filter(|c| c.error_message.is_some()) {
+            for id in update_one(&mut tx, change).await? {
+                events.push((id, change.status, change.error_message.clone(), change.at));
+            }
+        }
+        for chunk in events.chunks(RECORD_CHUNK) {
+            let mut sql =
+                String::from("INSERT INTO message_events (message_id, status, detail, at) VALUES ");
+            for index in 0..chunk.len() {
+                let base = index * 4;
+                if index > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${})",
+                    base + 1,
+                    base + 2,
+                    base + 3,
+                    base + 4
+                ));
+            }
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, status, detail, at) in chunk {
+                query = query
+                    .bind(id)
+                    .bind(status.as_str())
+                    .bind(detail.as_deref())
+                    .bind(*at);
+            }
+            query.execute(&mut *tx).await?;
+            changed += chunk.len() as u64;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// A page of the user's messages, newest first, after `cursor` (the last row of the previous
+    /// page), with optional filters.
+    pub async fn list_messages(
+        &self,
+        query: &MessageListQuery,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = $1");
+        let mut next = 2;
+        let mut push = |sql: &mut String, clause: &str| {
+            sql.push_str(&clause.replace('?', &format!("${next}")));
+            next += 1;
+        };
+        if query.session_id.is_some() {
+            push(&mut sql, " AND session_id = ?");
+        }
+        if query.status.is_some() {
+            push(&mut sql, " AND status = ?");
+        }
+        if query.direction.is_some() {
+            push(&mut sql, " AND direction = ?");
+        }
+        if query.before.is_some() {
+            let created = next;
+            let id = next + 1;
+            sql.push_str(&format!(
+                " AND (created_at < ${created} OR (created_at = ${created} AND id < ${id}))"
+            ));
+            next += 2;
+        }
+        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${next}"));
+        let mut select =
+            sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(sql)).bind(&query.user_id);
+        if let Some(session_id) = &query.session_id {
+            select = select.bind(session_id);
+        }
+        if let Some(status) = query.status {
+            select = select.bind(status.as_str());
+        }
+        if let Some(direction) = query.direction {
+            select = select.bind(direction.as_str());
+        }
+        if let Some((created_at, id)) = &query.before {
+            select = select.bind(*created_at).bind(id);
+        }
+        select = select.bind(i64::from(query.limit));
+        select
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .map(MessageRecord::try_from)
+            .collect()
     }
 
     /// One of the user's messages; `NotFound` for anyone else's (isolation).
@@ -149,11 +506,9 @@ impl Store {
         user_id: &str,
         id: &str,
     ) -> Result<MessageRecord, StoreError> {
-        let row: Option<MessageRow> = sqlx::query_as(
-            "SELECT id, user_id, session_id, direction, message_type, remote_jid, content, status, worker_message_id, \
-             error_message, CAST(attempts AS BIGINT) AS attempts, created_at, updated_at \
-             FROM messages WHERE id = $1 AND user_id = $2",
-        )
+        let row: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND user_id = $2"
+        )))
         .bind(id)
         .bind(user_id)
         .fetch_optional(self.pool())
@@ -164,7 +519,11 @@ impl Store {
     /// A message's status timeline, oldest first.
     pub async fn message_timeline(&self, id: &str) -> Result<Vec<MessageEvent>, StoreError> {
         let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
-            "SELECT status, detail, at FROM message_events WHERE message_id = $1 ORDER BY at, id",
+            "SELECT status, detail, at FROM (\
+               SELECT 'PENDING' AS status, CAST(NULL AS TEXT) AS detail, created_at AS at, 0 AS seq \
+               FROM messages WHERE id = $1 AND direction = 'OUTBOUND' \
+               UNION ALL SELECT status, detail, at, id AS seq FROM message_events WHERE message_id = $1) steps \
+             ORDER BY at, seq",
         )
         .bind(id)
         .fetch_all(self.pool())
@@ -190,46 +549,16 @@ impl Store {
         status: MessageStatus,
         error_message: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let rank = |s: MessageStatus| match s {
-            MessageStatus::Pending => 0_i64,
-            MessageStatus::Sent => 1,
-            MessageStatus::Delivered => 2,
-            MessageStatus::Read => 3,
-            MessageStatus::Failed => 4,
+        let change = MessageStatusChange {
+            session_id: session_id.to_owned(),
+            message_id: message_id.to_owned(),
+            status,
+            error_message: error_message.map(str::to_owned),
+            worker_message_id: None,
+            attempts: None,
+            at: now_ms(),
         };
-        let done = sqlx::query(
-            "UPDATE messages SET status = $1, error_message = COALESCE($2, error_message), updated_at = $3, \
-             sent_at = CASE WHEN $1 = 'SENT' THEN $3 ELSE sent_at END, \
-             delivered_at = CASE WHEN $1 = 'DELIVERED' THEN $3 ELSE delivered_at END, \
-             read_at = CASE WHEN $1 = 'READ' THEN $3 ELSE read_at END, \
-             failed_at = CASE WHEN $1 = 'FAILED' THEN $3 ELSE failed_at END \
-             WHERE session_id = $4 AND (id = $5 OR worker_message_id = $5) AND \
-             (CASE status WHEN 'PENDING' THEN 0 WHEN 'SENT' THEN 1 WHEN 'DELIVERED' THEN 2 WHEN 'READ' THEN 3 ELSE 4 END) < $6",
-        )
-        .bind(status.as_str())
-        .bind(error_message)
-        .bind(now)
-        .bind(session_id)
-        .bind(message_id)
-        .bind(rank(status))
-        .execute(self.pool())
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO message_events (message_id, status, detail, at) \
-             SELECT id, $1, $2, $3 FROM messages WHERE session_id = $4 AND (id = $5 OR worker_message_id = $5)",
-        )
-        .bind(status.as_str())
-        .bind(error_message)
-        .bind(now)
-        .bind(session_id)
-        .bind(message_id)
-        .execute(self.pool())
-        .await?;
-        Ok(true)
+        Ok(self.apply_message_statuses(&[change]).await? > 0)
     }
 
     /// Stores an inbound message (idempotent on the worker's message id).

@@ -8,6 +8,7 @@
 //! Each submodule adds the repository methods of one aggregate to [`Store`].
 
 mod api_keys;
+mod idempotency;
 mod messages;
 mod refresh_tokens;
 mod sessions;
@@ -26,7 +27,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AnyPool, ConnectOptions, Connection};
 
 pub use api_keys::{ApiKeyRecord, NewApiKey};
-pub use messages::{MessageEvent, MessageRecord, NewOutboundMessage};
+pub use idempotency::IdempotencyClaim;
+pub use messages::{
+    MessageEvent, MessageListQuery, MessageRecord, MessageStatusChange, NewOutboundMessage,
+};
 pub use refresh_tokens::{NewRefreshToken, RefreshOutcome, RefreshTokenRecord};
 pub use sessions::{Session, SessionReport};
 pub use usage::UsageRecord;
@@ -100,6 +104,10 @@ pub enum StoreLocation<'a> {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite allows one writer at a time and makes the others wait in its busy handler, which
+    /// sleeps in growing steps (1, 2, 5, 10… ms): a latency cliff for the pipeline's hot write
+    /// paths. They queue on this lock instead (uncontended on PostgreSQL, where it is unused).
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -149,6 +157,7 @@ impl Store {
                 Ok(Self {
                     pool,
                     backend: Backend::Sqlite,
+                    write_gate: Default::default(),
                 })
             }
             StoreLocation::Postgres(url) => {
@@ -161,6 +170,7 @@ impl Store {
                 Ok(Self {
                     pool,
                     backend: Backend::Postgres,
+                    write_gate: Default::default(),
                 })
             }
         }
@@ -184,6 +194,15 @@ impl Store {
     }
 
     /// The connection pool, for repository modules and tests.
+    /// Held around a hot-path write transaction on SQLite (see `write_gate`); `None` on
+    /// PostgreSQL, which has row locks and needs no queue.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.write_gate.clone().lock_owned().await),
+            Backend::Postgres => None,
+        }
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

@@ -120,3 +120,43 @@ fn serve_shuts_down_gracefully_on_sigterm() {
     };
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+#[test]
+fn kafka_create_topics_creates_once_then_reports_them() {
+    let prefix = format!("cli{}.", uuid::Uuid::new_v4().simple());
+    let data_dir = tempfile::tempdir().unwrap();
+    let run = |brokers: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["kafka", "create-topics"])
+            .env("DATA_DIR", data_dir.path())
+            .env("KAFKA_TOPIC_PREFIX", &prefix)
+            .env("LOG_LEVEL", "warn")
+            .env_remove("KAFKA_BROKERS");
+        if let Some(brokers) = brokers {
+            command.env("KAFKA_BROKERS", brokers);
+        }
+        command.output().unwrap()
+    };
+    let brokers = crate::common::kafka_brokers();
+    let first = run(Some(&brokers));
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "is a Kafka broker running at KAFKA_BROKERS={brokers}? {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(stdout.matches("created").count(), 3, "{stdout}");
+    assert!(stdout.contains(&format!("{prefix}wa.outbound.v1 (12 partitions)")));
+    let second = run(Some(&brokers));
+    assert!(second.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout)
+            .matches("exists")
+            .count(),
+        3
+    );
+    let without = run(None);
+    assert!(!without.status.success());
+    assert!(String::from_utf8_lossy(&without.stderr).contains("KAFKA_BROKERS"));
+}

@@ -178,7 +178,7 @@ async fn health_reports_backends_and_503_without_store(backend: Backend) {
         assert!(data["uptimeSeconds"].is_u64());
         let expected = match backend {
             Backend::Sqlite => ("sqlite", "in-process"),
-            Backend::Postgres => ("postgres", "redis"),
+            Backend::Postgres | Backend::Kafka => ("postgres", "redis"),
         };
         assert_eq!(data["backends"]["store"]["backend"], expected.0);
         assert_eq!(data["backends"]["store"]["status"], "up");

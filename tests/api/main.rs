@@ -12,3 +12,4 @@ mod cli;
 mod fleet;
 mod http_basics;
 mod repository;
+mod send;

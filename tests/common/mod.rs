@@ -25,6 +25,30 @@ pub enum Backend {
     Sqlite,
     /// Distributed: PostgreSQL + Redis.
     Postgres,
+    /// Distributed with Kafka: PostgreSQL + Redis + the broker at `KAFKA_BROKERS` (default
+    /// `127.0.0.1:9092`), with topics and groups under a unique prefix. Pipeline tests only.
+    Kafka,
+}
+
+/// Generates one test per log back end (embedded log on SQLite, embedded log on
+/// PostgreSQL + Redis, Kafka on PostgreSQL + Redis) from one async body taking `Backend`.
+#[macro_export]
+macro_rules! pipeline_tests {
+    ($($name:ident),+ $(,)?) => {
+        $crate::backend_tests!($($name),+);
+        mod kafka {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Kafka).await;
+                }
+            )+
+        }
+    };
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
 /// Generates one test per backend from one async body taking `Backend`.
@@ -113,7 +137,7 @@ impl TestStore {
                     _dir: Some(dir),
                 }
             }
-            Backend::Postgres => {
+            Backend::Postgres | Backend::Kafka => {
                 let url = fresh_postgres_database().await;
                 let store = Store::connect(StoreLocation::Postgres(&url)).await.unwrap();
                 store.migrate().await.unwrap();
@@ -194,10 +218,14 @@ impl TestApp {
         vars.insert("PORT".into(), "0".into());
         vars.insert("DATA_DIR".into(), data_dir.path().display().to_string());
         vars.insert("LOG_LEVEL".into(), "warn".into());
-        if backend == Backend::Postgres {
+        if matches!(backend, Backend::Postgres | Backend::Kafka) {
             vars.insert("DATABASE_URL".into(), fresh_postgres_database().await);
             vars.insert("REDIS_URL".into(), redis_url());
             vars.insert("REDIS_KEY_PREFIX".into(), unique("wag-test-") + ":");
+        }
+        if backend == Backend::Kafka {
+            vars.insert("KAFKA_BROKERS".into(), kafka_brokers());
+            vars.insert("KAFKA_TOPIC_PREFIX".into(), unique("t") + ".");
         }
         for (key, value) in extra {
             vars.insert((*key).to_owned(), (*value).to_owned());
@@ -205,7 +233,7 @@ impl TestApp {
         let config = Config::from_vars(vars).unwrap();
         wa_gateway::telemetry::init(&config.log_level, config.log_format);
         let application = Application::build(config).await.unwrap_or_else(|err| {
-            panic!("cannot start the gateway on {backend:?} (is PostgreSQL at DATABASE_URL and Redis at REDIS_URL running?): {err:#}")
+            panic!("cannot start the gateway on {backend:?} (is PostgreSQL at DATABASE_URL, Redis at REDIS_URL and, for Kafka, a broker at KAFKA_BROKERS running?): {err:#}")
         });
         let base_url = format!("http://{}", application.local_addr());
         let context = application.context();

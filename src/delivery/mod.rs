@@ -1,0 +1,614 @@
+//! The worker-bound side of the send path: the delivery consumer of `wa.outbound.v1` and the
+//! events consumer of `wa.events.v1`.
+//!
+//! Delivery ([`run_delivery`]) reads the outbound log in a consumer group, records each message
+//! (PENDING) in the store, queues it on its session's FIFO lane ([`consumers::SessionLanes`]) and
+//! hands lane heads to the session's owning worker, at most one in flight per session, paced per
+//! tier. Outcomes are events on `wa.events.v1` (and the DLQ topic for dead letters); a record's
+//! offset is completed only once its outcome is durably in the log, and only the lowest
+//! contiguous completed offset of each partition is committed ([`consumers::ConsumerOffsets`]).
+//!
+//! Events ([`events::run_events`]) apply the status changes to `messages` in batches.
+
+pub mod events;
+mod outcome;
+mod sessions;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consumers::{
+    Backoff, BackoffJitter, ConsumerOffsets, FinishedHead, LaneOutcome, LogSource, SessionLanes,
+    SourceEvent, SourceRecord,
+};
+use producers::{EventEnvelope, OutboundEnvelope, WorkerEvent};
+use tokio::sync::{mpsc, watch};
+
+use crate::app::AppContext;
+use crate::domain::now_ms;
+use crate::store::NewOutboundMessage;
+use outcome::{Attempt, Verdict};
+use sessions::SessionDirectory;
+
+/// Records asked of the log at once.
+const FETCH_MAX_RECORDS: usize = 2_000;
+/// How long the reader waits for new records before it checks for commits again.
+const FETCH_WAIT: Duration = Duration::from_millis(50);
+/// Queued messages above which the consumer stops reading until lanes drain (memory bound).
+const MAX_QUEUED: usize = 100_000;
+/// Retry delays of one session's head: 250 ms doubling to 15 s, jittered.
+const RETRY_BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(250),
+    Duration::from_secs(15),
+    BackoffJitter::Equal,
+);
+
+/// What the delivery consumer needs besides the context.
+#[derive(Debug, Clone)]
+pub struct LogTopics {
+    /// Wire name of the outbound topic.
+    pub outbound: String,
+    /// Wire name of the events topic.
+    pub events: String,
+    /// Wire name of the dead-letter topic.
+    pub dead_letters: String,
+}
+
+/// A message waiting on its session's lane.
+#[derive(Debug, Clone)]
+struct Queued {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    envelope: Arc<OutboundEnvelope>,
+}
+
+/// What a dispatch task reports back.
+enum Report {
+    /// A worker call finished (or was not possible) with this verdict.
+    Attempted {
+        ticket: consumers::DispatchTicket,
+        verdict: Verdict,
+    },
+    /// A fetched batch is recorded in the store; `settled` already have an outcome.
+    Recorded {
+        decoded: Vec<Queued>,
+        settled: HashSet<String>,
+    },
+    /// A flush of outcome events finished; these offsets are now fully handled.
+    Flushed {
+        result: Result<(), producers::AppendError>,
+        batch: FlushBatch,
+    },
+}
+
+/// Outcomes waiting to be written to the log, and the offsets they stand for.
+#[derive(Default)]
+struct FlushBatch {
+    events: Vec<(String, Vec<u8>)>,
+    dead_letters: Vec<(String, Vec<u8>)>,
+    offsets: Vec<(Arc<str>, i32, i64)>,
+}
+
+impl FlushBatch {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.dead_letters.is_empty() && self.offsets.is_empty()
+    }
+}
+
+/// Runs the delivery consumer until `stop` flips; then stops reading, lets in-flight worker calls
+/// finish (bounded), writes their outcomes and commits.
+pub async fn run_delivery(
+    context: Arc<AppContext>,
+    source: LogSource,
+    topics: LogTopics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (records_tx, mut records_rx) = mpsc::channel::<SourceEvent>(2);
+    let (commits_tx, commits_rx) = mpsc::unbounded_channel::<Vec<(String, i32, i64)>>();
+    let reader = tokio::spawn(run_reader(source, records_tx, commits_rx, stop.clone()));
+    let (reports_tx, mut reports_rx) = mpsc::unbounded_channel::<Report>();
+    let mut state = DeliveryState {
+        context: context.clone(),
+        topics,
+        directory: Arc::new(SessionDirectory::new(context.clone())),
+        lanes: SessionLanes::new(),
+        offsets: ConsumerOffsets::new(),
+        sessions_by_partition: HashMap::new(),
+        next_send_at: HashMap::new(),
+        in_flight: 0,
+        recording: false,
+        pending: FlushBatch::default(),
+        flushing: false,
+        reports: reports_tx,
+        commits: commits_tx,
+    };
+    let mut reading = true;
+    loop {
+        state.dispatch_ready();
+        state.flush();
+        let wakeup = state
+            .lanes
+            .next_wakeup()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        // One batch is recorded at a time, so batches reach the lanes in log order.
+        let can_read = reading && !state.recording && state.lanes.len() < MAX_QUEUED;
+        tokio::select! {
+            event = records_rx.recv(), if can_read => match event {
+                Some(event) => state.on_source_event(event),
+                None => reading = false,
+            },
+            Some(report) = reports_rx.recv() => {
+                state.on_report(report);
+                while let Ok(report) = reports_rx.try_recv() {
+                    state.on_report(report);
+                }
+            }
+            _ = tokio::time::sleep_until(wakeup) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    // Drain: no new dispatches; wait (bounded) for what is in flight and write its outcomes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state.in_flight > 0 || state.flushing || !state.pending.is_empty() {
+        state.flush();
+        match tokio::time::timeout_at(deadline, reports_rx.recv()).await {
+            Ok(Some(report)) => state.on_report(report),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    drop(state);
+    if let Err(err) = reader.await {
+        tracing::warn!(error = %err, "delivery reader task failed");
+    }
+}
+
+/// Owns the log reader: applies commits between reads and forwards what it reads. Reads and
+/// commits happen in this one task because a Kafka consumer commits through the instance that
+/// holds the assignment, and a fetch must never be cancelled halfway.
+async fn run_reader(
+    mut source: LogSource,
+    records: mpsc::Sender<SourceEvent>,
+    mut commits: mpsc::UnboundedReceiver<Vec<(String, i32, i64)>>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0_u32;
+    loop {
+        let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+        let mut closed = false;
+        loop {
+            match commits.try_recv() {
+                Ok(batch) => {
+                    for (topic, partition, offset) in batch {
+                        let slot = positions.entry((topic, partition)).or_insert(offset);
+                        *slot = (*slot).max(offset);
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if !positions.is_empty() {
+            let positions: Vec<(String, i32, i64)> = positions
+                .into_iter()
+                .map(|((topic, partition), offset)| (topic, partition, offset))
+                .collect();
+            if let Err(err) = source.commit(&positions).await {
+                tracing::warn!(error = %err, "committing consumer positions failed; will retry with the next ones");
+            }
+        }
+        if closed {
+            return;
+        }
+        if *stop.borrow() {
+            // Keep committing until the delivery loop has drained and dropped its sender.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        match source.next(FETCH_MAX_RECORDS, FETCH_WAIT).await {
+            Ok(SourceEvent::Records(batch)) if batch.is_empty() => {}
+            Ok(event) => {
+                failures = 0;
+                if records.send(event).await.is_err() {
+                    return;
+                }
+            }
+            Err(err) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %err, "reading the outbound log failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+            }
+        }
+    }
+}
+
+struct DeliveryState {
+    context: Arc<AppContext>,
+    topics: LogTopics,
+    directory: Arc<SessionDirectory>,
+    lanes: SessionLanes<Queued>,
+    offsets: ConsumerOffsets,
+    /// Which sessions have queued messages from each partition, to drop them on revocation.
+    sessions_by_partition: HashMap<(Arc<str>, i32), HashSet<String>>,
+    /// Pacing: a session's next send may not start before this.
+    next_send_at: HashMap<String, Instant>,
+    in_flight: usize,
+    /// Whether a fetched batch is being recorded in the store (reading waits for it).
+    recording: bool,
+    /// Outcomes not yet handed to a flush.
+    pending: FlushBatch,
+    /// Whether a flush is being written (one at a time keeps the log's order of outcomes).
+    flushing: bool,
+    reports: mpsc::UnboundedSender<Report>,
+    commits: mpsc::UnboundedSender<Vec<(String, i32, i64)>>,
+}
+
+impl DeliveryState {
+    fn on_source_event(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Assigned(partitions) => {
+                tracing::info!(
+                    partitions = partitions.len(),
+                    "delivery: partitions assigned"
+                );
+            }
+            SourceEvent::Revoked(partitions) => self.on_revoked(&partitions),
+            SourceEvent::Records(records) => self.on_records(records),
+        }
+    }
+
+    /// Another consumer owns these partitions now: forget their work without committing it.
+    fn on_revoked(&mut self, partitions: &[(String, i32)]) {
+        for (topic, partition) in partitions {
+            let key = (Arc::<str>::from(topic.as_str()), *partition);
+            if let Some(sessions) = self.sessions_by_partition.remove(&key) {
+                for session in sessions {
+                    self.lanes.remove_lane(&session);
+                }
+            }
+            self.offsets.remove_partition(topic, *partition);
+        }
+        tracing::info!(
+            partitions = partitions.len(),
+            "delivery: partitions revoked"
+        );
+    }
+
+    /// Decodes and tracks a fetched batch, then records its messages in the store on a task
+    /// (the loop keeps dispatching meanwhile); [`Self::on_recorded`] queues them.
+    fn on_records(&mut self, records: Vec<SourceRecord>) {
+        let mut decoded = Vec::with_capacity(records.len());
+        for record in records {
+            let topic: Arc<str> = Arc::from(record.topic.as_str());
+            if let Err(err) = self
+                .offsets
+                .track(&record.topic, record.partition, record.offset)
+            {
+                tracing::warn!(error = %err, "delivery: offset already tracked; skipping record");
+                continue;
+            }
+            match OutboundEnvelope::decode(&record.value) {
+                Ok(envelope) => decoded.push(Queued {
+                    topic,
+                    partition: record.partition,
+                    offset: record.offset,
+                    envelope: Arc::new(envelope),
+                }),
+                Err(err) => {
+                    // Not ours to interpret: park it on the DLQ as it was.
+                    tracing::error!(error = %err, partition = record.partition, offset = record.offset,
+                        "undecodable outbound record; dead-lettering it");
+                    self.pending.dead_letters.push((
+                        record.key.clone(),
+                        dead_letter_value_raw(&record, &err.to_string()),
+                    ));
+                    self.pending
+                        .offsets
+                        .push((topic, record.partition, record.offset));
+                    self.context.metrics.delivery_outcome("dead_lettered");
+                }
+            }
+        }
+        if decoded.is_empty() {
+            return;
+        }
+        let rows: Vec<NewOutboundMessage> = decoded
+            .iter()
+            .map(|queued| new_message_row(&queued.envelope))
+            .collect();
+        self.recording = true;
+        let context = self.context.clone();
+        let reports = self.reports.clone();
+        tokio::spawn(async move {
+            let settled = loop {
+                match record(&context, &rows).await {
+                    Ok(settled) => break settled,
+                    Err(err) => {
+                        // Delivering before the row exists would let the outcome event miss
+                        // it, so wait for the store instead.
+                        tracing::error!(
+                            error = format!("{err:#}"),
+                            "recording outbound messages failed; retrying"
+                        );
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            };
+            let _ = reports.send(Report::Recorded { decoded, settled });
+        });
+    }
+
+    /// Queues a recorded batch on its sessions' lanes, skipping messages that already have an
+    /// outcome (redelivery after a restart) and partitions revoked meanwhile.
+    fn on_recorded(&mut self, decoded: Vec<Queued>, settled: HashSet<String>) {
+        self.recording = false;
+        for queued in decoded {
+            if self
+                .offsets
+                .partition(&queued.topic, queued.partition)
+                .is_none()
+            {
+                continue;
+            }
+            if settled.contains(&queued.envelope.message_id) {
+                self.context.metrics.delivery_outcome("skipped");
+                self.pending
+                    .offsets
+                    .push((queued.topic.clone(), queued.partition, queued.offset));
+                continue;
+            }
+            let session = queued.envelope.session_id.clone();
+            self.sessions_by_partition
+                .entry((queued.topic.clone(), queued.partition))
+                .or_default()
+                .insert(session.clone());
+            self.lanes.push(&session, queued);
+        }
+    }
+
+    /// Starts worker calls for every lane head that is ready, up to the in-flight bound.
+    fn dispatch_ready(&mut self) {
+        let max_in_flight = self.context.config.delivery_max_in_flight;
+        let now = Instant::now();
+        while self.in_flight < max_in_flight {
+            let Some(head) = self.lanes.next_ready(now) else {
+                break;
+            };
+            let ticket = head.ticket;
+            let queued = head.item.clone();
+            let not_before = self.next_send_at.get(&queued.envelope.session_id).copied();
+            let attempt = Attempt {
+                context: self.context.clone(),
+                directory: self.directory.clone(),
+                envelope: queued.envelope,
+                failed_attempts: ticket.failed_attempts(),
+                not_before,
+            };
+            let reports = self.reports.clone();
+            self.in_flight += 1;
+            tokio::spawn(async move {
+                let verdict = attempt.run().await;
+                let _ = reports.send(Report::Attempted { ticket, verdict });
+            });
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Attempted { ticket, verdict } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                self.on_verdict(ticket, verdict);
+            }
+            Report::Recorded { decoded, settled } => self.on_recorded(decoded, settled),
+            Report::Flushed { result, batch } => {
+                self.flushing = false;
+                match result {
+                    Ok(()) => {
+                        for (topic, partition, offset) in batch.offsets {
+                            if let Err(err) = self.offsets.complete(&topic, partition, offset) {
+                                // The partition was revoked meanwhile; its new owner redoes it.
+                                tracing::debug!(error = %err, "completing an offset of a revoked partition");
+                            }
+                        }
+                        let committable = self.offsets.drain_committable();
+                        if !committable.is_empty() {
+                            let _ = self.commits.send(committable);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "writing delivery outcomes to the log failed; retrying");
+                        // Put them back in front of newer outcomes and try again on the next turn.
+                        let newer = std::mem::take(&mut self.pending);
+                        self.pending = batch;
+                        self.pending.events.extend(newer.events);
+                        self.pending.dead_letters.extend(newer.dead_letters);
+                        self.pending.offsets.extend(newer.offsets);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_verdict(&mut self, ticket: consumers::DispatchTicket, verdict: Verdict) {
+        let session_id = ticket.lane_key().to_owned();
+        let attempts = Some(ticket.failed_attempts().saturating_add(1));
+        let now = Instant::now();
+        let outcome = match &verdict {
+            Verdict::Sent { .. } => LaneOutcome::Done,
+            Verdict::Retry { delay, .. } => LaneOutcome::RetryAfter(*delay),
+            Verdict::Failed { reason } => LaneOutcome::DeadLetter {
+                reason: reason.clone(),
+            },
+        };
+        let finished = match self.lanes.finish(ticket, outcome, now) {
+            Ok(finished) => finished,
+            Err(err) => {
+                // The lane was dropped (partition revoked) while its head was in flight.
+                tracing::debug!(error = %err, "delivery outcome for a dropped lane");
+                return;
+            }
+        };
+        match (finished, verdict) {
+            (FinishedHead::Completed(queued), Verdict::Sent { whatsapp_id, pace }) => {
+                let envelope = &queued.envelope;
+                self.context.metrics.delivery_outcome("sent");
+                self.context
+                    .metrics
+                    .delivery_latency_seconds
+                    .observe((now_ms() - envelope.accepted_at_ms).max(0) as f64 / 1000.0);
+                if pace > Duration::ZERO {
+                    self.next_send_at.insert(session_id, now + pace);
+                } else {
+                    self.next_send_at.remove(&session_id);
+                }
+                self.pending.events.push(status_event(
+                    envelope,
+                    "SENT",
+                    None,
+                    whatsapp_id,
+                    attempts,
+                ));
+                self.pending
+                    .offsets
+                    .push((queued.topic, queued.partition, queued.offset));
+            }
+            (FinishedHead::DeadLettered { item, reason }, _) => {
+                self.context.metrics.delivery_outcome("dead_lettered");
+                tracing::info!(message_id = %item.envelope.message_id, reason = %reason, "message failed");
+                self.pending.events.push(status_event(
+                    &item.envelope,
+                    "FAILED",
+                    Some(reason.clone()),
+                    None,
+                    attempts,
+                ));
+                self.pending.dead_letters.push((
+                    item.envelope.session_id.clone(),
+                    dead_letter_value(&item.envelope, &reason),
+                ));
+                self.pending
+                    .offsets
+                    .push((item.topic, item.partition, item.offset));
+            }
+            (FinishedHead::Rescheduled { .. }, Verdict::Retry { reason, .. }) => {
+                self.context.metrics.delivery_outcome("retried");
+                tracing::debug!(session_id, reason = %reason, "delivery will retry");
+            }
+            (finished, _) => {
+                // Unreachable by construction (the outcome follows the verdict); keep the offset
+                // uncompleted rather than guess, so a restart redelivers it.
+                tracing::error!(?finished, "delivery outcome does not match its verdict");
+            }
+        }
+    }
+
+    /// Hands pending outcomes to a background append (one at a time).
+    fn flush(&mut self) {
+        if self.flushing || self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.flushing = true;
+        let log = self.context.ingress.log().clone();
+        let topics = self.topics.clone();
+        let reports = self.reports.clone();
+        tokio::spawn(async move {
+            let mut result = Ok(());
+            if !batch.dead_letters.is_empty() {
+                result = log
+                    .append_batch(&topics.dead_letters, batch.dead_letters.clone())
+                    .await;
+            }
+            if result.is_ok() && !batch.events.is_empty() {
+                result = log.append_batch(&topics.events, batch.events.clone()).await;
+            }
+            let _ = reports.send(Report::Flushed { result, batch });
+        });
+    }
+}
+
+/// Records a batch (idempotently) and returns the ids that already have an outcome.
+async fn record(
+    context: &AppContext,
+    rows: &[NewOutboundMessage],
+) -> anyhow::Result<HashSet<String>> {
+    let store = &context.store;
+    let inserted = store.insert_outbound_messages(rows).await?;
+    if inserted as usize == rows.len() {
+        // All new: none can have an outcome yet.
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
+    Ok(store.settled_message_ids(&ids).await?)
+}
+
+fn new_message_row(envelope: &OutboundEnvelope) -> NewOutboundMessage {
+    NewOutboundMessage {
+        id: envelope.message_id.clone(),
+        user_id: envelope.user_id.clone(),
+        session_id: envelope.session_id.clone(),
+        message_type: crate::send::MessageKind::parse(&envelope.kind)
+            .map(crate::send::MessageKind::store_name)
+            .unwrap_or("TEXT"),
+        remote_jid: envelope
+            .payload
+            .get("to")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        content: envelope.payload.to_string(),
+        idempotency_key: envelope.idempotency_key.clone(),
+        accepted_at: envelope.accepted_at_ms,
+    }
+}
+
+/// A `wa.events.v1` record for a delivery outcome.
+fn status_event(
+    envelope: &OutboundEnvelope,
+    status: &str,
+    error_message: Option<String>,
+    whatsapp_message_id: Option<String>,
+    attempts: Option<u32>,
+) -> (String, Vec<u8>) {
+    let event = EventEnvelope::new(
+        envelope.session_id.clone(),
+        now_ms(),
+        WorkerEvent::MessageStatus {
+            message_id: envelope.message_id.clone(),
+            status: status.to_owned(),
+            error_message,
+            delivered_at: None,
+            read_at: None,
+            whatsapp_message_id,
+            attempts,
+        },
+    );
+    (envelope.session_id.clone(), event.encode())
+}
+
+/// A DLQ record: the envelope as it was, with why it was given up on.
+fn dead_letter_value(envelope: &OutboundEnvelope, reason: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "v": 1,
+        "reason": reason,
+        "failedAtMs": now_ms(),
+        "envelope": envelope,
+    }))
+    .unwrap_or_default()
+}
+
+fn dead_letter_value_raw(record: &SourceRecord, reason: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "v": 1,
+        "reason": reason,
+        "failedAtMs": now_ms(),
+        "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        "raw": String::from_utf8_lossy(&record.value),
+    }))
+    .unwrap_or_default()
+}

@@ -1,0 +1,208 @@
+//! One delivery attempt of a lane head and its verdict.
+//!
+//! The worker protocol's rules: `2xx` is sent; `429`, `5xx`, timeouts and unreachable workers
+//! are transient; other `4xx` refuse the message for good, unless they only say the session is
+//! not (yet) on that worker, which is what a migration looks like from here. A deleted or
+//! logged-out session fails its messages. Transient failures retry with backoff until
+//! `DELIVERY_MAX_WAIT_MS` after acceptance or `DELIVERY_MAX_ATTEMPTS` attempts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use producers::OutboundEnvelope;
+use serde_json::Value;
+
+use super::RETRY_BACKOFF;
+use super::sessions::{SessionDirectory, SessionEntry};
+use crate::app::AppContext;
+use crate::domain::{SessionStatus, now_ms};
+use crate::fleet::client::WorkerCallError;
+
+/// What became of an attempt.
+#[derive(Debug, Clone)]
+pub(super) enum Verdict {
+    /// The worker accepted the message.
+    Sent {
+        /// WhatsApp's id from the worker's answer.
+        whatsapp_id: Option<String>,
+        /// The session's next send waits this long (tier pacing).
+        pace: Duration,
+    },
+    /// Try again after `delay`; the session's later messages wait behind it.
+    Retry {
+        /// Backoff before the next attempt.
+        delay: Duration,
+        /// Why, for logs.
+        reason: String,
+    },
+    /// Give up: FAILED, dead-lettered.
+    Failed {
+        /// Why, stored on the message.
+        reason: String,
+    },
+}
+
+/// One attempt, run on its own task.
+pub(super) struct Attempt {
+    pub(super) context: Arc<AppContext>,
+    pub(super) directory: Arc<SessionDirectory>,
+    pub(super) envelope: Arc<OutboundEnvelope>,
+    /// Failed attempts of this message before this one.
+    pub(super) failed_attempts: u32,
+    /// Pacing: do not call the worker before this.
+    pub(super) not_before: Option<Instant>,
+}
+
+impl Attempt {
+    pub(super) async fn run(self) -> Verdict {
+        if let Some(not_before) = self.not_before {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(not_before)).await;
+        }
+        match self.try_once().await {
+            Verdict::Retry { delay, reason } => self.bounded(delay, reason),
+            verdict => verdict,
+        }
+    }
+
+    /// Turns a retry into a failure once the message waited or tried long enough.
+    fn bounded(&self, delay: Duration, reason: String) -> Verdict {
+        let config = &self.context.config;
+        let waited = Duration::from_millis((now_ms() - self.envelope.accepted_at_ms).max(0) as u64);
+        let attempts = self.failed_attempts.saturating_add(1);
+        if waited + delay > config.delivery_max_wait {
+            Verdict::Failed {
+                reason: format!(
+                    "not delivered within {} s: {reason}",
+                    config.delivery_max_wait.as_secs()
+                ),
+            }
+        } else if attempts >= config.delivery_max_attempts {
+            Verdict::Failed {
+                reason: format!("not delivered after {attempts} attempts: {reason}"),
+            }
+        } else {
+            Verdict::Retry { delay, reason }
+        }
+    }
+
+    fn retry(&self, reason: impl Into<String>) -> Verdict {
+        Verdict::Retry {
+            delay: RETRY_BACKOFF.delay(self.failed_attempts, rand::random()),
+            reason: reason.into(),
+        }
+    }
+
+    async fn try_once(&self) -> Verdict {
+        let session_id = &self.envelope.session_id;
+        let entry = match self.directory.lookup(session_id).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return session_gone(),
+            Err(err) => return self.retry(format!("store unavailable: {err}")),
+        };
+        if let Some(verdict) = self.unusable(&entry) {
+            return verdict;
+        }
+        let Some(route) = entry.route.clone() else {
+            return self.retry("the session has no worker (being placed or migrated)");
+        };
+        let answer = self
+            .context
+            .fleet
+            .client()
+            .send_message(
+                &route.endpoint,
+                session_id,
+                &self.envelope.message_id,
+                &self.envelope.payload,
+            )
+            .await;
+        match answer {
+            Ok(body) => Verdict::Sent {
+                whatsapp_id: body
+                    .pointer("/data/messageId")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                pace: pace(&self.context, &entry),
+            },
+            Err(WorkerCallError::Busy) => self.retry("the worker is rate limiting (429)"),
+            Err(WorkerCallError::Failed { status, .. }) => {
+                self.retry(format!("the worker failed ({status})"))
+            }
+            Err(WorkerCallError::Unreachable(err)) => {
+                self.directory.invalidate(session_id);
+                self.retry(format!("the worker is unreachable: {err}"))
+            }
+            Err(WorkerCallError::Refused { status, body }) => {
+                self.refused(&route, status, &body).await
+            }
+        }
+    }
+
+    /// A deleted, logged-out or not connected session: fail or wait.
+    fn unusable(&self, entry: &SessionEntry) -> Option<Verdict> {
+        let session = &entry.session;
+        if session.logged_out_at.is_some() {
+            return Some(Verdict::Failed {
+                reason: "the session was logged out".to_owned(),
+            });
+        }
+        if session.status != SessionStatus::Connected {
+            return Some(self.retry(format!("the session is {}", session.status)));
+        }
+        None
+    }
+
+    /// A `4xx`: the message is refused, unless the session moved or is not connected there.
+    async fn refused(
+        &self,
+        used: &crate::fleet::routing::Route,
+        status: u16,
+        body: &Value,
+    ) -> Verdict {
+        let session_id = &self.envelope.session_id;
+        self.directory.invalidate(session_id);
+        let fresh = match self.directory.lookup(session_id).await {
+            Ok(Some(fresh)) => fresh,
+            Ok(None) => return session_gone(),
+            Err(err) => return self.retry(format!("store unavailable: {err}")),
+        };
+        if let Some(verdict) = self.unusable(&fresh) {
+            return verdict;
+        }
+        if fresh.route.as_ref() != Some(used) {
+            return self.retry("the session moved to another worker");
+        }
+        let message = body
+            .pointer("/error/message")
+            .or_else(|| body.pointer("/message"))
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given");
+        if matches!(status, 404 | 409) {
+            // "Session not found / not connected" from the owner we believe in: ownership is
+            // settling (a restart or migration in progress). Wait for it, within the bounds.
+            return self.retry(format!(
+                "the worker does not hold the session yet ({status}: {message})"
+            ));
+        }
+        Verdict::Failed {
+            reason: format!("the worker refused the message ({status}): {message}"),
+        }
+    }
+}
+
+fn session_gone() -> Verdict {
+    Verdict::Failed {
+        reason: "the session no longer exists".to_owned(),
+    }
+}
+
+/// The pause after a send of this session: the tier's interval plus random jitter.
+fn pace(context: &AppContext, entry: &SessionEntry) -> Duration {
+    let limits = context.quotas.limits(entry.tier);
+    let jitter_ms = if limits.send_jitter_ms == 0 {
+        0
+    } else {
+        rand::random_range(0..=limits.send_jitter_ms)
+    };
+    Duration::from_millis(limits.send_interval_ms.saturating_add(jitter_ms))
+}

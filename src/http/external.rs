@@ -1,0 +1,702 @@
+//! The integrators' API under `/api/v1/external` (API key in `X-API-Key` or `Bearer wg_…`; a
+//! dashboard access token works too): sends, bulk sends, the drop-in per-type routes of the
+//! original gateway, session status and message lookups; plus the dashboard's
+//! `/api/v1/sessions/{id}/messages`.
+//!
+//! A send is answered `202` only after the log holds it durably (see `send::ingress`). Every
+//! send is charged to the user's hourly message quota (each bulk item counts) and the answer
+//! carries `X-RateLimit-Limit/-Remaining/-Reset`; over quota it is `429` with `Retry-After`.
+//! With `Idempotency-Key`, the first answer is stored for 24 hours and replayed for the same
+//! body; another body under the same key is `409`.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+
+use super::error::{ApiError, ApiResult, finish, not_found_as, success};
+use super::extract::{Credential, Ctx, Principal, authenticated, user_session, with_context};
+use crate::domain::{InvalidInput, MessageDirection, MessageStatus, SessionId, ms_to_rfc3339};
+use crate::quota::{QuotaDecision, QuotaKind};
+use crate::send::{MessageKind, SendRequest, ValidatedSend};
+use crate::store::{IdempotencyClaim, MessageListQuery, MessageRecord, StoreError, User};
+
+/// Most messages in one bulk request.
+pub const MAX_BULK_MESSAGES: usize = 1000;
+/// How long an idempotency key's first answer is replayed.
+const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 3600 * 1000;
+/// How long a claimed key waits for its request before another may take it over.
+const IDEMPOTENCY_CLAIM_MS: i64 = 60 * 1000;
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
+/// The drop-in routes of the original gateway and the message kind each one forces.
+const PER_TYPE_ROUTES: [(&str, MessageKind); 12] = [
+    ("sendText", MessageKind::Text),
+    ("sendImage", MessageKind::Image),
+    ("sendFile", MessageKind::Document),
+    ("sendVoice", MessageKind::Audio),
+    ("sendVideo", MessageKind::Video),
+    ("sendLocation", MessageKind::Location),
+    ("sendContactVcard", MessageKind::Contact),
+    ("sendLink", MessageKind::Link),
+    ("sendPoll", MessageKind::Poll),
+    ("sendSeen", MessageKind::Seen),
+    ("startTyping", MessageKind::TypingStart),
+    ("stopTyping", MessageKind::TypingStop),
+];
+
+/// Every external route, and the dashboard's message list.
+pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
+    let base = || warp::path!("api" / "v1" / "external" / ..);
+    let ctx = || with_context(context.clone());
+    let caller = || authenticated(context.clone());
+    let send_input = || {
+        warp::header::optional::<String>("idempotency-key")
+            .and(warp::header::optional::<String>("content-type"))
+            .and(warp::body::bytes())
+    };
+    // POST /api/v1/external/send
+    let send = base()
+        .and(warp::path!("send"))
+        .and(warp::post())
+        .and(ctx())
+        .and(caller())
+        .and(send_input())
+        .then(|context, principal, key, content_type, body| {
+            send_single(context, principal, None, key, content_type, body)
+        });
+    // POST /api/v1/external/send/bulk
+    let bulk = base()
+        .and(warp::path!("send" / "bulk"))
+        .and(warp::post())
+        .and(ctx())
+        .and(caller())
+        .and(send_input())
+        .then(send_bulk);
+    // POST /api/v1/external/{sendText|sendImage|…|stopTyping}
+    let per_type = base()
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::post())
+        .and_then(|route: String| async move {
+            PER_TYPE_ROUTES
+                .iter()
+                .find(|(name, _)| *name == route)
+                .map(|(_, kind)| *kind)
+                .ok_or_else(warp::reject::not_found)
+        })
+        .and(ctx())
+        .and(caller())
+        .and(send_input())
+        .then(|kind, context, principal, key, content_type, body| {
+            send_single(context, principal, Some(kind), key, content_type, body)
+        });
+    // GET /api/v1/external/session/{id}/status
+    let status = base()
+        .and(warp::path!("session" / String / "status"))
+        .and(warp::get())
+        .and(ctx())
+        .and(caller())
+        .then(session_status)
+        .map(finish);
+    // GET /api/v1/external/messages/{messageId}
+    let message = base()
+        .and(warp::path!("messages" / String))
+        .and(warp::get())
+        .and(ctx())
+        .and(caller())
+        .then(get_message)
+        .map(finish);
+    // GET /api/v1/external/messages
+    let messages = base()
+        .and(warp::path!("messages"))
+        .and(warp::get())
+        .and(ctx())
+        .and(caller())
+        .and(warp::query::<ListParams>())
+        .then(list_messages)
+        .map(finish);
+    // GET /api/v1/sessions/{id}/messages (dashboard, access token)
+    let dashboard = warp::path!("api" / "v1" / "sessions" / String / "messages")
+        .and(warp::get())
+        .and(ctx())
+        .and(user_session(context.clone()))
+        .and(warp::query::<ListParams>())
+        .then(session_messages)
+        .map(finish);
+    send.or(bulk)
+        .unify()
+        .or(status)
+        .unify()
+        .or(message)
+        .unify()
+        .or(messages)
+        .unify()
+        .or(per_type)
+        .unify()
+        .or(dashboard)
+        .unify()
+        .boxed()
+}
+
+// ----- sends ---------------------------------------------------------------------------------
+
+/// `POST /api/v1/external/send` and the per-type routes.
+async fn send_single(
+    context: Ctx,
+    principal: Principal,
+    forced_kind: Option<MessageKind>,
+    idempotency_key: Option<String>,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Response {
+    let route = forced_kind.map_or("send", MessageKind::protocol_name);
+    with_idempotency(
+        &context,
+        &principal,
+        route,
+        idempotency_key,
+        &body,
+        || async {
+            let request: SendRequest =
+                super::extract::parse_json_body(content_type.as_deref(), &body)?;
+            let send = request
+                .validate(forced_kind, &context.config.default_country_code)
+                .map_err(ApiError::validation)?;
+            let session_id = resolve_session(&principal, send.session_id.as_ref())?;
+            ensure_owned(&context, &principal.user, &session_id).await?;
+            let decision = charge_messages(&context, &principal.user, 1).await?;
+            let accepted = context
+                .ingress
+                .accept(
+                    &principal.user.id,
+                    &session_id,
+                    std::slice::from_ref(&send),
+                    None,
+                )
+                .await
+                .map_err(log_unavailable)?;
+            let message = accepted
+                .first()
+                .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("append returned no id")))?;
+            context.metrics.messages_accepted(1);
+            let data = json!({
+                "messageId": message.message_id,
+                "status": "PENDING",
+                "sessionId": session_id.as_str(),
+                "to": send.to.as_str(),
+                "type": send.kind.protocol_name(),
+                "acceptedAt": ms_to_rfc3339(message.accepted_at),
+            });
+            Ok((StatusCode::ACCEPTED, data, Some(decision)))
+        },
+    )
+    .await
+}
+
+/// The body of `POST /api/v1/external/send/bulk`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BulkRequest {
+    /// The session every message is sent from (may be omitted with a session-bound key).
+    session_id: Option<String>,
+    /// The messages, each like a single send (its `sessionId`, if given, must match).
+    messages: Vec<Value>,
+}
+
+/// `POST /api/v1/external/send/bulk`: up to 1000 messages of one session, validated one by one;
+/// the valid ones are charged together and appended as one batch.
+async fn send_bulk(
+    context: Ctx,
+    principal: Principal,
+    idempotency_key: Option<String>,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Response {
+    with_idempotency(
+        &context,
+        &principal,
+        "bulk",
+        idempotency_key,
+        &body,
+        || async {
+            let request: BulkRequest =
+                super::extract::parse_json_body(content_type.as_deref(), &body)?;
+            if request.messages.is_empty() || request.messages.len() > MAX_BULK_MESSAGES {
+                return Err(ApiError::validation(InvalidInput::new(
+                    "messages",
+                    format!("must hold 1 to {MAX_BULK_MESSAGES} messages"),
+                )));
+            }
+            let session = request
+                .session_id
+                .as_deref()
+                .map(|raw| SessionId::parse("sessionId", raw))
+                .transpose()
+                .map_err(ApiError::validation)?;
+            let session_id = resolve_session(&principal, session.as_ref())?;
+            ensure_owned(&context, &principal.user, &session_id).await?;
+
+            let country_code = &context.config.default_country_code;
+            let mut results: Vec<Value> = Vec::with_capacity(request.messages.len());
+            let mut valid: Vec<ValidatedSend> = Vec::with_capacity(request.messages.len());
+            let mut valid_index = Vec::with_capacity(request.messages.len());
+            for (index, item) in request.messages.into_iter().enumerate() {
+                let checked = serde_json::from_value::<SendRequest>(item)
+                    .map_err(|err| InvalidInput::new("messages", err.to_string()))
+                    .and_then(|request| request.validate(None, country_code))
+                    .and_then(|send| match &send.session_id {
+                        Some(other) if other != &session_id => Err(InvalidInput::new(
+                            "sessionId",
+                            "must be the bulk request's session",
+                        )),
+                        _ => Ok(send),
+                    });
+                match checked {
+                    Ok(send) => {
+                        valid_index.push(results.len());
+                        results.push(
+                            json!({ "index": index, "status": "PENDING", "to": send.to.as_str() }),
+                        );
+                        valid.push(send);
+                    }
+                    Err(invalid) => results.push(json!({
+                        "index": index,
+                        "status": "REJECTED",
+                        "error": {
+                            "code": "VALIDATION_ERROR",
+                            "message": invalid.to_string(),
+                            "field": invalid.field,
+                        },
+                    })),
+                }
+            }
+            let rejected = results.len() - valid.len();
+            if valid.is_empty() {
+                return Err(ApiError::BadRequest {
+                    code: "VALIDATION_ERROR",
+                    message: "no message of the bulk request is valid".to_owned(),
+                    details: Some(json!({ "results": results })),
+                });
+            }
+            let decision = charge_messages(&context, &principal.user, valid.len() as u64).await?;
+            let accepted = context
+                .ingress
+                .accept(&principal.user.id, &session_id, &valid, None)
+                .await
+                .map_err(log_unavailable)?;
+            for (slot, message) in valid_index.iter().zip(&accepted) {
+                if let Some(Value::Object(result)) = results.get_mut(*slot) {
+                    result.insert("messageId".into(), json!(message.message_id));
+                }
+            }
+            context.metrics.messages_accepted(accepted.len() as u64);
+            let data = json!({
+                "sessionId": session_id.as_str(),
+                "accepted": accepted.len(),
+                "rejected": rejected,
+                "results": results,
+            });
+            Ok((StatusCode::ACCEPTED, data, Some(decision)))
+        },
+    )
+    .await
+}
+
+/// What a send handler produces before idempotency bookkeeping and rendering.
+type SendOutcome = Result<(StatusCode, Value, Option<QuotaDecision>), ApiError>;
+
+/// Runs `handle` under the request's `Idempotency-Key`, if it has one: a replay of an answered
+/// key returns the stored answer, a different body under a used key is `409`, a key whose first
+/// request is still running is `409` too. Only successful answers are stored; a failed request
+/// releases its key so the client can retry it.
+async fn with_idempotency<F, Fut>(
+    context: &Ctx,
+    principal: &Principal,
+    route: &str,
+    key: Option<String>,
+    body: &[u8],
+    handle: F,
+) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = SendOutcome>,
+{
+    let Some(key) = key else {
+        return render(handle().await);
+    };
+    let user_id = &principal.user.id;
+    if key.is_empty()
+        || key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS
+        || key.chars().any(|c| c.is_control())
+    {
+        return ApiError::BadRequest {
+            code: "INVALID_IDEMPOTENCY_KEY",
+            message: format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters"
+            ),
+            details: None,
+        }
+        .into_response();
+    }
+    let request_hash = {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(route.as_bytes());
+        hasher.update([0]);
+        hasher.update(body);
+        hex::encode(hasher.finalize())
+    };
+    let claim = context
+        .store
+        .claim_idempotency_key(user_id, &key, &request_hash, IDEMPOTENCY_CLAIM_MS)
+        .await;
+    match claim {
+        Err(err) => return ApiError::from(err).into_response(),
+        Ok(IdempotencyClaim::Answered {
+            request_hash: first,
+            status,
+            body,
+        }) => {
+            if first != request_hash {
+                return key_reused();
+            }
+            let mut response = Response::new(body.into());
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let headers = response.headers_mut();
+            headers.insert("content-type", HeaderValue::from_static("application/json"));
+            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return response;
+        }
+        Ok(IdempotencyClaim::InProgress {
+            request_hash: first,
+        }) => {
+            if first != request_hash {
+                return key_reused();
+            }
+            return ApiError::Conflict {
+                code: "IDEMPOTENCY_KEY_IN_PROGRESS",
+                message:
+                    "a request with this Idempotency-Key is still being processed; retry shortly"
+                        .to_owned(),
+            }
+            .into_response();
+        }
+        Ok(IdempotencyClaim::Claimed) => {}
+    }
+    let outcome = handle().await;
+    match &outcome {
+        Ok((status, data, _)) => {
+            let stored = json!({ "success": true, "data": data }).to_string();
+            if let Err(err) = context
+                .store
+                .complete_idempotency_key(
+                    user_id,
+                    &key,
+                    status.as_u16(),
+                    &stored,
+                    IDEMPOTENCY_RETENTION_MS,
+                )
+                .await
+            {
+                // The messages are accepted; only the replay record is missing. The claim
+                // expires and a replay would then send again, so say so loudly.
+                tracing::error!(error = %err, "storing the idempotent answer failed");
+            }
+        }
+        Err(_) => {
+            if let Err(err) = context.store.release_idempotency_key(user_id, &key).await {
+                tracing::warn!(error = %err, "releasing an idempotency key failed; it expires on its own");
+            }
+        }
+    }
+    render(outcome)
+}
+
+fn key_reused() -> Response {
+    ApiError::Conflict {
+        code: "IDEMPOTENCY_KEY_REUSED",
+        message: "this Idempotency-Key was used with a different request body".to_owned(),
+    }
+    .into_response()
+}
+
+/// Renders a send outcome with its rate-limit headers.
+fn render(outcome: SendOutcome) -> Response {
+    match outcome {
+        Ok((status, data, decision)) => {
+            let mut response = success(status, &data);
+            if let Some(decision) = decision {
+                rate_limit_headers(&mut response, &decision);
+            }
+            response
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+fn rate_limit_headers(response: &mut Response, decision: &QuotaDecision) {
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(decision.remaining),
+    );
+    headers.insert("x-ratelimit-reset", HeaderValue::from(decision.reset_at_s));
+}
+
+/// Charges `amount` messages; over quota is `429` with `Retry-After` and the rate-limit headers.
+async fn charge_messages(
+    context: &Ctx,
+    user: &User,
+    amount: u64,
+) -> Result<QuotaDecision, ApiError> {
+    let decision = context
+        .quotas
+        .charge(&user.id, user.tier, QuotaKind::Messages, amount)
+        .await
+        .map_err(ApiError::Unexpected)?;
+    if decision.allowed {
+        Ok(decision)
+    } else {
+        Err(ApiError::QuotaExceeded {
+            message: format!(
+                "hourly message quota of {} for the {} tier would be exceeded ({} left, {} asked)",
+                decision.limit, user.tier, decision.remaining, amount
+            ),
+            decision,
+        })
+    }
+}
+
+/// The session a send goes through: the body's, or the API key's own. A key bound to a session
+/// cannot send through another one.
+fn resolve_session(
+    principal: &Principal,
+    named: Option<&SessionId>,
+) -> Result<SessionId, ApiError> {
+    let bound = match &principal.credential {
+        Credential::ApiKey(record) => record.session_id.as_deref(),
+        Credential::AccessToken => None,
+    };
+    match (named, bound) {
+        (Some(named), Some(bound)) if named.as_str() != bound => Err(ApiError::NotFound("session")),
+        (Some(named), _) => Ok(named.clone()),
+        (None, Some(bound)) => SessionId::parse("sessionId", bound).map_err(ApiError::validation),
+        (None, None) => Err(ApiError::validation(InvalidInput::new(
+            "sessionId",
+            "is required (or use an API key bound to a session)",
+        ))),
+    }
+}
+
+async fn ensure_owned(context: &Ctx, user: &User, session_id: &SessionId) -> Result<(), ApiError> {
+    if context
+        .ingress
+        .owns_session(&context.store, &user.id, session_id.as_str())
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("session"))
+    }
+}
+
+fn log_unavailable(err: producers::AppendError) -> ApiError {
+    tracing::error!(error = %err, "appending to the outbound log failed");
+    ApiError::ServiceUnavailable {
+        code: "LOG_UNAVAILABLE",
+        message: "the message log did not accept the request; nothing was sent, retry later"
+            .to_owned(),
+    }
+}
+
+// ----- lookups -------------------------------------------------------------------------------
+
+/// `GET /api/v1/external/session/{id}/status`.
+async fn session_status(id: String, context: Ctx, principal: Principal) -> ApiResult {
+    if let Credential::ApiKey(record) = &principal.credential
+        && record
+            .session_id
+            .as_deref()
+            .is_some_and(|bound| bound != id)
+    {
+        return Err(ApiError::NotFound("session"));
+    }
+    super::sessions::session_status(id, context, principal.user).await
+}
+
+/// `GET /api/v1/external/messages/{messageId}`: the message with its status timeline.
+async fn get_message(id: String, context: Ctx, principal: Principal) -> ApiResult {
+    let message = context
+        .store
+        .message_for_user(&principal.user.id, &id)
+        .await
+        .map_err(not_found_as("message"))?;
+    if let Credential::ApiKey(record) = &principal.credential
+        && record
+            .session_id
+            .as_deref()
+            .is_some_and(|bound| bound != message.session_id)
+    {
+        return Err(ApiError::NotFound("message"));
+    }
+    let timeline = context.store.message_timeline(&message.id).await?;
+    let mut view = message_view(&message);
+    if let Value::Object(map) = &mut view {
+        map.insert(
+            "timeline".into(),
+            timeline
+                .iter()
+                .map(|event| {
+                    json!({
+                        "status": event.status.as_str(),
+                        "detail": event.detail,
+                        "at": ms_to_rfc3339(event.at),
+                    })
+                })
+                .collect(),
+        );
+    }
+    Ok(success(StatusCode::OK, &view))
+}
+
+/// Query of the message lists.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ListParams {
+    session_id: Option<String>,
+    status: Option<String>,
+    direction: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/external/messages`.
+async fn list_messages(context: Ctx, principal: Principal, params: ListParams) -> ApiResult {
+    let bound = match &principal.credential {
+        Credential::ApiKey(record) => record.session_id.clone(),
+        Credential::AccessToken => None,
+    };
+    let session_id = match (params.session_id.clone(), bound) {
+        (Some(named), Some(bound)) if named != bound => return Err(ApiError::NotFound("session")),
+        (named, bound) => named.or(bound),
+    };
+    message_page(&context, &principal.user, session_id, params).await
+}
+
+/// `GET /api/v1/sessions/{id}/messages`: the dashboard's view of one session's messages.
+async fn session_messages(id: String, context: Ctx, user: User, params: ListParams) -> ApiResult {
+    match context.store.user_owns_session(&user.id, &id).await {
+        Ok(true) => {}
+        Ok(false) | Err(StoreError::NotFound) => return Err(ApiError::NotFound("session")),
+        Err(err) => return Err(err.into()),
+    }
+    message_page(&context, &user, Some(id), params).await
+}
+
+async fn message_page(
+    context: &Ctx,
+    user: &User,
+    session_id: Option<String>,
+    params: ListParams,
+) -> ApiResult {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::validation(InvalidInput::new(
+            "limit",
+            "must be 1 to 200",
+        )));
+    }
+    let status = params
+        .status
+        .as_deref()
+        .map(|raw| {
+            raw.to_ascii_uppercase()
+                .parse::<MessageStatus>()
+                .map_err(|_| {
+                    InvalidInput::new("status", "must be PENDING, SENT, DELIVERED, READ or FAILED")
+                })
+        })
+        .transpose()
+        .map_err(ApiError::validation)?;
+    let direction = params
+        .direction
+        .as_deref()
+        .map(|raw| {
+            raw.to_ascii_uppercase()
+                .parse::<MessageDirection>()
+                .map_err(|_| InvalidInput::new("direction", "must be INBOUND or OUTBOUND"))
+        })
+        .transpose()
+        .map_err(ApiError::validation)?;
+    let before = params
+        .cursor
+        .as_deref()
+        .map(decode_cursor)
+        .transpose()
+        .map_err(ApiError::validation)?;
+    let page = context
+        .store
+        .list_messages(&MessageListQuery {
+            user_id: user.id.clone(),
+            session_id,
+            status,
+            direction,
+            before,
+            limit,
+        })
+        .await?;
+    let next_cursor = (page.len() == limit as usize)
+        .then(|| {
+            page.last()
+                .map(|last| encode_cursor(last.created_at, &last.id))
+        })
+        .flatten();
+    let messages: Vec<Value> = page.iter().map(message_view).collect();
+    Ok(success(
+        StatusCode::OK,
+        &json!({ "messages": messages, "nextCursor": next_cursor }),
+    ))
+}
+
+/// The opaque cursor: `created_at` and id of the last row, base64url.
+fn encode_cursor(created_at: i64, id: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}:{id}"))
+}
+
+fn decode_cursor(raw: &str) -> Result<(i64, String), InvalidInput> {
+    use base64::Engine;
+    let invalid = || InvalidInput::new("cursor", "is not a cursor of this list");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (created_at, id) = text.split_once(':').ok_or_else(invalid)?;
+    Ok((created_at.parse().map_err(|_| invalid())?, id.to_owned()))
+}
+
+/// A message as the API shows it.
+fn message_view(message: &MessageRecord) -> Value {
+    let content: Value =
+        serde_json::from_str(&message.content).unwrap_or(Value::String(message.content.clone()));
+    json!({
+        "messageId": message.id,
+        "sessionId": message.session_id,
+        "direction": message.direction.as_str(),
+        "type": message.message_type,
+        "remoteJid": message.remote_jid,
+        "content": content,
+        "status": message.status.as_str(),
+        "whatsappMessageId": message.worker_message_id,
+        "errorMessage": message.error_message,
+        "attempts": message.attempts,
+        "createdAt": ms_to_rfc3339(message.created_at),
+        "updatedAt": ms_to_rfc3339(message.updated_at),
+    })
+}

@@ -1,0 +1,134 @@
+//! Accepting sends: validated requests become `wa.outbound.v1` records, keyed by session, and
+//! are acknowledged only once the log holds them durably.
+//!
+//! The log is the source of truth for an accepted message: the `messages` row is written by the
+//! delivery consumer when it reads the record (in batches, idempotently), so the ingress pays
+//! one batched log append per request and nothing else on the store's write path.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use producers::{AppendError, LogProducer, OutboundEnvelope};
+
+use super::request::ValidatedSend;
+use crate::domain::{SessionId, now_ms};
+use crate::store::{Store, StoreError};
+
+/// How long a confirmed "this user owns this session" is trusted without asking the store. A
+/// session deleted within this window may still get a send accepted; delivery then fails it
+/// (session gone) and dead-letters it, so nothing is lost or misrouted.
+const OWNERSHIP_TTL: Duration = Duration::from_secs(5);
+
+/// Entries kept before the ownership cache is swept.
+const OWNERSHIP_CAPACITY: usize = 100_000;
+
+/// One accepted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedMessage {
+    /// The gateway's id (UUIDv7: time-ordered), `X-Message-Id` at the worker.
+    pub message_id: String,
+    /// When it was accepted (ms).
+    pub accepted_at: i64,
+}
+
+/// The send ingress: ownership checks and durable appends.
+#[derive(Debug)]
+pub struct Ingress {
+    log: LogProducer,
+    /// Wire name of the outbound topic (prefixed in tests).
+    outbound_topic: String,
+    /// `(user id, session id)` → when ownership was last confirmed.
+    owned: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl Ingress {
+    /// An ingress appending to `outbound_topic` of `log`.
+    pub fn new(log: LogProducer, outbound_topic: String) -> Self {
+        Self {
+            log,
+            outbound_topic,
+            owned: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The log this ingress appends to.
+    pub fn log(&self) -> &LogProducer {
+        &self.log
+    }
+
+    /// Whether `user_id` owns the live session `session_id`, from a short-lived cache.
+    pub async fn owns_session(
+        &self,
+        store: &Store,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<bool, StoreError> {
+        let key = (user_id.to_owned(), session_id.to_owned());
+        let now = Instant::now();
+        if self
+            .lock()
+            .get(&key)
+            .is_some_and(|confirmed| now.duration_since(*confirmed) < OWNERSHIP_TTL)
+        {
+            return Ok(true);
+        }
+        let owns = store.user_owns_session(user_id, session_id).await?;
+        let mut owned = self.lock();
+        if owns {
+            if owned.len() >= OWNERSHIP_CAPACITY {
+                owned.retain(|_, confirmed| now.duration_since(*confirmed) < OWNERSHIP_TTL);
+            }
+            owned.insert(key, now);
+        } else {
+            owned.remove(&key);
+        }
+        Ok(owns)
+    }
+
+    /// Forgets a session's cached ownership (it was deleted here).
+    pub fn forget_session(&self, session_id: &str) {
+        self.lock().retain(|(_, session), _| session != session_id);
+    }
+
+    /// Appends `sends` (already validated, of one user and one session) as one batch and
+    /// returns their ids in input order, once the log holds them durably.
+    pub async fn accept(
+        &self,
+        user_id: &str,
+        session_id: &SessionId,
+        sends: &[ValidatedSend],
+        idempotency_key: Option<&str>,
+    ) -> Result<Vec<AcceptedMessage>, AppendError> {
+        let accepted_at = now_ms();
+        let mut accepted = Vec::with_capacity(sends.len());
+        let mut records = Vec::with_capacity(sends.len());
+        for send in sends {
+            let message_id = uuid::Uuid::now_v7().to_string();
+            let mut envelope = OutboundEnvelope::new(
+                message_id.clone(),
+                user_id,
+                session_id.as_str(),
+                send.kind.protocol_name(),
+                send.worker_body.clone(),
+                accepted_at,
+            );
+            if let Some(key) = idempotency_key {
+                envelope = envelope.with_idempotency_key(key);
+            }
+            records.push((session_id.as_str().to_owned(), envelope.encode()));
+            accepted.push(AcceptedMessage {
+                message_id,
+                accepted_at,
+            });
+        }
+        self.log.append_batch(&self.outbound_topic, records).await?;
+        Ok(accepted)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Instant>> {
+        self.owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
