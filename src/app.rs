@@ -243,6 +243,8 @@ impl Application {
             Duration::from_secs(20),
         )
         .await;
+        let stopping = std::time::Instant::now();
+        note_slow_stop("http", stopping);
         let _ = stop_tx.send(true);
         for (name, task) in [
             ("flusher", flusher),
@@ -255,12 +257,34 @@ impl Application {
             if let Err(err) = task.await {
                 tracing::warn!(task = name, error = %err, "background task ended abnormally");
             }
+            note_slow_stop(name, stopping);
         }
         self.context.flush_batches().await;
+        note_slow_stop("batch flush", stopping);
         self.context.pipeline.close().await;
+        note_slow_stop("log", stopping);
         self.context.store.close().await;
+        note_slow_stop("store", stopping);
         tracing::info!("wa-gateway stopped");
         Ok(())
+    }
+}
+
+/// Shutdown should take well under a second once requests are drained; a step still running
+/// after that is worth a warning that names it.
+fn note_slow_stop(step: &str, since: std::time::Instant) {
+    let elapsed = since.elapsed();
+    tracing::debug!(
+        step,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "shutdown step done"
+    );
+    if elapsed > Duration::from_secs(1) {
+        tracing::warn!(
+            step,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "slow shutdown"
+        );
     }
 }
 

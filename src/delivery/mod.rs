@@ -159,6 +159,8 @@ pub async fn run_delivery(
             Ok(None) | Err(_) => break,
         }
     }
+    // The reader may be parked on a full channel; closing it is what lets it see the stop.
+    drop(records_rx);
     drop(state);
     if let Err(err) = reader.await {
         tracing::warn!(error = %err, "delivery reader task failed");

@@ -30,6 +30,9 @@ pub(crate) const DEDUP_WINDOW_MS: i64 = 30_000;
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// In-process attempts of one job before it is marked failed (then re-requested next window).
 const RETRIES: usize = 12;
+/// How long shutdown waits for migration jobs in progress (a job waiting for capacity would
+/// otherwise hold it for all its retries).
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Wakes the job worker every period to look for new jobs.
 ///
@@ -173,8 +176,10 @@ impl MigrationQueue {
         )
         .map_err(|e| anyhow::anyhow!("backoff: {e}"))?
         .make_backoff();
+        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
         let stop = async move {
             shutdown.await;
+            let _ = stopping_tx.send(());
             Ok::<(), std::io::Error>(())
         };
         macro_rules! run {
@@ -190,24 +195,47 @@ impl MigrationQueue {
                     })
                     .build(handle_migration)
                     .run_until(stop)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("migration worker: {e}"))
             };
         }
-        match self {
-            MigrationQueue::Sqlite(storage) => {
-                run!(
-                    storage
-                        .clone()
-                        .poll_with_strategy(TickStrategy::new(POLL_INTERVAL))
-                )
+        let worker = async {
+            let ran = match self {
+                MigrationQueue::Sqlite(storage) => {
+                    run!(
+                        storage
+                            .clone()
+                            .poll_with_strategy(TickStrategy::new(POLL_INTERVAL))
+                    )
+                    .await
+                }
+                MigrationQueue::Postgres(storage) => {
+                    run!(
+                        storage
+                            .clone()
+                            .poll_with_strategy(TickStrategy::new(POLL_INTERVAL))
+                    )
+                    .await
+                }
+            };
+            ran.map_err(|e| anyhow::anyhow!("migration worker: {e}"))
+        };
+        // A job waiting for capacity retries with backoff inside the worker, which would hold the
+        // shutdown for all its retries; past the grace it is left to the queue, which hands it to
+        // a worker again once its lease lapses (as after a crash).
+        let grace = async {
+            if stopping.await.is_ok() {
+                tokio::time::sleep(STOP_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
             }
-            MigrationQueue::Postgres(storage) => {
-                run!(
-                    storage
-                        .clone()
-                        .poll_with_strategy(TickStrategy::new(POLL_INTERVAL))
-                )
+        };
+        tokio::select! {
+            ran = worker => ran,
+            () = grace => {
+                tracing::warn!(
+                    grace_ms = STOP_GRACE.as_millis() as u64,
+                    "migration jobs still running at shutdown; the queue will run them again"
+                );
+                Ok(())
             }
         }
     }

@@ -83,10 +83,18 @@ pub async fn serve(
         });
     }
     drop(listener);
+    let draining = Instant::now();
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
-        .is_err()
+        .is_ok()
     {
+        if draining.elapsed() > Duration::from_secs(1) {
+            tracing::warn!(
+                elapsed_ms = draining.elapsed().as_millis() as u64,
+                "slow shutdown: draining connections"
+            );
+        }
+    } else {
         tracing::warn!(
             grace_seconds = grace.as_secs(),
             "connections still open after the grace period"

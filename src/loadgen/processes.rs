@@ -215,13 +215,20 @@ impl Processes {
 
     /// Stops the simulated workers (they unregister), then the gateway; removes the temporary
     /// directory unless `keep_files`.
+    /// A child that had to be killed keeps the directory too: its log says what it was doing.
     pub async fn stop(mut self, keep_files: bool) {
-        futures_util::future::join_all(self.sims.iter_mut().map(stop)).await;
-        stop(&mut self.gateway).await;
-        if !keep_files {
+        let sims = futures_util::future::join_all(self.sims.iter_mut().map(stop)).await;
+        let gateway = stop(&mut self.gateway).await;
+        if !keep_files && gateway && !sims.contains(&false) {
             self.dir.remove();
         }
     }
+}
+
+/// The children log warnings only, unless `LOADGEN_CHILD_LOG_LEVEL` says otherwise (e.g. `info`
+/// to follow a run in the logs the failed run leaves behind).
+fn child_log_level() -> String {
+    std::env::var("LOADGEN_CHILD_LOG_LEVEL").unwrap_or_else(|_| "warn".to_owned())
 }
 
 /// A command for this executable with the settings every child shares.
@@ -231,8 +238,8 @@ fn child_command(executable: &Path, dir: &Path) -> Command {
         .current_dir(dir)
         .env("APP_ENV", "development")
         .env("HOST", "127.0.0.1")
-        .env("LOG_LEVEL", "warn")
-        .env("RUST_LOG", "warn")
+        .env("LOG_LEVEL", child_log_level())
+        .env("RUST_LOG", child_log_level())
         .env("LOG_FORMAT", "pretty")
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -260,9 +267,10 @@ fn spawn(mut command: Command, name: &str, dir: &Path) -> anyhow::Result<Spawned
 }
 
 /// SIGTERM (the children shut down gracefully on it), then SIGKILL after [`STOP_GRACE`].
-async fn stop(spawned: &mut Spawned) {
+/// Whether the child ended by itself.
+async fn stop(spawned: &mut Spawned) -> bool {
     if let Ok(Some(_)) = spawned.child.try_wait() {
-        return;
+        return true;
     }
     if let Some(pid) = spawned.child.id() {
         // `kill(1)`: the crate forbids `unsafe`, and a failed SIGTERM still ends in SIGKILL.
@@ -282,7 +290,9 @@ async fn stop(spawned: &mut Spawned) {
             spawned.name
         );
         let _ = spawned.child.kill().await;
+        return false;
     }
+    true
 }
 
 /// A port nothing listens on right now: bind port 0, read it, let it go. Another process could
