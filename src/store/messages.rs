@@ -62,8 +62,9 @@ pub struct MessageListQuery {
     pub limit: u32,
 }
 
-/// Rows per multi-row insert: 8 bound columns each stays far below every placeholder limit.
-const RECORD_CHUNK: usize = 200;
+/// Rows per multi-row statement. Small on purpose: SQLite finds a numbered placeholder by a
+/// linear scan, so binding costs grow with the square of the placeholders in one statement.
+const RECORD_CHUNK: usize = 64;
 
 const MESSAGE_COLUMNS: &str = "id, user_id, session_id, direction, message_type, remote_jid, content, status, \
     worker_message_id, error_message, CAST(attempts AS BIGINT) AS attempts, created_at, updated_at";
