@@ -444,7 +444,6 @@ fn now_ms() -> i64 {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
-    use std::net::{TcpStream, ToSocketAddrs};
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Instant;
 
@@ -454,31 +453,8 @@ mod tests {
 
     use super::*;
 
-    /// The broker the tests run against: `KAFKA_BROKERS`, else a local one. The tests fail
-    /// (never skip) when it is unreachable: CI starts one (`.ci/run`).
     fn brokers() -> String {
-        let brokers = std::env::var("KAFKA_BROKERS")
-            .ok()
-            .filter(|value| !value.trim().is_empty())
-            .unwrap_or_else(|| "127.0.0.1:9092".to_owned());
-        for broker in brokers.split(',') {
-            let reachable = broker
-                .trim()
-                .to_socket_addrs()
-                .ok()
-                .is_some_and(|mut addrs| {
-                    addrs.any(|addr| {
-                        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok()
-                    })
-                });
-            assert!(
-                reachable,
-                "no Kafka broker reachable at `{broker}` (KAFKA_BROKERS={brokers}): these tests \
-                 need a running broker; start one as .ci/run does (tansu) or point \
-                 KAFKA_BROKERS at one"
-            );
-        }
-        brokers
+        producers::kafka::test_brokers()
     }
 
     /// A name no other test (or earlier run) uses.

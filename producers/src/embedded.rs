@@ -730,32 +730,12 @@ mod tests {
     use super::*;
     use crate::topics::{EVENTS_TOPIC, OUTBOUND_TOPIC};
 
-    async fn pool(path: &Path) -> SqlitePool {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .unwrap();
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&pool).await.unwrap();
-        }
-        pool
-    }
-
     fn catalog() -> &'static TopicCatalog {
         TopicCatalog::builtin().unwrap()
     }
 
     async fn open(path: &Path) -> EmbeddedLog {
-        EmbeddedLog::open(pool(path).await, catalog())
-            .await
-            .unwrap()
+        EmbeddedLog::open_file(path, catalog()).await.unwrap()
     }
 
     fn temp() -> (tempfile::TempDir, std::path::PathBuf) {

@@ -501,11 +501,37 @@ fn millis(duration: Duration) -> String {
     duration.as_millis().to_string()
 }
 
+/// The broker the tests run against: `KAFKA_BROKERS`, else a local one. The tests fail
+/// (never skip) when it is unreachable: CI starts one (`.ci/run`). Test support for this
+/// crate and `consumers`; it panics rather than returns an error, as a test should.
+pub fn test_brokers() -> String {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let brokers = std::env::var("KAFKA_BROKERS")
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+        .unwrap_or_else(|| "127.0.0.1:9092".to_owned());
+    for broker in brokers.split(',') {
+        let reachable = broker
+            .trim()
+            .to_socket_addrs()
+            .ok()
+            .is_some_and(|mut addrs| {
+                addrs.any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok())
+            });
+        assert!(
+            reachable,
+            "no Kafka broker reachable at `{broker}` (KAFKA_BROKERS={brokers}): these tests \
+             need a running broker; start one as .ci/run does (tansu) or point \
+             KAFKA_BROKERS at one"
+        );
+    }
+    brokers
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use std::collections::{BTreeMap, HashMap};
-    use std::net::{TcpStream, ToSocketAddrs};
     use std::sync::atomic::AtomicU32;
 
     use rdkafka::Message;
@@ -515,31 +541,8 @@ mod tests {
     use super::*;
     use crate::topics::{EVENTS_TOPIC, OUTBOUND_TOPIC};
 
-    /// The broker the tests run against: `KAFKA_BROKERS`, else a local one. The tests fail
-    /// (never skip) when it is unreachable: CI starts one (`.ci/run`).
     fn brokers() -> String {
-        let brokers = std::env::var("KAFKA_BROKERS")
-            .ok()
-            .filter(|value| !value.trim().is_empty())
-            .unwrap_or_else(|| "127.0.0.1:9092".to_owned());
-        for broker in brokers.split(',') {
-            let reachable = broker
-                .trim()
-                .to_socket_addrs()
-                .ok()
-                .is_some_and(|mut addrs| {
-                    addrs.any(|addr| {
-                        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok()
-                    })
-                });
-            assert!(
-                reachable,
-                "no Kafka broker reachable at `{broker}` (KAFKA_BROKERS={brokers}): these tests \
-                 need a running broker; start one as .ci/run does (tansu) or point \
-                 KAFKA_BROKERS at one"
-            );
-        }
-        brokers
+        test_brokers()
     }
 
     /// The built-in catalog under a prefix no other test (or earlier run) uses.

@@ -158,13 +158,7 @@ impl ApiError {
         let retry_after = match &self {
             ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
             ApiError::QuotaExceeded { decision, .. } => {
-                let headers = response.headers_mut();
-                headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
-                headers.insert(
-                    "x-ratelimit-remaining",
-                    HeaderValue::from(decision.remaining),
-                );
-                headers.insert("x-ratelimit-reset", HeaderValue::from(decision.reset_at_s));
+                rate_limit_headers(&mut response, decision);
                 Some(decision.retry_after)
             }
             _ => None,
@@ -377,4 +371,18 @@ fn rebuild(error: &ApiError) -> ApiError {
         },
         ApiError::Unexpected(err) => ApiError::Unexpected(anyhow::anyhow!("{err:#}")),
     }
+}
+
+/// `X-RateLimit-Limit`, `-Remaining` and `-Reset` of a quota decision.
+pub(crate) fn rate_limit_headers(
+    response: &mut warp::reply::Response,
+    decision: &crate::quota::QuotaDecision,
+) {
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(decision.remaining),
+    );
+    headers.insert("x-ratelimit-reset", HeaderValue::from(decision.reset_at_s));
 }

@@ -17,7 +17,7 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 
-use super::error::{ApiError, ApiResult, finish, not_found_as, success};
+use super::error::{ApiError, ApiResult, finish, not_found_as, rate_limit_headers, success};
 use super::extract::{Credential, Ctx, Principal, authenticated, user_session, with_context};
 use crate::domain::{InvalidInput, MessageDirection, MessageStatus, SessionId, ms_to_rfc3339};
 use crate::quota::{QuotaDecision, QuotaKind};
@@ -437,16 +437,6 @@ fn render(outcome: SendOutcome) -> Response {
         }
         Err(err) => err.into_response(),
     }
-}
-
-fn rate_limit_headers(response: &mut Response, decision: &QuotaDecision) {
-    let headers = response.headers_mut();
-    headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
-    headers.insert(
-        "x-ratelimit-remaining",
-        HeaderValue::from(decision.remaining),
-    );
-    headers.insert("x-ratelimit-reset", HeaderValue::from(decision.reset_at_s));
 }
 
 /// Charges `amount` messages; over quota is `429` with `Retry-After` and the rate-limit headers.
