@@ -148,8 +148,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Loadgen(args) => crate::loadgen::run(args).await,
         Command::Serve => {
+            let stop = shutdown_signal();
             let application = Application::build(config).await?;
-            application.run_until_stopped(shutdown_signal()).await
+            application.run_until_stopped(stop).await
         }
         Command::Migrate => {
             let context = AppContext::connect(config).await?;
