@@ -131,7 +131,8 @@ enum LaneState {
     Ready,
     /// Its head was handed out and has not been finished yet.
     InFlight,
-    /// Its head failed; present exactly once in the backoff heap.
+    /// Its head failed; in the backoff heap under exactly this instant (the
+    /// heap may also hold stale entries of lanes woken early; they are skipped).
     BackingOff { eligible_at: Instant },
 }
 
@@ -341,6 +342,27 @@ impl<M> SessionLanes<M> {
             .collect()
     }
 
+    /// Ends the backoff of `lane_key` now, e.g. when its session just came
+    /// back on a worker: the head is handed out on the next
+    /// [`SessionLanes::next_ready`] instead of after the rest of its delay.
+    /// Returns whether the lane was backing off; other lanes are untouched.
+    pub fn wake(&mut self, lane_key: &str) -> bool {
+        let Some((lane_key, lane)) = self.lanes.get_key_value(lane_key) else {
+            return false;
+        };
+        if !matches!(lane.state, LaneState::BackingOff { .. }) {
+            return false;
+        }
+        let lane_key = Arc::clone(lane_key);
+        if let Some(lane) = self.lanes.get_mut(&lane_key) {
+            // The heap entry stays; `promote_expired_backoffs` skips it
+            // because the lane no longer backs off until that instant.
+            lane.state = LaneState::Ready;
+            self.ready_lane_keys.push_back(lane_key);
+        }
+        true
+    }
+
     /// Whether the head of `lane_key` is currently handed out.
     pub fn is_in_flight(&self, lane_key: &str) -> bool {
         self.lanes
@@ -380,10 +402,17 @@ impl<M> SessionLanes<M> {
             if *eligible_at > now {
                 break;
             }
-            let Some(Reverse((_, lane_key))) = self.backing_off_lanes.pop() else {
+            let Some(Reverse((expired_at, lane_key))) = self.backing_off_lanes.pop() else {
                 break;
             };
-            if let Some(lane) = self.lanes.get_mut(&lane_key) {
+            // An entry is stale when its lane was woken early (and may have
+            // backed off again until another instant) or removed.
+            if let Some(lane) = self.lanes.get_mut(&lane_key)
+                && lane.state
+                    == (LaneState::BackingOff {
+                        eligible_at: expired_at,
+                    })
+            {
                 lane.state = LaneState::Ready;
                 self.ready_lane_keys.push_back(lane_key);
             }
@@ -618,6 +647,66 @@ mod tests {
         let (lane_key, _, _) = dispatch(&mut lanes, start + millis(150));
         assert_eq!(lane_key, "b");
         assert_eq!(lanes.next_wakeup(), Some(start + millis(200)));
+    }
+
+    #[test]
+    fn wake_ends_a_backoff_early_and_only_that_one() {
+        let start = Instant::now();
+        let mut lanes = SessionLanes::new();
+        for lane_key in ["a", "b"] {
+            lanes.push(lane_key, 0);
+            lanes.push(lane_key, 1);
+        }
+        for _ in 0..2 {
+            let (_, _, ticket) = dispatch(&mut lanes, start);
+            lanes
+                .finish(ticket, LaneOutcome::RetryAfter(millis(10_000)), start)
+                .unwrap();
+        }
+        assert!(lanes.wake("a"));
+        assert!(!lanes.wake("a"), "a ready lane has nothing to wake");
+        assert!(!lanes.wake("missing"));
+        let (lane_key, item, ticket) = dispatch(&mut lanes, start + millis(1));
+        assert_eq!((lane_key.as_str(), item), ("a", 0));
+        assert_eq!(ticket.failed_attempts(), 1);
+        assert!(!lanes.wake("a"), "an in-flight head is not woken twice");
+        assert!(
+            lanes.next_ready(start + millis(1)).is_none(),
+            "b still backs off"
+        );
+        lanes.finish(ticket, LaneOutcome::Done, start).unwrap();
+        assert_eq!(
+            drain_in_order(&mut lanes, start + millis(2)),
+            [("a".to_owned(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_woken_lane_is_not_promoted_again_by_its_stale_backoff() {
+        let start = Instant::now();
+        let mut lanes = SessionLanes::new();
+        lanes.push("a", 0);
+        lanes.push("a", 1);
+        let (_, _, ticket) = dispatch(&mut lanes, start);
+        lanes
+            .finish(ticket, LaneOutcome::RetryAfter(millis(100)), start)
+            .unwrap();
+        lanes.wake("a");
+        // In flight when the original backoff would have ended: it must stay in flight.
+        let (_, _, ticket) = dispatch(&mut lanes, start + millis(1));
+        assert!(lanes.next_ready(start + millis(200)).is_none());
+        assert!(lanes.is_in_flight("a"));
+        // Backing off again until later: the old instant does not release it.
+        lanes
+            .finish(
+                ticket,
+                LaneOutcome::RetryAfter(millis(500)),
+                start + millis(200),
+            )
+            .unwrap();
+        assert!(lanes.next_ready(start + millis(300)).is_none());
+        let (_, item, _) = dispatch(&mut lanes, start + millis(700));
+        assert_eq!(item, 0);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use consumers::{
     SourceEvent, SourceRecord,
 };
 use producers::{EventEnvelope, OutboundEnvelope, WorkerEvent};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::app::AppContext;
 use crate::domain::now_ms;
@@ -124,6 +124,8 @@ pub async fn run_delivery(
         reports: reports_tx,
         commits: commits_tx,
     };
+    let mut connected = context.fleet.events().subscribe_connected();
+    let mut hearing_connects = true;
     let mut reading = true;
     loop {
         state.dispatch_ready();
@@ -146,6 +148,12 @@ pub async fn run_delivery(
                     state.on_report(report);
                 }
             }
+            came_up = connected.recv(), if hearing_connects => match came_up {
+                Ok(session_id) => state.on_session_connected(&session_id),
+                // Missed some: their lanes still retry on their own schedule.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => hearing_connects = false,
+            },
             _ = tokio::time::sleep_until(wakeup) => {}
             _ = stop.changed() => break,
         }
@@ -370,6 +378,15 @@ impl DeliveryState {
                 .or_default()
                 .insert(session.clone());
             self.lanes.push(&session, queued);
+        }
+    }
+
+    /// A session came up on a worker (placed, migrated, recovered): its lane stops waiting out a
+    /// retry delay, and its route is read afresh.
+    fn on_session_connected(&mut self, session_id: &str) {
+        self.directory.invalidate(session_id);
+        if self.lanes.wake(session_id) {
+            tracing::debug!(session_id, "session is back; its waiting messages go now");
         }
     }
 

@@ -1,8 +1,10 @@
 //! Session events for dashboards (SSE): status and QR changes, fanned out per session.
 //! Senders are created on first subscription and dropped when the last subscriber leaves.
+//! Delivery also hears of every session that comes up on a worker, so messages waiting out a
+//! retry delay behind a migration go as soon as the session is back.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -27,16 +29,33 @@ pub struct SessionEvent {
     pub at: String,
 }
 
-/// Per-session broadcast channels.
-#[derive(Debug, Default)]
+/// Per-session broadcast channels, and one for sessions that came up.
+#[derive(Debug)]
 pub struct SessionEvents {
     channels: Mutex<HashMap<String, broadcast::Sender<SessionEvent>>>,
+    connected: broadcast::Sender<Arc<str>>,
 }
 
 /// Events buffered per subscriber before the slowest one starts losing the oldest.
 const CHANNEL_CAPACITY: usize = 64;
+/// Connected sessions buffered for a subscriber (a whole worker's sessions after a failover).
+const CONNECTED_CAPACITY: usize = 4_096;
+
+impl Default for SessionEvents {
+    fn default() -> Self {
+        Self {
+            channels: Mutex::default(),
+            connected: broadcast::channel(CONNECTED_CAPACITY).0,
+        }
+    }
+}
 
 impl SessionEvents {
+    /// Hears the id of every session that becomes `CONNECTED` in this process.
+    pub fn subscribe_connected(&self) -> broadcast::Receiver<Arc<str>> {
+        self.connected.subscribe()
+    }
+
     /// Subscribes to a session's events.
     pub fn subscribe(&self, session_id: &str) -> broadcast::Receiver<SessionEvent> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -48,6 +67,10 @@ impl SessionEvents {
 
     /// Publishes to current subscribers (none: dropped, and the channel is freed).
     pub fn publish(&self, event: SessionEvent) {
+        if event.status == "CONNECTED" {
+            // No subscriber (no delivery consumer in this process) is fine.
+            let _ = self.connected.send(Arc::from(event.session_id.as_str()));
+        }
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sender) = channels.get(&event.session_id) {
             let session_id = event.session_id.clone();

@@ -246,8 +246,11 @@ impl SimWorker {
     }
 
     /// Stops without telling anyone (like SIGKILL): connections drop, background tasks are
-    /// aborted, state is lost, no unregister.
-    pub async fn kill(mut self) {
+    /// aborted, state is lost, no unregister. Returns every send it had accepted, for tests that
+    /// account for each message across the crash: a send still being handled when the kill lands
+    /// is either in it or was never accepted.
+    pub async fn kill(mut self) -> Vec<ReceivedSend> {
+        let received = self.worker.state.crash();
         self.server.abort();
         let _ = (&mut self.server).await;
         self.worker.tasks.close().await;
@@ -255,6 +258,7 @@ impl SimWorker {
             worker_id = self.worker.config.worker_id,
             "simulated worker killed"
         );
+        received
     }
 
     /// Snapshots of the sessions, sorted by id.

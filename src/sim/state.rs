@@ -297,6 +297,17 @@ impl SimState {
         lock(&self.messages).push(Arc::new(send));
     }
 
+    /// Loses every session, like a crashed process, and returns every send accepted up to that
+    /// instant. Nothing is recorded afterwards: a send is recorded only for a connected session,
+    /// under the sessions lock taken here.
+    pub(crate) fn crash(&self) -> Vec<ReceivedSend> {
+        let mut sessions = self.sessions();
+        sessions.entries.clear();
+        let received = self.messages();
+        drop(sessions);
+        received
+    }
+
     pub(crate) fn messages(&self) -> Vec<ReceivedSend> {
         lock(&self.messages)
             .iter()

@@ -321,8 +321,8 @@ async fn killed_worker_messages_wait_and_resume_in_order(backend: Backend) {
             .collect();
         expected.entry(session.clone()).or_default().extend(ids);
     }
-    let before_kill = victim.messages();
-    victim.kill().await;
+    // What the victim accepted before it died, counted at the instant it dies.
+    let before_kill = victim.kill().await;
     for session in &setup.sessions.clone() {
         let answer = send(app, &key, "/api/v1/external/send/bulk", bulk(session, 20)).await;
         let ids: Vec<String> = answer.assert_ok(202)["results"]
