@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -129,37 +129,34 @@ where
     async move {
         let limit = context.config.max_body_bytes;
         let (mut parts, body) = request.into_parts();
-        let mut response = match declared_length(&parts.headers) {
-            Some(length) if length > limit as u64 => {
-                ApiError::PayloadTooLarge { limit }.into_response()
+        let mut response = match read_body(body, limit, declared_length(&parts.headers)).await {
+            Ok(collected) => {
+                parts.extensions.insert(RequestId(request_id.clone()));
+                parts.extensions.insert(PeerAddr(peer));
+                if let Ok(value) = HeaderValue::from_str(&request_id) {
+                    parts.headers.insert(REQUEST_ID_HEADER, value);
+                }
+                let request = Request::from_parts(parts, Full::new(collected));
+                match warp_service.call(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
             }
-            _ => match Limited::new(body, limit).collect().await {
-                Ok(collected) => {
-                    parts.extensions.insert(RequestId(request_id.clone()));
-                    parts.extensions.insert(PeerAddr(peer));
-                    if let Ok(value) = HeaderValue::from_str(&request_id) {
-                        parts.headers.insert(REQUEST_ID_HEADER, value);
-                    }
-                    let request = Request::from_parts(parts, Full::new(collected.to_bytes()));
-                    match warp_service.call(request).await {
-                        Ok(response) => response,
-                        Err(never) => match never {},
-                    }
-                }
-                Err(err)
-                    if err
-                        .downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some() =>
-                {
-                    ApiError::PayloadTooLarge { limit }.into_response()
-                }
-                Err(err) => ApiError::BadRequest {
-                    code: "BODY_READ_ERROR",
-                    message: format!("could not read the request body: {err}"),
-                    details: None,
-                }
-                .into_response(),
-            },
+            Err(BodyError::TooLarge) => {
+                let mut response = ApiError::PayloadTooLarge { limit }.into_response();
+                // What is left of the body is not read: the connection cannot serve another
+                // request.
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                response
+            }
+            Err(BodyError::Read(err)) => ApiError::BadRequest {
+                code: "BODY_READ_ERROR",
+                message: format!("could not read the request body: {err}"),
+                details: None,
+            }
+            .into_response(),
         };
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID_HEADER, value);
@@ -186,6 +183,80 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// How much of an oversized body is read and thrown away before the `413` goes out, and for how
+/// long. A client still writing its body when the server closes gets a connection reset instead
+/// of the answer; reading the rest (when it is not absurdly large) lets it see the `413`.
+const DISCARD_BYTES: u64 = 16 * 1024 * 1024;
+const DISCARD_TIME: Duration = Duration::from_secs(2);
+
+enum BodyError {
+    TooLarge,
+    Read(hyper::Error),
+}
+
+/// Reads a body of at most `limit` bytes. Beyond the limit the rest is discarded, within
+/// [`DISCARD_BYTES`] and [`DISCARD_TIME`], before the caller answers `413`.
+async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    declared: Option<u64>,
+) -> Result<Bytes, BodyError> {
+    if let Some(length) = declared
+        && length > limit as u64
+    {
+        if length <= DISCARD_BYTES {
+            discard(body).await;
+        }
+        return Err(BodyError::TooLarge);
+    }
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    let mut read = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
+            continue; // trailers
+        };
+        read += data.len();
+        if read > limit {
+            discard(body).await;
+            return Err(BodyError::TooLarge);
+        }
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(data),
+            (Some(head), None) => {
+                let mut buffer = bytes::BytesMut::with_capacity(
+                    declared.map_or(head.len() + data.len(), |length| length as usize),
+                );
+                buffer.extend_from_slice(head);
+                buffer.extend_from_slice(&data);
+                joined = Some(buffer);
+            }
+            (_, Some(buffer)) => buffer.extend_from_slice(&data),
+        }
+    }
+    Ok(match (joined, first) {
+        (Some(buffer), _) => buffer.freeze(),
+        (None, Some(single)) => single,
+        (None, None) => Bytes::new(),
+    })
+}
+
+/// Reads and drops what is left of `body`, up to [`DISCARD_BYTES`] within [`DISCARD_TIME`].
+async fn discard(mut body: Incoming) {
+    let drain = async {
+        let mut dropped = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                dropped += data.len() as u64;
+                if dropped > DISCARD_BYTES {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
 }
 
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
