@@ -174,11 +174,26 @@ impl AppendRequest {
     }
 }
 
+/// One commit call waiting for the writer: a consumer group's positions, as
+/// `(topic index, partition, next offset)`, written in the transaction of the next group commit.
+struct CommitRequest {
+    group: String,
+    positions: Vec<(usize, i32, i64)>,
+    reply: oneshot::Sender<Result<(), LogError>>,
+}
+
+/// What the writer is asked to do. Every write to the log's tables but trimming goes through
+/// the one writer, so writers never wait on each other's locks (SQLite's busy handler sleeps).
+enum WriteRequest {
+    Append(AppendRequest),
+    Commit(CommitRequest),
+}
+
 /// What the clones of one [`EmbeddedLog`] share; dropping it stops the writer.
 #[derive(Debug)]
 struct Handle {
     shared: Arc<Shared>,
-    requests: mpsc::Sender<AppendRequest>,
+    requests: mpsc::Sender<WriteRequest>,
     shutdown: watch::Sender<bool>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -296,11 +311,11 @@ impl EmbeddedLog {
         let (reply, answer) = oneshot::channel();
         self.inner
             .requests
-            .send(AppendRequest {
+            .send(WriteRequest::Append(AppendRequest {
                 topic: index,
                 records,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| LogError::Closed)?;
         answer.await.map_err(|_| LogError::Closed)?
@@ -370,8 +385,9 @@ impl EmbeddedLog {
     }
 
     /// Commits `group`'s positions, `(topic, partition, next offset to read)`, in one
-    /// transaction. A position never moves backwards: one below what is stored is ignored.
-    /// Every topic and partition is checked before anything is written.
+    /// transaction (the writer's next group commit). A position never moves backwards: one
+    /// below what is stored is ignored. Every topic and partition is checked before anything
+    /// is written.
     pub async fn commit(
         &self,
         group: &str,
@@ -380,34 +396,24 @@ impl EmbeddedLog {
         let shared = &self.inner.shared;
         let mut resolved = Vec::with_capacity(positions.len());
         for (topic, partition, offset) in positions {
-            let state = &shared.topics[shared.resolve(topic)?];
-            state.check_partition(*partition)?;
-            resolved.push((state.name.as_str(), *partition, *offset));
+            let index = shared.resolve(topic)?;
+            shared.topics[index].check_partition(*partition)?;
+            resolved.push((index, *partition, *offset));
         }
         if resolved.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
-        let mut tx = shared.pool.begin().await?;
-        for (topic, partition, offset) in resolved {
-            sqlx::query(
-                "INSERT INTO log_consumer_offsets \
-                 (group_id, topic, partition_id, committed_offset, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET \
-                 committed_offset = excluded.committed_offset, updated_at = excluded.updated_at \
-                 WHERE excluded.committed_offset > log_consumer_offsets.committed_offset",
-            )
-            .bind(group)
-            .bind(topic)
-            .bind(partition)
-            .bind(offset)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .requests
+            .send(WriteRequest::Commit(CommitRequest {
+                group: group.to_owned(),
+                positions: resolved,
+                reply,
+            }))
+            .await
+            .map_err(|_| LogError::Closed)?;
+        answer.await.map_err(|_| LogError::Closed)?
     }
 
     /// A counter bumped after every committed batch holding records of `topic`: wait on
@@ -559,7 +565,7 @@ async fn closed(shutdown: &mut watch::Receiver<bool>) {
 /// The group-commit writer: owns the next offsets and is the only task writing records.
 async fn run_writer(
     shared: Arc<Shared>,
-    mut queue: mpsc::Receiver<AppendRequest>,
+    mut queue: mpsc::Receiver<WriteRequest>,
     mut shutdown: watch::Receiver<bool>,
     mut next_offsets: Vec<Vec<i64>>,
 ) {
@@ -576,14 +582,22 @@ async fn run_writer(
                 None => break,
             },
         };
-        let mut records = first.records.len();
-        let mut bytes = first.bytes();
-        let mut batch = vec![first];
-        while records < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
-            let Ok(request) = queue.try_recv() else { break };
-            records += request.records.len();
-            bytes += request.bytes();
-            batch.push(request);
+        let (mut records, mut bytes) = (0, 0);
+        let mut batch = Vec::new();
+        let mut commits = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                WriteRequest::Append(request) => {
+                    records += request.records.len();
+                    bytes += request.bytes();
+                    batch.push(request);
+                }
+                WriteRequest::Commit(request) => commits.push(request),
+            }
+            if records < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
+                next = queue.try_recv().ok();
+            }
         }
 
         if stale {
@@ -594,18 +608,13 @@ async fn run_writer(
                 }
                 Err(error) => {
                     tracing::error!(%error, "embedded log cannot re-read its offsets");
-                    let error = Arc::new(error);
-                    for request in batch {
-                        let _ = request
-                            .reply
-                            .send(Err(LogError::BatchFailed(Arc::clone(&error))));
-                    }
+                    fail_all(batch, commits, error);
                     continue;
                 }
             }
         }
 
-        match write_batch(&shared, &statements, &mut next_offsets, &batch).await {
+        match write_batch(&shared, &statements, &mut next_offsets, &batch, &commits).await {
             Ok(positions) => {
                 let mut touched = vec![false; shared.topics.len()];
                 for request in &batch {
@@ -621,6 +630,9 @@ async fn run_writer(
                 for (request, positions) in batch.into_iter().zip(positions) {
                     let _ = request.reply.send(Ok(positions));
                 }
+                for request in commits {
+                    let _ = request.reply.send(Ok(()));
+                }
             }
             Err(error) => {
                 tracing::error!(%error, records, "embedded log group commit failed");
@@ -628,18 +640,35 @@ async fn run_writer(
                     Ok(reloaded) => next_offsets = reloaded,
                     Err(_) => stale = true,
                 }
-                let error = Arc::new(error);
-                for request in batch {
-                    let _ = request
-                        .reply
-                        .send(Err(LogError::BatchFailed(Arc::clone(&error))));
-                }
+                fail_all(batch, commits, error);
             }
         }
     }
     queue.close();
     while let Some(request) = queue.recv().await {
-        let _ = request.reply.send(Err(LogError::Closed));
+        match request {
+            WriteRequest::Append(request) => {
+                let _ = request.reply.send(Err(LogError::Closed));
+            }
+            WriteRequest::Commit(request) => {
+                let _ = request.reply.send(Err(LogError::Closed));
+            }
+        }
+    }
+}
+
+/// Answers every request of a failed group commit with its error.
+fn fail_all(batch: Vec<AppendRequest>, commits: Vec<CommitRequest>, error: sqlx::Error) {
+    let error = Arc::new(error);
+    for request in batch {
+        let _ = request
+            .reply
+            .send(Err(LogError::BatchFailed(Arc::clone(&error))));
+    }
+    for request in commits {
+        let _ = request
+            .reply
+            .send(Err(LogError::BatchFailed(Arc::clone(&error))));
     }
 }
 
@@ -652,13 +681,15 @@ struct Row<'a> {
     value: &'a [u8],
 }
 
-/// Assigns offsets to every record of `batch` and writes them in one transaction.
-/// Returns each request's positions; on error the caller must re-read `next_offsets`.
+/// Assigns offsets to every record of `batch` and writes them, and the consumer positions of
+/// `commits`, in one transaction. Returns each append's positions; on error the caller must
+/// re-read `next_offsets`.
 async fn write_batch(
     shared: &Shared,
     statements: &[Arc<str>],
     next_offsets: &mut [Vec<i64>],
     batch: &[AppendRequest],
+    commits: &[CommitRequest],
 ) -> Result<Vec<Vec<(i32, i64)>>, sqlx::Error> {
     let mut positions = Vec::with_capacity(batch.len());
     let mut rows = Vec::new();
@@ -716,6 +747,31 @@ async fn write_batch(
             return Err(error);
         }
         rest = tail;
+    }
+    for commit in commits {
+        for &(topic, partition, offset) in &commit.positions {
+            let written = sqlx::query(
+                "INSERT INTO log_consumer_offsets \
+                 (group_id, topic, partition_id, committed_offset, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET \
+                 committed_offset = excluded.committed_offset, updated_at = excluded.updated_at \
+                 WHERE excluded.committed_offset > log_consumer_offsets.committed_offset",
+            )
+            .bind(&commit.group)
+            .bind(&shared.topics[topic].name)
+            .bind(partition)
+            .bind(offset)
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
+            if let Err(error) = written {
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(error = %rollback, "embedded log rollback failed");
+                }
+                return Err(error);
+            }
+        }
     }
     tx.commit().await?;
     Ok(positions)

@@ -26,8 +26,8 @@ use producers::{EventEnvelope, OutboundEnvelope, WorkerEvent};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::app::AppContext;
-use crate::domain::now_ms;
-use crate::store::NewOutboundMessage;
+use crate::domain::{MessageStatus, now_ms};
+use crate::store::{MessageStatusChange, NewOutboundMessage};
 use outcome::{Attempt, Verdict};
 use sessions::SessionDirectory;
 
@@ -78,14 +78,17 @@ enum Report {
     },
     /// A flush of outcome events finished; these offsets are now fully handled.
     Flushed {
-        result: Result<(), producers::AppendError>,
+        result: Result<(), String>,
         batch: FlushBatch,
     },
 }
 
-/// Outcomes waiting to be written to the log, and the offsets they stand for.
+/// Outcomes waiting to be written, and the offsets they stand for. A worker's `2xx` is written
+/// straight to `messages` (one batched statement; the worker's own `SENT` callback still flows
+/// through `wa.events.v1`); failures go to the log as events (`message.failed`) and to the DLQ.
 #[derive(Default)]
 struct FlushBatch {
+    sent: Vec<MessageStatusChange>,
     events: Vec<(String, Vec<u8>)>,
     dead_letters: Vec<(String, Vec<u8>)>,
     offsets: Vec<(Arc<str>, i32, i64)>,
@@ -93,7 +96,10 @@ struct FlushBatch {
 
 impl FlushBatch {
     fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.dead_letters.is_empty() && self.offsets.is_empty()
+        self.sent.is_empty()
+            && self.events.is_empty()
+            && self.dead_letters.is_empty()
+            && self.offsets.is_empty()
     }
 }
 
@@ -440,10 +446,11 @@ impl DeliveryState {
                         }
                     }
                     Err(err) => {
-                        tracing::error!(error = %err, "writing delivery outcomes to the log failed; retrying");
+                        tracing::error!(error = %err, "writing delivery outcomes failed; retrying");
                         // Put them back in front of newer outcomes and try again on the next turn.
                         let newer = std::mem::take(&mut self.pending);
                         self.pending = batch;
+                        self.pending.sent.extend(newer.sent);
                         self.pending.events.extend(newer.events);
                         self.pending.dead_letters.extend(newer.dead_letters);
                         self.pending.offsets.extend(newer.offsets);
@@ -485,13 +492,15 @@ impl DeliveryState {
                 } else {
                     self.next_send_at.remove(&session_id);
                 }
-                self.pending.events.push(status_event(
-                    envelope,
-                    "SENT",
-                    None,
-                    whatsapp_id,
-                    attempts,
-                ));
+                self.pending.sent.push(MessageStatusChange {
+                    session_id: envelope.session_id.clone(),
+                    message_id: envelope.message_id.clone(),
+                    status: MessageStatus::Sent,
+                    error_message: None,
+                    worker_message_id: whatsapp_id,
+                    attempts: attempts.map(i64::from),
+                    at: now_ms(),
+                });
                 self.pending
                     .offsets
                     .push((queued.topic, queued.partition, queued.offset));
@@ -533,18 +542,33 @@ impl DeliveryState {
         }
         let batch = std::mem::take(&mut self.pending);
         self.flushing = true;
-        let log = self.context.ingress.log().clone();
+        let context = self.context.clone();
         let topics = self.topics.clone();
         let reports = self.reports.clone();
         tokio::spawn(async move {
+            let log = context.ingress.log();
             let mut result = Ok(());
-            if !batch.dead_letters.is_empty() {
+            if !batch.sent.is_empty() {
+                result = context
+                    .store
+                    .apply_message_statuses(&batch.sent)
+                    .await
+                    .map(drop)
+                    .map_err(|err| format!("writing SENT outcomes: {err}"));
+            }
+            if result.is_ok() && !batch.dead_letters.is_empty() {
                 result = log
                     .append_batch(&topics.dead_letters, batch.dead_letters.clone())
-                    .await;
+                    .await
+                    .map(drop)
+                    .map_err(|err| format!("appending to the DLQ: {err}"));
             }
             if result.is_ok() && !batch.events.is_empty() {
-                result = log.append_batch(&topics.events, batch.events.clone()).await;
+                result = log
+                    .append_batch(&topics.events, batch.events.clone())
+                    .await
+                    .map(drop)
+                    .map_err(|err| format!("appending outcome events: {err}"));
             }
             let _ = reports.send(Report::Flushed { result, batch });
         });

@@ -29,7 +29,7 @@ async fn quota_is_shared_by_two_api_processes() {
 
 /// Fast fleet timings, pacing off, limits wide enough for the tests (quota tests set their own).
 const PIPELINE_ENV: &[(&str, &str)] = &[
-    ("WORKER_HEARTBEAT_TIMEOUT_MS", "2000"),
+    ("WORKER_HEARTBEAT_TIMEOUT_MS", "3000"),
     ("WORKER_MONITOR_INTERVAL_MS", "200"),
     ("WORKER_PROBE_INTERVAL_MS", "500"),
     ("WORKER_REQUEST_TIMEOUT_MS", "2000"),
