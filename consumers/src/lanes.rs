@@ -347,19 +347,16 @@ impl<M> SessionLanes<M> {
     /// [`SessionLanes::next_ready`] instead of after the rest of its delay.
     /// Returns whether the lane was backing off; other lanes are untouched.
     pub fn wake(&mut self, lane_key: &str) -> bool {
-        let Some((lane_key, lane)) = self.lanes.get_key_value(lane_key) else {
+        let Some(lane) = self.lanes.get_mut(lane_key) else {
             return false;
         };
         if !matches!(lane.state, LaneState::BackingOff { .. }) {
             return false;
         }
-        let lane_key = Arc::clone(lane_key);
-        if let Some(lane) = self.lanes.get_mut(&lane_key) {
-            // The heap entry stays; `promote_expired_backoffs` skips it
-            // because the lane no longer backs off until that instant.
-            lane.state = LaneState::Ready;
-            self.ready_lane_keys.push_back(lane_key);
-        }
+        // The heap entry stays; `promote_expired_backoffs` skips it because
+        // the lane no longer backs off until that instant.
+        lane.state = LaneState::Ready;
+        self.ready_lane_keys.push_back(Arc::from(lane_key));
         true
     }
 

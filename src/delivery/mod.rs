@@ -508,13 +508,9 @@ impl DeliveryState {
             (FinishedHead::DeadLettered { item, reason }, _) => {
                 self.context.metrics.delivery_outcome("dead_lettered");
                 tracing::info!(message_id = %item.envelope.message_id, reason = %reason, "message failed");
-                self.pending.events.push(status_event(
-                    &item.envelope,
-                    "FAILED",
-                    Some(reason.clone()),
-                    None,
-                    attempts,
-                ));
+                self.pending
+                    .events
+                    .push(failed_event(&item.envelope, &reason, attempts));
                 self.pending.dead_letters.push((
                     item.envelope.session_id.clone(),
                     dead_letter_value(&item.envelope, &reason),
@@ -547,29 +543,27 @@ impl DeliveryState {
         let reports = self.reports.clone();
         tokio::spawn(async move {
             let log = context.ingress.log();
-            let mut result = Ok(());
-            if !batch.sent.is_empty() {
-                result = context
-                    .store
-                    .apply_message_statuses(&batch.sent)
-                    .await
-                    .map(drop)
-                    .map_err(|err| format!("writing SENT outcomes: {err}"));
+            let result = async {
+                if !batch.sent.is_empty() {
+                    context
+                        .store
+                        .apply_message_statuses(&batch.sent)
+                        .await
+                        .map_err(|err| format!("writing SENT outcomes: {err}"))?;
+                }
+                if !batch.dead_letters.is_empty() {
+                    log.append_batch(&topics.dead_letters, batch.dead_letters.clone())
+                        .await
+                        .map_err(|err| format!("appending to the DLQ: {err}"))?;
+                }
+                if !batch.events.is_empty() {
+                    log.append_batch(&topics.events, batch.events.clone())
+                        .await
+                        .map_err(|err| format!("appending outcome events: {err}"))?;
+                }
+                Ok(())
             }
-            if result.is_ok() && !batch.dead_letters.is_empty() {
-                result = log
-                    .append_batch(&topics.dead_letters, batch.dead_letters.clone())
-                    .await
-                    .map(drop)
-                    .map_err(|err| format!("appending to the DLQ: {err}"));
-            }
-            if result.is_ok() && !batch.events.is_empty() {
-                result = log
-                    .append_batch(&topics.events, batch.events.clone())
-                    .await
-                    .map(drop)
-                    .map_err(|err| format!("appending outcome events: {err}"));
-            }
+            .await;
             let _ = reports.send(Report::Flushed { result, batch });
         });
     }
@@ -610,12 +604,10 @@ fn new_message_row(envelope: &OutboundEnvelope) -> NewOutboundMessage {
     }
 }
 
-/// A `wa.events.v1` record for a delivery outcome.
-fn status_event(
+/// The `wa.events.v1` record of a message given up on (`message.failed`).
+fn failed_event(
     envelope: &OutboundEnvelope,
-    status: &str,
-    error_message: Option<String>,
-    whatsapp_message_id: Option<String>,
+    reason: &str,
     attempts: Option<u32>,
 ) -> (String, Vec<u8>) {
     let event = EventEnvelope::new(
@@ -623,11 +615,11 @@ fn status_event(
         now_ms(),
         WorkerEvent::MessageStatus {
             message_id: envelope.message_id.clone(),
-            status: status.to_owned(),
-            error_message,
+            status: MessageStatus::Failed.as_str().to_owned(),
+            error_message: Some(reason.to_owned()),
             delivered_at: None,
             read_at: None,
-            whatsapp_message_id,
+            whatsapp_message_id: None,
             attempts,
         },
     );

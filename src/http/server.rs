@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -211,36 +211,18 @@ async fn read_body(
         }
         return Err(BodyError::TooLarge);
     }
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<bytes::BytesMut> = None;
-    let mut read = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
-            continue; // trailers
-        };
-        read += data.len();
-        if read > limit {
-            discard(body).await;
-            return Err(BodyError::TooLarge);
-        }
-        match (&mut first, &mut joined) {
-            (None, None) => first = Some(data),
-            (Some(head), None) => {
-                let mut buffer = bytes::BytesMut::with_capacity(
-                    declared.map_or(head.len() + data.len(), |length| length as usize),
-                );
-                buffer.extend_from_slice(head);
-                buffer.extend_from_slice(&data);
-                joined = Some(buffer);
+    // Over a borrow, so the rest of the body is still there to discard after the limit.
+    match Limited::new(&mut body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => match err.downcast::<hyper::Error>() {
+            Ok(err) => Err(BodyError::Read(*err)),
+            Err(_) => {
+                // The only other error is the limit's.
+                discard(body).await;
+                Err(BodyError::TooLarge)
             }
-            (_, Some(buffer)) => buffer.extend_from_slice(&data),
-        }
+        },
     }
-    Ok(match (joined, first) {
-        (Some(buffer), _) => buffer.freeze(),
-        (None, Some(single)) => single,
-        (None, None) => Bytes::new(),
-    })
 }
 
 /// Reads and drops what is left of `body`, up to [`DISCARD_BYTES`] within [`DISCARD_TIME`].
