@@ -25,6 +25,7 @@ use crate::fleet::{Fleet, FleetSettings};
 use crate::limits::{Counters, InProcessCounters, RedisCounters, connect_redis};
 use crate::metrics::Metrics;
 use crate::pipeline::{DELIVERY_GROUP, EVENTS_GROUP, Pipeline};
+use crate::priority::PriorityRuntime;
 use crate::quota::Quotas;
 use crate::send::Ingress;
 use crate::store::{Store, StoreLocation};
@@ -63,10 +64,7 @@ pub struct AppContext {
 impl AppContext {
     /// Connects every backend the configuration names and migrates the store.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
-        let store = match &config.database_url {
-            Some(url) => Store::connect(StoreLocation::Postgres(url.expose())).await?,
-            None => Store::connect(StoreLocation::SqliteFile(&config.sqlite_path())).await?,
-        };
+        let store = open_store(&config).await?;
         store.migrate().await?;
         let redis = match &config.redis_url {
             Some(url) => Some(connect_redis(url.expose()).await?),
@@ -149,6 +147,14 @@ impl AppContext {
     }
 }
 
+/// Opens a pool on the configured store (PostgreSQL, or the embedded SQLite file).
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    match &config.database_url {
+        Some(url) => Store::connect(StoreLocation::Postgres(url.expose())).await,
+        None => Store::connect(StoreLocation::SqliteFile(&config.sqlite_path())).await,
+    }
+}
+
 /// A built, bound, not yet running gateway.
 pub struct Application {
     context: Arc<AppContext>,
@@ -209,17 +215,33 @@ impl Application {
                 }
             })
         };
+        let consumers = PriorityRuntime::start(
+            "wa-consumers",
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            self.context.config.consumer_nice,
+        )?;
+        // The consumers' own pool, opened on their threads: its SQLite connection threads
+        // inherit their priority, so the consumers' writes do not compete with the ingress.
+        let consumer_store = {
+            let config = self.context.config.clone();
+            consumers
+                .spawn(async move { open_store(&config).await })
+                .await
+                .context("opening the consumers' store pool")??
+        };
         let topics = self.context.pipeline.topics();
-        let delivery = tokio::spawn(run_delivery(
+        let delivery = consumers.spawn(run_delivery(
             self.context.clone(),
+            consumer_store.clone(),
             self.context
                 .pipeline
                 .source(DELIVERY_GROUP, &topics.outbound)?,
             topics.clone(),
             stop_rx.clone(),
         ));
-        let events = tokio::spawn(run_events(
+        let events = consumers.spawn(run_events(
             self.context.clone(),
+            consumer_store.clone(),
             self.context.pipeline.source(EVENTS_GROUP, &topics.events)?,
             stop_rx.clone(),
         ));
@@ -259,6 +281,8 @@ impl Application {
             }
             note_slow_stop(name, stopping);
         }
+        consumer_store.close().await;
+        drop(consumers);
         self.context.flush_batches().await;
         note_slow_stop("batch flush", stopping);
         self.context.pipeline.close().await;

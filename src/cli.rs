@@ -1,10 +1,12 @@
 //! The `wa-gateway` command line. `main.rs` only parses and calls [`run`].
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::app::{AppContext, Application, shutdown_signal};
 use crate::config::Config;
 use crate::domain::{DisplayName, Email, Password, Role, Tier};
+use crate::priority::PriorityRuntime;
 
 /// Multi-tenant WhatsApp gateway.
 #[derive(Debug, Parser)]
@@ -104,6 +106,10 @@ pub struct SimWorkerArgs {
     /// Send SENT/DELIVERED/READ message-status callbacks after each send (true or false).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub receipts: bool,
+    /// Run at this nice value (0 to 19), e.g. when sharing a machine with the gateway it stands
+    /// in a remote fleet for.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub nice: u8,
 }
 
 fn parse_role(raw: &str) -> Result<Role, String> {
@@ -144,7 +150,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 register_retries: 5,
                 register_retry_interval: std::time::Duration::from_secs(5),
             };
-            crate::sim::run(sim, shutdown_signal()).await
+            if args.nice == 0 {
+                return crate::sim::run(sim, shutdown_signal()).await;
+            }
+            let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+            let runtime = PriorityRuntime::start("wa-sim", threads, args.nice)?;
+            runtime
+                .spawn(crate::sim::run(sim, shutdown_signal()))
+                .await
+                .context("the simulated worker's task failed")?
         }
         Command::Loadgen(args) => crate::loadgen::run(args).await,
         Command::Serve => {

@@ -223,6 +223,9 @@ pub struct Config {
     /// Worker calls the delivery consumer keeps in flight at once, one per session at most
     /// (`DELIVERY_MAX_IN_FLIGHT`, 512).
     pub delivery_max_in_flight: usize,
+    /// Nice value of the consumers' threads (delivery, events), 0 to 19 (`CONSUMER_NICE`, 10):
+    /// under a burst the HTTP ingress gets the CPU first and the log holds the backlog.
+    pub consumer_nice: u8,
 }
 
 /// Values that ship in `.env.example` and docs; production must not run with them.
@@ -401,6 +404,10 @@ impl Config {
             ),
             delivery_max_attempts: source.positive_or("DELIVERY_MAX_ATTEMPTS", 50)? as u32,
             delivery_max_in_flight: source.positive_or("DELIVERY_MAX_IN_FLIGHT", 512)? as usize,
+            consumer_nice: match source.parse_or("CONSUMER_NICE", 10u8)? {
+                nice @ 0..=19 => nice,
+                _ => return Err(ConfigError::new("CONSUMER_NICE", "must be 0 to 19")),
+            },
         })
     }
 
@@ -642,6 +649,8 @@ mod tests {
             ("DATABASE_URL", "mysql://x"),
             ("CORS_ORIGIN", "dash.example.com"),
             ("MAX_BODY_BYTES", "0"),
+            ("CONSUMER_NICE", "20"),
+            ("CONSUMER_NICE", "-1"),
         ] {
             let mut all = vars(&base);
             all.insert(name.to_owned(), value.to_owned());

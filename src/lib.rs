@@ -22,6 +22,8 @@
 //! - [`http`]: warp routes, the error envelope, the server loop.
 //! - [`app`]: building and running the application; graceful shutdown.
 //! - [`metrics`]: Prometheus instruments.
+//! - [`priority`]: tokio runtimes at a lower scheduling priority (the consumers, a co-located
+//!   simulated worker).
 //! - [`loadgen`]: the send-pipeline benchmark (`wa-gateway loadgen`): spawns a gateway and
 //!   simulated workers, sends, checks delivery and order, prints one `RESULT` line.
 //! - [`cli`]: the `wa-gateway` command line (`serve`, `migrate`, `admin`, `sim-worker`,
@@ -40,6 +42,7 @@ pub mod limits;
 pub mod loadgen;
 pub mod metrics;
 pub mod pipeline;
+pub mod priority;
 pub mod quota;
 pub mod send;
 pub mod sim;

@@ -11,28 +11,32 @@
 //!
 //! # Group commit
 //!
-//! Every append goes through a channel to a single writer task. The writer drains whatever
-//! is queued (up to [`MAX_BATCH_RECORDS`] records or [`MAX_BATCH_BYTES`] bytes, though one
+//! Every append goes through a channel to a single writer thread that owns its own SQLite
+//! connection (rusqlite, synchronous: a batch costs one wake-up of that thread, not one
+//! hand-off per statement as through an async driver, which under CPU contention is what
+//! bounds a group commit's latency). The writer drains whatever is queued (up to
+//! [`MAX_BATCH_RECORDS`] records or [`MAX_BATCH_BYTES`] bytes, though one
 //! [`EmbeddedLog::append_batch`] is never split), assigns offsets from its in-memory map of
 //! next offsets (dense per partition, no read per append), writes the whole batch in one
-//! transaction with multi-row `INSERT`s and commits it. Only then is every waiter answered,
-//! so an acknowledged record is as durable as the pool's `synchronous` setting makes a
-//! commit (the application uses `FULL`). If the transaction fails, every waiter of that
+//! transaction with a cached prepared `INSERT` and commits it. Only then is every waiter
+//! answered, and the writer's connection uses `synchronous=FULL`, so an acknowledged record
+//! survives power loss. If the transaction fails, every waiter of that
 //! batch gets the error and the writer re-reads the next offsets from the table, so no
 //! offset is skipped or reused.
 //!
 //! Readers use [`EmbeddedLog::fetch`] and [`EmbeddedLog::subscribe`] (woken after every
-//! committed batch of a topic), and keep their positions with [`EmbeddedLog::commit`].
+//! committed batch of a topic), and keep their positions with [`EmbeddedLog::commit`]; reads
+//! and trimming go through a small sqlx pool on the same file (WAL: readers never block the
+//! writer).
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 
 use crate::topics::TopicCatalog;
 
@@ -43,12 +47,10 @@ pub const MAX_BATCH_RECORDS: usize = 5_000;
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Append requests that may wait for the writer before appenders are held back.
 const QUEUE_CAPACITY: usize = 8_192;
-/// Rows of the largest multi-row `INSERT`; chunks are powers of two up to this, so only a
-/// handful of distinct statements exist (all cacheable) and a statement binds
-/// `6 * 512 = 3072` parameters, far below SQLite's limit of 32766.
-const MAX_INSERT_ROWS: usize = 512;
-/// Columns bound per inserted row.
-const INSERT_COLUMNS: usize = 6;
+/// WAL pages after which a commit checkpoints (16 MiB of 4 KiB pages).
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 4_096;
+/// How long a write waits for a lock another connection holds (trimming) before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The log's tables; created by [`EmbeddedLog::open_file`] when missing.
 pub const SCHEMA: [&str; 2] = [
@@ -81,7 +83,10 @@ pub enum LogError {
     /// The group-commit transaction holding the record failed; nothing of that batch was
     /// appended. Shared by every appender of the batch.
     #[error("the group commit holding this record failed: {0}")]
-    BatchFailed(Arc<sqlx::Error>),
+    BatchFailed(Arc<rusqlite::Error>),
+    /// The writer thread could not start, open the log file or read its next offsets.
+    #[error("the embedded log writer could not start: {0}")]
+    WriterStart(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A database operation failed.
     #[error("embedded log database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -187,6 +192,8 @@ struct CommitRequest {
 enum WriteRequest {
     Append(AppendRequest),
     Commit(CommitRequest),
+    /// Write what was queued before, then stop; later requests fail with [`LogError::Closed`].
+    Close,
 }
 
 /// What the clones of one [`EmbeddedLog`] share; dropping it stops the writer.
@@ -194,8 +201,8 @@ enum WriteRequest {
 struct Handle {
     shared: Arc<Shared>,
     requests: mpsc::Sender<WriteRequest>,
-    shutdown: watch::Sender<bool>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Flips to `true` when the writer thread has stopped.
+    stopped: watch::Receiver<bool>,
 }
 
 /// The embedded partitioned log over one SQLite database. Cheap to clone; the group-commit
@@ -206,12 +213,25 @@ pub struct EmbeddedLog {
 }
 
 impl EmbeddedLog {
-    /// Opens the log over an existing pool whose database already has the `log_records` and
-    /// `log_consumer_offsets` tables. The pool's settings decide durability: the
-    /// application passes one with `synchronous=FULL`, so an acknowledged append survives
-    /// power loss. Loads every partition's next offset and starts the group-commit writer;
-    /// must be called inside a Tokio runtime.
-    pub async fn open(pool: SqlitePool, catalog: &TopicCatalog) -> Result<Self, LogError> {
+    /// Opens (creating when missing) the log in its own SQLite file at `path`, with its
+    /// tables, WAL and `synchronous=FULL`: an acknowledged append survives power loss. The
+    /// log keeps its own file so its group-commit writer never queues behind the store's.
+    /// Loads every partition's next offset and starts the writer thread.
+    pub async fn open_file(path: &Path, catalog: &TopicCatalog) -> Result<Self, LogError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await?;
+        }
+
         let mut topics = Vec::with_capacity(catalog.len());
         let mut by_name = HashMap::with_capacity(catalog.len() * 2);
         for (index, spec) in catalog.iter().enumerate() {
@@ -229,43 +249,28 @@ impl EmbeddedLog {
             by_name,
             idle: watch::Sender::new(0),
         });
-        let next_offsets = load_next_offsets(&shared).await?;
         let (requests, queue) = mpsc::channel(QUEUE_CAPACITY);
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let writer = tokio::spawn(run_writer(
-            Arc::clone(&shared),
-            queue,
-            shutdown_rx,
-            next_offsets,
-        ));
+        let (stopped_tx, stopped) = watch::channel(false);
+        let (ready_tx, ready) = oneshot::channel();
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            path: path.to_owned(),
+        };
+        std::thread::Builder::new()
+            .name("wa-log-writer".to_owned())
+            .spawn(move || {
+                writer.run(queue, ready_tx);
+                stopped_tx.send_replace(true);
+            })
+            .map_err(|error| LogError::WriterStart(error.into()))?;
+        ready.await.map_err(|_| LogError::Closed)??;
         Ok(Self {
             inner: Arc::new(Handle {
                 shared,
                 requests,
-                shutdown,
-                writer: Mutex::new(Some(writer)),
+                stopped,
             }),
         })
-    }
-
-    /// Opens (creating when missing) the log in its own SQLite file at `path`, with its
-    /// tables, WAL and `synchronous=FULL`: an acknowledged append survives power loss. The
-    /// log keeps its own file so its group-commit writer never queues behind the store's.
-    pub async fn open_file(path: &Path, catalog: &TopicCatalog) -> Result<Self, LogError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&pool).await?;
-        }
-        Self::open(pool, catalog).await
     }
 
     /// Appends one record to `topic` (logical or wire name) on the partition Kafka would
@@ -472,20 +477,18 @@ impl EmbeddedLog {
         Ok(deleted)
     }
 
-    /// Stops the writer and waits for it: the batch being written is finished, appends
-    /// still queued and later ones fail with [`LogError::Closed`]. Reads keep working until
-    /// the pool is closed. Idempotent.
+    /// Stops the writer and waits for it: what was queued before is written, later appends
+    /// fail with [`LogError::Closed`]. Reads keep working until the pool is closed.
+    /// Idempotent.
     pub async fn close(&self) {
-        self.inner.shutdown.send_replace(true);
-        let writer = match self.inner.writer.lock() {
-            Ok(mut slot) => slot.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(writer) = writer
-            && let Err(error) = writer.await
-        {
-            tracing::error!(%error, "embedded log writer task failed");
-        }
+        // Fails only when the writer is gone already.
+        let _ = self.inner.requests.send(WriteRequest::Close).await;
+        let _ = self
+            .inner
+            .stopped
+            .clone()
+            .wait_for(|stopped| *stopped)
+            .await;
     }
 }
 
@@ -512,153 +515,251 @@ async fn max_record_offset(
     .await
 }
 
-/// Every partition's next offset, `[topic][partition]`: one past the highest stored record,
-/// and never below a committed position (so offsets are not reused even if a partition's
-/// records were all deleted).
-async fn load_next_offsets(shared: &Shared) -> Result<Vec<Vec<i64>>, sqlx::Error> {
-    let mut next = Vec::with_capacity(shared.topics.len());
-    for topic in &shared.topics {
-        let mut partitions = Vec::with_capacity(usize::try_from(topic.partitions).unwrap_or(0));
-        for partition in 0..topic.partitions {
-            let stored = max_record_offset(&shared.pool, &topic.name, partition)
-                .await?
-                .map_or(0, |offset| offset + 1);
-            let committed: Option<i64> = sqlx::query_scalar(
-                "SELECT MAX(committed_offset) FROM log_consumer_offsets \
-                 WHERE topic = ?1 AND partition_id = ?2",
-            )
-            .bind(&topic.name)
-            .bind(partition)
-            .fetch_one(&shared.pool)
-            .await?;
-            partitions.push(stored.max(committed.unwrap_or(0)));
-        }
-        next.push(partitions);
-    }
-    Ok(next)
-}
-
-/// `INSERT` statements for `1, 2, 4, ..., MAX_INSERT_ROWS` rows, indexed by log2 of the
-/// row count.
-fn insert_statements() -> Vec<Arc<str>> {
-    let mut statements = Vec::new();
-    let mut rows = 1;
-    while rows <= MAX_INSERT_ROWS {
-        let mut sql = String::from(
-            "INSERT INTO log_records \
-             (topic, partition_id, record_offset, record_key, record_value, appended_at) VALUES ",
-        );
-        let row = format!("({})", ["?"; INSERT_COLUMNS].join(","));
-        sql.push_str(&vec![row; rows].join(","));
-        statements.push(Arc::from(sql));
-        rows *= 2;
-    }
-    statements
-}
-
-/// Resolves once the log is closed or every handle is gone.
-async fn closed(shutdown: &mut watch::Receiver<bool>) {
-    // An error means the sender (every handle) is gone: closed as well.
-    let _ = shutdown.wait_for(|closed| *closed).await;
-}
-
-/// The group-commit writer: owns the next offsets and is the only task writing records.
-async fn run_writer(
+/// The group-commit writer: the only one writing records and consumer positions, on its own
+/// thread and connection.
+struct Writer {
     shared: Arc<Shared>,
-    mut queue: mpsc::Receiver<WriteRequest>,
-    mut shutdown: watch::Receiver<bool>,
-    mut next_offsets: Vec<Vec<i64>>,
-) {
-    let statements = insert_statements();
-    // Set when the in-memory offsets may disagree with the table (a failed batch whose
-    // re-read failed too); they are re-read before the next batch.
-    let mut stale = false;
-    loop {
-        let first = tokio::select! {
-            biased;
-            () = closed(&mut shutdown) => break,
-            request = queue.recv() => match request {
-                Some(request) => request,
-                None => break,
-            },
-        };
-        let (mut records, mut bytes) = (0, 0);
-        let mut batch = Vec::new();
-        let mut commits = Vec::new();
-        let mut next = Some(first);
-        while let Some(request) = next.take() {
-            match request {
-                WriteRequest::Append(request) => {
-                    records += request.records.len();
-                    bytes += request.bytes();
-                    batch.push(request);
-                }
-                WriteRequest::Commit(request) => commits.push(request),
-            }
-            if records < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
-                next = queue.try_recv().ok();
-            }
-        }
+    path: std::path::PathBuf,
+}
 
-        if stale {
-            match load_next_offsets(&shared).await {
-                Ok(reloaded) => {
-                    next_offsets = reloaded;
-                    stale = false;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "embedded log cannot re-read its offsets");
-                    fail_all(batch, commits, error);
-                    continue;
-                }
-            }
-        }
+const INSERT_RECORD: &str = "INSERT INTO log_records \
+     (topic, partition_id, record_offset, record_key, record_value, appended_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
-        match write_batch(&shared, &statements, &mut next_offsets, &batch, &commits).await {
-            Ok(positions) => {
-                let mut touched = vec![false; shared.topics.len()];
-                for request in &batch {
-                    touched[request.topic] = true;
-                }
-                for (topic, touched) in shared.topics.iter().zip(touched) {
-                    if touched {
-                        topic
-                            .changes
-                            .send_modify(|counter| *counter = counter.wrapping_add(1));
-                    }
-                }
-                for (request, positions) in batch.into_iter().zip(positions) {
-                    let _ = request.reply.send(Ok(positions));
-                }
-                for request in commits {
-                    let _ = request.reply.send(Ok(()));
-                }
+const UPSERT_POSITION: &str = "INSERT INTO log_consumer_offsets \
+     (group_id, topic, partition_id, committed_offset, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5) \
+     ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET \
+     committed_offset = excluded.committed_offset, updated_at = excluded.updated_at \
+     WHERE excluded.committed_offset > log_consumer_offsets.committed_offset";
+
+impl Writer {
+    /// Opens the connection, loads the next offsets, reports on `ready`, then writes batches
+    /// until [`WriteRequest::Close`] or every handle is gone.
+    fn run(
+        self,
+        mut queue: mpsc::Receiver<WriteRequest>,
+        ready: oneshot::Sender<Result<(), LogError>>,
+    ) {
+        let opened = self
+            .connect()
+            .and_then(|connection| {
+                let next = self.load_next_offsets(&connection)?;
+                Ok((connection, next))
+            })
+            .map_err(|error| LogError::WriterStart(error.into()));
+        let (mut connection, mut next_offsets) = match opened {
+            Ok(opened) => {
+                let _ = ready.send(Ok(()));
+                opened
             }
             Err(error) => {
-                tracing::error!(%error, records, "embedded log group commit failed");
-                match load_next_offsets(&shared).await {
-                    Ok(reloaded) => next_offsets = reloaded,
-                    Err(_) => stale = true,
+                let _ = ready.send(Err(error));
+                return;
+            }
+        };
+        // Set when the in-memory offsets may disagree with the table (a failed batch whose
+        // re-read failed too); they are re-read before the next batch.
+        let mut stale = false;
+        let mut closing = false;
+        while !closing {
+            let Some(first) = queue.blocking_recv() else {
+                break;
+            };
+            let (mut records, mut bytes) = (0, 0);
+            let mut batch = Vec::new();
+            let mut commits = Vec::new();
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    WriteRequest::Append(request) => {
+                        records += request.records.len();
+                        bytes += request.bytes();
+                        batch.push(request);
+                    }
+                    WriteRequest::Commit(request) => commits.push(request),
+                    WriteRequest::Close => closing = true,
                 }
-                fail_all(batch, commits, error);
+                if !closing && records < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if batch.is_empty() && commits.is_empty() {
+                continue;
+            }
+            if stale {
+                match self.load_next_offsets(&connection) {
+                    Ok(reloaded) => {
+                        next_offsets = reloaded;
+                        stale = false;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "embedded log cannot re-read its offsets");
+                        fail_all(batch, commits, error);
+                        continue;
+                    }
+                }
+            }
+            match self.write_batch(&mut connection, &mut next_offsets, &batch, &commits) {
+                Ok(positions) => self.answer(batch, commits, positions),
+                Err(error) => {
+                    tracing::error!(%error, records, "embedded log group commit failed");
+                    match self.load_next_offsets(&connection) {
+                        Ok(reloaded) => next_offsets = reloaded,
+                        Err(_) => stale = true,
+                    }
+                    fail_all(batch, commits, error);
+                }
+            }
+        }
+        queue.close();
+        while let Some(request) = queue.blocking_recv() {
+            match request {
+                WriteRequest::Append(request) => {
+                    let _ = request.reply.send(Err(LogError::Closed));
+                }
+                WriteRequest::Commit(request) => {
+                    let _ = request.reply.send(Err(LogError::Closed));
+                }
+                WriteRequest::Close => {}
             }
         }
     }
-    queue.close();
-    while let Some(request) = queue.recv().await {
-        match request {
-            WriteRequest::Append(request) => {
-                let _ = request.reply.send(Err(LogError::Closed));
-            }
-            WriteRequest::Commit(request) => {
-                let _ = request.reply.send(Err(LogError::Closed));
+
+    /// The writer's connection: WAL (set on the file by the pool), `synchronous=FULL`.
+    fn connect(&self) -> Result<rusqlite::Connection, rusqlite::Error> {
+        let connection = rusqlite::Connection::open(&self.path)?;
+        connection.busy_timeout(BUSY_TIMEOUT)?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        // Every commit appends the pages it touched to the WAL (about one per partition
+        // written); checkpointing after 1000 pages, the default, would copy them back dozens of
+        // times a second under load. A page rewritten by many commits is copied once per
+        // checkpoint.
+        connection.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+        Ok(connection)
+    }
+
+    /// Wakes the readers of every topic the batch wrote to, then answers every waiter.
+    fn answer(
+        &self,
+        batch: Vec<AppendRequest>,
+        commits: Vec<CommitRequest>,
+        positions: Vec<Vec<(i32, i64)>>,
+    ) {
+        let mut touched = vec![false; self.shared.topics.len()];
+        for request in &batch {
+            touched[request.topic] = true;
+        }
+        for (topic, touched) in self.shared.topics.iter().zip(touched) {
+            if touched {
+                topic
+                    .changes
+                    .send_modify(|counter| *counter = counter.wrapping_add(1));
             }
         }
+        for (request, positions) in batch.into_iter().zip(positions) {
+            let _ = request.reply.send(Ok(positions));
+        }
+        for request in commits {
+            let _ = request.reply.send(Ok(()));
+        }
+    }
+
+    /// Every partition's next offset, `[topic][partition]`: one past the highest stored
+    /// record, and never below a committed position (so offsets are not reused even if a
+    /// partition's records were all deleted).
+    fn load_next_offsets(
+        &self,
+        connection: &rusqlite::Connection,
+    ) -> Result<Vec<Vec<i64>>, rusqlite::Error> {
+        let mut stored = connection.prepare_cached(
+            "SELECT MAX(record_offset) FROM log_records WHERE topic = ?1 AND partition_id = ?2",
+        )?;
+        let mut committed = connection.prepare_cached(
+            "SELECT MAX(committed_offset) FROM log_consumer_offsets \
+             WHERE topic = ?1 AND partition_id = ?2",
+        )?;
+        let mut next = Vec::with_capacity(self.shared.topics.len());
+        for topic in &self.shared.topics {
+            let mut partitions = Vec::with_capacity(usize::try_from(topic.partitions).unwrap_or(0));
+            for partition in 0..topic.partitions {
+                let highest: Option<i64> =
+                    stored.query_row((&topic.name, partition), |row| row.get(0))?;
+                let position: Option<i64> =
+                    committed.query_row((&topic.name, partition), |row| row.get(0))?;
+                partitions.push(
+                    highest
+                        .map_or(0, |offset| offset + 1)
+                        .max(position.unwrap_or(0)),
+                );
+            }
+            next.push(partitions);
+        }
+        Ok(next)
+    }
+
+    /// Assigns offsets to every record of `batch` and writes them, and the consumer positions
+    /// of `commits`, in one transaction. Returns each append's positions; on error nothing was
+    /// written and the caller must re-read `next_offsets` (some were advanced).
+    fn write_batch(
+        &self,
+        connection: &mut rusqlite::Connection,
+        next_offsets: &mut [Vec<i64>],
+        batch: &[AppendRequest],
+        commits: &[CommitRequest],
+    ) -> Result<Vec<Vec<(i32, i64)>>, rusqlite::Error> {
+        let now = now_ms();
+        // Dropping the transaction on an error path rolls it back.
+        let transaction = connection.transaction()?;
+        let mut positions = Vec::with_capacity(batch.len());
+        {
+            let mut insert = transaction.prepare_cached(INSERT_RECORD)?;
+            for request in batch {
+                let topic = &self.shared.topics[request.topic];
+                let mut request_positions = Vec::with_capacity(request.records.len());
+                for record in &request.records {
+                    // The partition was computed modulo the topic's partition count.
+                    let slot = usize::try_from(record.partition)
+                        .ok()
+                        .and_then(|partition| next_offsets[request.topic].get_mut(partition))
+                        .ok_or(rusqlite::Error::IntegralValueOutOfRange(
+                            1,
+                            i64::from(record.partition),
+                        ))?;
+                    let offset = *slot;
+                    *slot += 1;
+                    insert.execute((
+                        &topic.name,
+                        record.partition,
+                        offset,
+                        &record.key,
+                        &record.value,
+                        now,
+                    ))?;
+                    request_positions.push((record.partition, offset));
+                }
+                positions.push(request_positions);
+            }
+            let mut upsert = transaction.prepare_cached(UPSERT_POSITION)?;
+            for commit in commits {
+                for &(topic, partition, offset) in &commit.positions {
+                    upsert.execute((
+                        &commit.group,
+                        &self.shared.topics[topic].name,
+                        partition,
+                        offset,
+                        now,
+                    ))?;
+                }
+            }
+        }
+        transaction.commit()?;
+        Ok(positions)
     }
 }
 
 /// Answers every request of a failed group commit with its error.
-fn fail_all(batch: Vec<AppendRequest>, commits: Vec<CommitRequest>, error: sqlx::Error) {
+fn fail_all(batch: Vec<AppendRequest>, commits: Vec<CommitRequest>, error: rusqlite::Error) {
     let error = Arc::new(error);
     for request in batch {
         let _ = request
@@ -670,111 +771,6 @@ fn fail_all(batch: Vec<AppendRequest>, commits: Vec<CommitRequest>, error: sqlx:
             .reply
             .send(Err(LogError::BatchFailed(Arc::clone(&error))));
     }
-}
-
-/// One row of a batch, borrowed from its request.
-struct Row<'a> {
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
-    key: &'a str,
-    value: &'a [u8],
-}
-
-/// Assigns offsets to every record of `batch` and writes them, and the consumer positions of
-/// `commits`, in one transaction. Returns each append's positions; on error the caller must
-/// re-read `next_offsets`.
-async fn write_batch(
-    shared: &Shared,
-    statements: &[Arc<str>],
-    next_offsets: &mut [Vec<i64>],
-    batch: &[AppendRequest],
-    commits: &[CommitRequest],
-) -> Result<Vec<Vec<(i32, i64)>>, sqlx::Error> {
-    let mut positions = Vec::with_capacity(batch.len());
-    let mut rows = Vec::new();
-    for request in batch {
-        let topic = &shared.topics[request.topic];
-        let mut request_positions = Vec::with_capacity(request.records.len());
-        for record in &request.records {
-            // The partition was computed modulo the topic's partition count.
-            let slot = usize::try_from(record.partition)
-                .ok()
-                .and_then(|partition| next_offsets[request.topic].get_mut(partition))
-                .ok_or_else(|| {
-                    sqlx::Error::Protocol(format!(
-                        "partition {} out of range for topic {}",
-                        record.partition, topic.name
-                    ))
-                })?;
-            let offset = *slot;
-            *slot += 1;
-            request_positions.push((record.partition, offset));
-            rows.push(Row {
-                topic: &topic.name,
-                partition: record.partition,
-                offset,
-                key: &record.key,
-                value: &record.value,
-            });
-        }
-        positions.push(request_positions);
-    }
-
-    let now = now_ms();
-    let mut tx = shared.pool.begin().await?;
-    let mut rest = rows.as_slice();
-    while !rest.is_empty() {
-        let take = rest.len().min(MAX_INSERT_ROWS);
-        // The largest power of two not above `take`.
-        let size = 1usize << (usize::BITS - 1 - take.leading_zeros());
-        let (chunk, tail) = rest.split_at(size);
-        let sql = &statements[size.trailing_zeros() as usize];
-        let mut query = sqlx::query(AssertSqlSafe(Arc::clone(sql)));
-        for row in chunk {
-            query = query
-                .bind(row.topic)
-                .bind(row.partition)
-                .bind(row.offset)
-                .bind(row.key)
-                .bind(row.value)
-                .bind(now);
-        }
-        if let Err(error) = query.execute(&mut *tx).await {
-            if let Err(rollback) = tx.rollback().await {
-                tracing::warn!(error = %rollback, "embedded log rollback failed");
-            }
-            return Err(error);
-        }
-        rest = tail;
-    }
-    for commit in commits {
-        for &(topic, partition, offset) in &commit.positions {
-            let written = sqlx::query(
-                "INSERT INTO log_consumer_offsets \
-                 (group_id, topic, partition_id, committed_offset, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET \
-                 committed_offset = excluded.committed_offset, updated_at = excluded.updated_at \
-                 WHERE excluded.committed_offset > log_consumer_offsets.committed_offset",
-            )
-            .bind(&commit.group)
-            .bind(&shared.topics[topic].name)
-            .bind(partition)
-            .bind(offset)
-            .bind(now)
-            .execute(&mut *tx)
-            .await;
-            if let Err(error) = written {
-                if let Err(rollback) = tx.rollback().await {
-                    tracing::warn!(error = %rollback, "embedded log rollback failed");
-                }
-                return Err(error);
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok(positions)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::app::AppContext;
 use crate::domain::MessageStatus;
-use crate::store::MessageStatusChange;
+use crate::store::{MessageStatusChange, Store};
 
 /// Events applied per transaction at most.
 const BATCH: usize = 2_000;
@@ -22,6 +22,7 @@ const BATCH: usize = 2_000;
 /// Runs until `stop` flips.
 pub async fn run_events(
     context: Arc<AppContext>,
+    store: Store,
     mut source: LogSource,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -63,7 +64,7 @@ pub async fn run_events(
         }
         // Apply until it works: committing past events that were not applied would lose them.
         loop {
-            match apply(&context, &changes, &inbound).await {
+            match apply(&store, &changes, &inbound).await {
                 Ok(()) => break,
                 Err(err) => {
                     tracing::error!(
@@ -146,21 +147,20 @@ fn collect(
 }
 
 async fn apply(
-    context: &AppContext,
+    store: &Store,
     changes: &[MessageStatusChange],
     inbound: &[Inbound],
 ) -> anyhow::Result<()> {
     if !changes.is_empty() {
-        context.store.apply_message_statuses(changes).await?;
+        store.apply_message_statuses(changes).await?;
     }
     for message in inbound {
-        let session = match context.store.session_by_id(&message.session_id).await {
+        let session = match store.session_by_id(&message.session_id).await {
             Ok(session) => session,
             Err(crate::store::StoreError::NotFound) => continue,
             Err(err) => return Err(err.into()),
         };
-        context
-            .store
+        store
             .insert_inbound_message(
                 &session.user_id,
                 &session.id,

@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::app::AppContext;
 use crate::domain::{MessageStatus, now_ms};
-use crate::store::{MessageStatusChange, NewOutboundMessage};
+use crate::store::{MessageStatusChange, NewOutboundMessage, Store};
 use outcome::{Attempt, Verdict};
 use sessions::SessionDirectory;
 
@@ -107,6 +107,7 @@ impl FlushBatch {
 /// finish (bounded), writes their outcomes and commits.
 pub async fn run_delivery(
     context: Arc<AppContext>,
+    store: Store,
     source: LogSource,
     topics: LogTopics,
     mut stop: watch::Receiver<bool>,
@@ -117,6 +118,7 @@ pub async fn run_delivery(
     let (reports_tx, mut reports_rx) = mpsc::unbounded_channel::<Report>();
     let mut state = DeliveryState {
         context: context.clone(),
+        store,
         topics,
         directory: Arc::new(SessionDirectory::new(context.clone())),
         lanes: SessionLanes::new(),
@@ -245,6 +247,9 @@ async fn run_reader(
 
 struct DeliveryState {
     context: Arc<AppContext>,
+    /// The consumers' own pool: its writes (message rows, SENT outcomes) run at the consumers'
+    /// priority, not the ingress's.
+    store: Store,
     topics: LogTopics,
     directory: Arc<SessionDirectory>,
     lanes: SessionLanes<Queued>,
@@ -338,11 +343,11 @@ impl DeliveryState {
             .map(|queued| new_message_row(&queued.envelope))
             .collect();
         self.recording = true;
-        let context = self.context.clone();
+        let store = self.store.clone();
         let reports = self.reports.clone();
         tokio::spawn(async move {
             let settled = loop {
-                match record(&context, &rows).await {
+                match record(&store, &rows).await {
                     Ok(settled) => break settled,
                     Err(err) => {
                         // Delivering before the row exists would let the outcome event miss
@@ -539,14 +544,14 @@ impl DeliveryState {
         let batch = std::mem::take(&mut self.pending);
         self.flushing = true;
         let context = self.context.clone();
+        let store = self.store.clone();
         let topics = self.topics.clone();
         let reports = self.reports.clone();
         tokio::spawn(async move {
             let log = context.ingress.log();
             let result = async {
                 if !batch.sent.is_empty() {
-                    context
-                        .store
+                    store
                         .apply_message_statuses(&batch.sent)
                         .await
                         .map_err(|err| format!("writing SENT outcomes: {err}"))?;
@@ -570,11 +575,7 @@ impl DeliveryState {
 }
 
 /// Records a batch (idempotently) and returns the ids that already have an outcome.
-async fn record(
-    context: &AppContext,
-    rows: &[NewOutboundMessage],
-) -> anyhow::Result<HashSet<String>> {
-    let store = &context.store;
+async fn record(store: &Store, rows: &[NewOutboundMessage]) -> anyhow::Result<HashSet<String>> {
     let inserted = store.insert_outbound_messages(rows).await?;
     if inserted as usize == rows.len() {
         // All new: none can have an outcome yet.

@@ -43,8 +43,11 @@ Benchmark the send pipeline and check that it loses, duplicates and reorders not
 Without --target, loadgen spawns `wa-gateway serve` (this executable) and --workers simulated
 workers on free loopback ports, with a temporary DATA_DIR, a random WORKER_AUTH_TOKEN, tier
 limits far above the run and pacing off (*_TIER_SEND_INTERVAL_MS=0, *_TIER_SEND_JITTER_MS=0).
-DATABASE_URL, REDIS_URL and KAFKA_BROKERS are passed to the gateway when set in loadgen's own
-environment (loadgen reads no .env). It registers a user, creates an API key and --sessions
+The simulated workers stand in for a fleet on other machines and run at nice --sim-nice (10),
+like the gateway's own consumers (CONSUMER_NICE, 10): on one machine they take the CPU the
+ingress leaves; --sim-nice 0 and CONSUMER_NICE=0 give every process the same share.
+DATABASE_URL, REDIS_URL, KAFKA_BROKERS and CONSUMER_NICE are passed to the gateway when set in
+loadgen's own environment (loadgen reads no .env). It registers a user, creates an API key and --sessions
 sessions, waits until they are CONNECTED, then:
 
   1. ceiling: GET /api/v1/health with the same --concurrency, as many requests as the send run
@@ -141,6 +144,10 @@ pub struct LoadgenArgs {
     /// Whether the spawned simulated workers send SENT/DELIVERED/READ callbacks (true or false).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub sim_receipts: bool,
+    /// Nice value (0 to 19) of the spawned simulated workers: they stand in for a fleet on other
+    /// machines, so by default they take the CPU the gateway leaves instead of competing with it.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub sim_nice: u8,
     /// How long to wait for deliveries after the last send [default: 60 + 1 per 5,000 messages].
     #[arg(long)]
     pub delivery_timeout_s: Option<u64>,
@@ -175,6 +182,7 @@ struct Options {
     rate: Option<f64>,
     workers: u32,
     sim_receipts: bool,
+    sim_nice: u8,
     delivery_timeout: Duration,
     target: Option<Target>,
 }
@@ -256,6 +264,7 @@ impl LoadgenArgs {
             rate: self.rate,
             workers: self.workers,
             sim_receipts: self.sim_receipts,
+            sim_nice: self.sim_nice,
             delivery_timeout: Duration::from_secs(
                 self.delivery_timeout_s
                     .unwrap_or(60 + self.messages / 5_000),
@@ -316,6 +325,7 @@ async fn benchmark(mut options: Options) -> anyhow::Result<()> {
             workers: options.workers,
             sessions_per_worker: u32::try_from(options.sessions).unwrap_or(u32::MAX),
             receipts: options.sim_receipts,
+            nice: options.sim_nice,
         },
     )
     .await?;

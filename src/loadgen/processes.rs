@@ -25,8 +25,14 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Far above anything a run can reach, yet within the `u32` the limits are parsed into.
 const UNLIMITED: &str = "1000000000";
 /// Variables handed to the spawned gateway when the load generator's environment has them, so
-/// the same run measures PostgreSQL, Redis or Kafka instead of the embedded backends.
-const PASSED_THROUGH: [&str; 3] = ["DATABASE_URL", "REDIS_URL", "KAFKA_BROKERS"];
+/// the same run measures PostgreSQL, Redis or Kafka instead of the embedded backends (or the
+/// consumers at another priority).
+const PASSED_THROUGH: [&str; 4] = [
+    "DATABASE_URL",
+    "REDIS_URL",
+    "KAFKA_BROKERS",
+    "CONSUMER_NICE",
+];
 
 /// What the spawned processes are to look like.
 pub struct SpawnOptions {
@@ -38,6 +44,8 @@ pub struct SpawnOptions {
     pub sessions_per_worker: u32,
     /// Whether the simulated workers send message-status callbacks.
     pub receipts: bool,
+    /// The simulated workers' nice value.
+    pub nice: u8,
 }
 
 /// The temporary directory of a run: removed by [`RunDir::remove`], kept (and its path printed)
@@ -162,6 +170,7 @@ impl Processes {
                 .args(["--heartbeat-interval-ms", "5000"])
                 .args(["--auto-connect-ms", "100"])
                 .args(["--receipts", &options.receipts.to_string()])
+                .args(["--nice", &options.nice.to_string()])
                 .env("DATA_DIR", processes.dir.path.join(&name))
                 .env("WORKER_AUTH_TOKEN", processes.worker_token.expose())
                 .env("JWT_SECRET", &jwt_secret);

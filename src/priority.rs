@@ -1,0 +1,107 @@
+//! Tokio runtimes at a lower scheduling priority.
+//!
+//! The pipeline's consumers (delivery to workers, status events into `messages`) run on their
+//! own runtime whose threads have a higher nice value (`CONSUMER_NICE`) than the HTTP ingress. A
+//! `202` waits for the request's durable append; delivery does not have to keep pace with
+//! acceptance, the log holds the backlog. When the CPU is contended (a burst of sends), the
+//! kernel runs the ingress threads first and the consumers catch up in the gaps; when it is not,
+//! the consumers get all of it and the priority changes nothing.
+//!
+//! The simulated worker uses the same (`sim-worker --nice`) when it shares a machine with the
+//! gateway it stands in a remote fleet for (the load generator's runs).
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::runtime::{Handle, Runtime};
+use tokio::task::JoinHandle;
+
+/// A multi-threaded tokio runtime whose threads run at a given nice value.
+pub struct PriorityRuntime {
+    runtime: Option<Runtime>,
+    handle: Handle,
+}
+
+impl PriorityRuntime {
+    /// Starts `threads` worker threads (at least one) at nice value `nice` (0 to 19: only
+    /// lowering the priority needs no privilege).
+    pub fn start(name: &str, threads: usize, nice: u8) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name(name)
+            .on_thread_start(move || lower_priority(nice))
+            .enable_all()
+            .build()
+            .with_context(|| format!("could not start the {name} runtime"))?;
+        let handle = runtime.handle().clone();
+        Ok(Self {
+            runtime: Some(runtime),
+            handle,
+        })
+    }
+
+    /// Runs `task` on this runtime's threads; the handle can be awaited from any runtime.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(task)
+    }
+}
+
+impl Drop for PriorityRuntime {
+    /// Stops the runtime without blocking (it may be dropped inside another runtime); its
+    /// tasks have been awaited by then, what remains is idle connection upkeep.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::ZERO);
+        }
+    }
+}
+
+/// Sets the calling thread's nice value; a failure is logged, the thread runs on unchanged.
+#[cfg(target_os = "linux")]
+fn lower_priority(nice: u8) {
+    // On Linux a thread is a task with its own nice value; `gettid` names just this one.
+    let thread = rustix::thread::gettid();
+    if let Err(err) = rustix::process::setpriority_process(Some(thread), i32::from(nice)) {
+        tracing::warn!(error = %err, nice, "could not lower a thread's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(nice: u8) {
+    if nice > 0 {
+        tracing::debug!(nice, "per-thread priority is only set on Linux");
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn own_nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+
+    #[test]
+    fn the_runtime_threads_run_at_the_nice_value_and_no_other_thread_does() {
+        let before = own_nice();
+        // 19 is the lowest priority: any thread may move there.
+        let runtime = PriorityRuntime::start("wa-test", 2, 19).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let tx = tx.clone();
+            drop(runtime.spawn(async move {
+                tx.send(own_nice()).unwrap();
+            }));
+        }
+        for _ in 0..4 {
+            assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 19);
+        }
+        assert_eq!(own_nice(), before);
+    }
+}
