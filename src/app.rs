@@ -25,7 +25,7 @@ use crate::fleet::{Fleet, FleetSettings};
 use crate::limits::{Counters, InProcessCounters, RedisCounters, connect_redis};
 use crate::metrics::Metrics;
 use crate::pipeline::{DELIVERY_GROUP, EVENTS_GROUP, Pipeline};
-use crate::priority::PriorityRuntime;
+use crate::priority::{IngressPressure, PriorityRuntime};
 use crate::quota::Quotas;
 use crate::send::Ingress;
 use crate::store::{Store, StoreLocation};
@@ -55,6 +55,8 @@ pub struct AppContext {
     pub pipeline: Pipeline,
     /// Accepts sends into the outbound log.
     pub ingress: Ingress,
+    /// HTTP requests in flight: the consumers yield to a burst.
+    pub pressure: IngressPressure,
     /// When this process started (health uptime).
     pub started_at: Instant,
     /// Flips to `true` when shutdown starts, so endless responses (SSE) end and drain completes.
@@ -116,6 +118,7 @@ impl AppContext {
         Ok(Self {
             pipeline,
             ingress,
+            pressure: IngressPressure::default(),
             config,
             store,
             auth,

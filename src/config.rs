@@ -223,8 +223,8 @@ pub struct Config {
     /// Worker calls the delivery consumer keeps in flight at once, one per session at most
     /// (`DELIVERY_MAX_IN_FLIGHT`, 512).
     pub delivery_max_in_flight: usize,
-    /// Nice value of the consumers' threads (delivery, events), 0 to 19 (`CONSUMER_NICE`, 10):
-    /// under a burst the HTTP ingress gets the CPU first and the log holds the backlog.
+    /// Nice value of the consumers' threads (delivery, events), 0 to 19 (`CONSUMER_NICE`, 0):
+    /// above 0 the HTTP ingress always gets the CPU first, at the cost of delivery latency.
     pub consumer_nice: u8,
 }
 
@@ -404,7 +404,7 @@ impl Config {
             ),
             delivery_max_attempts: source.positive_or("DELIVERY_MAX_ATTEMPTS", 50)? as u32,
             delivery_max_in_flight: source.positive_or("DELIVERY_MAX_IN_FLIGHT", 512)? as usize,
-            consumer_nice: match source.parse_or("CONSUMER_NICE", 10u8)? {
+            consumer_nice: match source.parse_or("CONSUMER_NICE", 0u8)? {
                 nice @ 0..=19 => nice,
                 _ => return Err(ConfigError::new("CONSUMER_NICE", "must be 0 to 19")),
             },

@@ -37,6 +37,12 @@ const FETCH_MAX_RECORDS: usize = 2_000;
 const FETCH_WAIT: Duration = Duration::from_millis(50);
 /// Queued messages above which the consumer stops reading until lanes drain (memory bound).
 const MAX_QUEUED: usize = 100_000;
+/// While the ingress is in a burst ([`crate::priority::IngressPressure`]): worker calls in
+/// flight at most, queued messages above which reading waits, and how often the loop looks
+/// whether the burst is over.
+const BURST_MAX_IN_FLIGHT: usize = 1;
+const BURST_MAX_QUEUED: usize = FETCH_MAX_RECORDS;
+const BURST_RECHECK: Duration = Duration::from_millis(20);
 /// Retry delays of one session's head: 250 ms doubling to 15 s, jittered.
 const RETRY_BACKOFF: Backoff = Backoff::new(
     Duration::from_millis(250),
@@ -143,8 +149,17 @@ pub async fn run_delivery(
             .next_wakeup()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        // One batch is recorded at a time, so batches reach the lanes in log order.
-        let can_read = reading && !state.recording && state.lanes.len() < MAX_QUEUED;
+        // One batch is recorded at a time, so batches reach the lanes in log order. During an
+        // ingress burst only a small backlog is read ahead (recording costs store writes).
+        let burst = state.context.pressure.is_burst();
+        let queue_bound = if burst { BURST_MAX_QUEUED } else { MAX_QUEUED };
+        let can_read = reading && !state.recording && state.lanes.len() < queue_bound;
+        // The burst may end without any other wake-up: look again soon.
+        let wakeup = if burst {
+            wakeup.min(tokio::time::Instant::now() + BURST_RECHECK)
+        } else {
+            wakeup
+        };
         tokio::select! {
             event = records_rx.recv(), if can_read => match event {
                 Some(event) => state.on_source_event(event),
@@ -401,9 +416,14 @@ impl DeliveryState {
         }
     }
 
-    /// Starts worker calls for every lane head that is ready, up to the in-flight bound.
+    /// Starts worker calls for every lane head that is ready, up to the in-flight bound (a few
+    /// while the ingress is in a burst: the CPU goes to accepting, the log holds the backlog).
     fn dispatch_ready(&mut self) {
-        let max_in_flight = self.context.config.delivery_max_in_flight;
+        let max_in_flight = if self.context.pressure.is_burst() {
+            BURST_MAX_IN_FLIGHT.min(self.context.config.delivery_max_in_flight)
+        } else {
+            self.context.config.delivery_max_in_flight
+        };
         let now = Instant::now();
         while self.in_flight < max_in_flight {
             let Some(head) = self.lanes.next_ready(now) else {

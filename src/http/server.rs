@@ -127,6 +127,7 @@ where
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %request.uri().path());
 
     async move {
+        let _in_flight = context.pressure.enter();
         let limit = context.config.max_body_bytes;
         let (mut parts, body) = request.into_parts();
         let mut response = match read_body(body, limit, declared_length(&parts.headers)).await {

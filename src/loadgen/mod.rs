@@ -43,9 +43,9 @@ Benchmark the send pipeline and check that it loses, duplicates and reorders not
 Without --target, loadgen spawns `wa-gateway serve` (this executable) and --workers simulated
 workers on free loopback ports, with a temporary DATA_DIR, a random WORKER_AUTH_TOKEN, tier
 limits far above the run and pacing off (*_TIER_SEND_INTERVAL_MS=0, *_TIER_SEND_JITTER_MS=0).
-The simulated workers stand in for a fleet on other machines and run at nice --sim-nice (10),
-like the gateway's own consumers (CONSUMER_NICE, 10): on one machine they take the CPU the
-ingress leaves; --sim-nice 0 and CONSUMER_NICE=0 give every process the same share.
+The simulated workers stand in for a fleet on other machines and run at nice --sim-nice (10):
+on one machine they take the CPU the gateway leaves instead of competing with it; --sim-nice 0
+gives them the same share as the gateway.
 DATABASE_URL, REDIS_URL, KAFKA_BROKERS and CONSUMER_NICE are passed to the gateway when set in
 loadgen's own environment (loadgen reads no .env). It registers a user, creates an API key and --sessions
 sessions, waits until they are CONNECTED, then:
