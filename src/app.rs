@@ -218,11 +218,7 @@ impl Application {
                 }
             })
         };
-        let consumers = PriorityRuntime::start(
-            "wa-consumers",
-            std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
-            self.context.config.consumer_nice,
-        )?;
+        let consumers = PriorityRuntime::start("wa-consumers", self.context.config.consumer_nice)?;
         // The consumers' own pool, opened on their threads: its SQLite connection threads
         // inherit their priority, so the consumers' writes do not compete with the ingress.
         let consumer_store = {

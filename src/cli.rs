@@ -153,8 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if args.nice == 0 {
                 return crate::sim::run(sim, shutdown_signal()).await;
             }
-            let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-            let runtime = PriorityRuntime::start("wa-sim", threads, args.nice)?;
+            let runtime = PriorityRuntime::start("wa-sim", args.nice)?;
             runtime
                 .spawn(crate::sim::run(sim, shutdown_signal()))
                 .await

@@ -13,7 +13,7 @@
 //! runs, also at moderate load, where it costs delivery latency for nothing. So the default is
 //! 0, and the consumers yield to the ingress by themselves instead: [`IngressPressure`] counts
 //! the HTTP requests in flight, and while that many are queued up (a burst: clients waiting on
-//! the gateway) the delivery consumer keeps only a few worker calls in flight and stops reading
+//! the gateway) the delivery consumer keeps only one worker call in flight and reads little
 //! ahead, so the CPU goes to accepting; it resumes at full width as soon as the burst is over.
 
 use std::future::Future;
@@ -31,13 +31,15 @@ pub struct PriorityRuntime {
 }
 
 impl PriorityRuntime {
-    /// Starts `threads` worker threads (at least one) at nice value `nice` (0 to 19: only
-    /// lowering the priority needs no privilege).
-    pub fn start(name: &str, threads: usize, nice: u8) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
+    /// Starts one worker thread per core at nice value `nice` (0 to 19: only lowering the
+    /// priority needs no privilege; 0 leaves the threads at the process's own).
+    pub fn start(name: &str, nice: u8) -> anyhow::Result<Self> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if nice > 0 {
+            builder.on_thread_start(move || lower_priority(nice));
+        }
+        let runtime = builder
             .thread_name(name)
-            .on_thread_start(move || lower_priority(nice))
             .enable_all()
             .build()
             .with_context(|| format!("could not start the {name} runtime"))?;
@@ -120,9 +122,7 @@ fn lower_priority(nice: u8) {
 
 #[cfg(not(target_os = "linux"))]
 fn lower_priority(nice: u8) {
-    if nice > 0 {
-        tracing::debug!(nice, "per-thread priority is only set on Linux");
-    }
+    tracing::debug!(nice, "per-thread priority is only set on Linux");
 }
 
 #[cfg(test)]
@@ -154,7 +154,7 @@ mod tests {
     fn the_runtime_threads_run_at_the_nice_value_and_no_other_thread_does() {
         let before = own_nice();
         // 19 is the lowest priority: any thread may move there.
-        let runtime = PriorityRuntime::start("wa-test", 2, 19).unwrap();
+        let runtime = PriorityRuntime::start("wa-test", 19).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         for _ in 0..4 {
             let tx = tx.clone();

@@ -506,13 +506,11 @@ async fn max_record_offset(
     topic: &str,
     partition: i32,
 ) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT MAX(record_offset) FROM log_records WHERE topic = ?1 AND partition_id = ?2",
-    )
-    .bind(topic)
-    .bind(partition)
-    .fetch_one(pool)
-    .await
+    sqlx::query_scalar(MAX_RECORD_OFFSET)
+        .bind(topic)
+        .bind(partition)
+        .fetch_one(pool)
+        .await
 }
 
 /// The group-commit writer: the only one writing records and consumer positions, on its own
@@ -521,6 +519,10 @@ struct Writer {
     shared: Arc<Shared>,
     path: std::path::PathBuf,
 }
+
+/// The highest offset stored in a partition (`NULL` when it holds none).
+const MAX_RECORD_OFFSET: &str =
+    "SELECT MAX(record_offset) FROM log_records WHERE topic = ?1 AND partition_id = ?2";
 
 const INSERT_RECORD: &str = "INSERT INTO log_records \
      (topic, partition_id, record_offset, record_key, record_value, appended_at) \
@@ -558,8 +560,8 @@ impl Writer {
                 return;
             }
         };
-        // Set when the in-memory offsets may disagree with the table (a failed batch whose
-        // re-read failed too); they are re-read before the next batch.
+        // Set when the in-memory offsets may disagree with the table (a batch failed after
+        // advancing some); they are re-read before the next batch.
         let mut stale = false;
         let mut closing = false;
         while !closing {
@@ -604,10 +606,7 @@ impl Writer {
                 Ok(positions) => self.answer(batch, commits, positions),
                 Err(error) => {
                     tracing::error!(%error, records, "embedded log group commit failed");
-                    match self.load_next_offsets(&connection) {
-                        Ok(reloaded) => next_offsets = reloaded,
-                        Err(_) => stale = true,
-                    }
+                    stale = true;
                     fail_all(batch, commits, error);
                 }
             }
@@ -672,9 +671,7 @@ impl Writer {
         &self,
         connection: &rusqlite::Connection,
     ) -> Result<Vec<Vec<i64>>, rusqlite::Error> {
-        let mut stored = connection.prepare_cached(
-            "SELECT MAX(record_offset) FROM log_records WHERE topic = ?1 AND partition_id = ?2",
-        )?;
+        let mut stored = connection.prepare_cached(MAX_RECORD_OFFSET)?;
         let mut committed = connection.prepare_cached(
             "SELECT MAX(committed_offset) FROM log_consumer_offsets \
              WHERE topic = ?1 AND partition_id = ?2",
