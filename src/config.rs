@@ -223,6 +223,10 @@ pub struct Config {
     /// Worker calls the delivery consumer keeps in flight at once, one per session at most
     /// (`DELIVERY_MAX_IN_FLIGHT`, 512).
     pub delivery_max_in_flight: usize,
+    /// Worker calls per second the delivery consumer still starts while the ingress is
+    /// saturated ([`crate::priority::IngressPressure`]), one at a time (`DELIVERY_BURST_RATE`,
+    /// 50): the log holds the rest until the burst is over.
+    pub delivery_burst_rate: u32,
     /// Nice value of the consumers' threads (delivery, events), 0 to 19 (`CONSUMER_NICE`, 0):
     /// above 0 the HTTP ingress always gets the CPU first, at the cost of delivery latency.
     pub consumer_nice: u8,
@@ -404,6 +408,10 @@ impl Config {
             ),
             delivery_max_attempts: source.positive_or("DELIVERY_MAX_ATTEMPTS", 50)? as u32,
             delivery_max_in_flight: source.positive_or("DELIVERY_MAX_IN_FLIGHT", 512)? as usize,
+            delivery_burst_rate: match source.positive_or("DELIVERY_BURST_RATE", 50)? {
+                rate @ 1..=1_000 => rate as u32,
+                _ => return Err(ConfigError::new("DELIVERY_BURST_RATE", "must be 1 to 1000")),
+            },
             consumer_nice: match source.parse_or("CONSUMER_NICE", 0u8)? {
                 nice @ 0..=19 => nice,
                 _ => return Err(ConfigError::new("CONSUMER_NICE", "must be 0 to 19")),
@@ -651,6 +659,8 @@ mod tests {
             ("MAX_BODY_BYTES", "0"),
             ("CONSUMER_NICE", "20"),
             ("CONSUMER_NICE", "-1"),
+            ("DELIVERY_BURST_RATE", "0"),
+            ("DELIVERY_BURST_RATE", "5000"),
         ] {
             let mut all = vars(&base);
             all.insert(name.to_owned(), value.to_owned());

@@ -12,13 +12,16 @@
 //! A nice value is a blunt tool: it delays the consumers' every wake-up whenever the ingress
 //! runs, also at moderate load, where it costs delivery latency for nothing. So the default is
 //! 0, and the consumers yield to the ingress by themselves instead: [`IngressPressure`] counts
-//! the HTTP requests in flight, and while that many are queued up (a burst: clients waiting on
-//! the gateway) the delivery consumer keeps only one worker call in flight and reads little
-//! ahead, so the CPU goes to accepting; it resumes at full width as soon as the burst is over.
+//! the client HTTP requests in flight, and while many stay queued up (a burst: clients waiting
+//! on the gateway) the delivery consumer starts only `DELIVERY_BURST_RATE` worker calls per
+//! second, one at a time, and reads little ahead, so the CPU goes to accepting; it resumes at
+//! full width as soon as the burst is over. Worker calls into the gateway (receipt callbacks)
+//! are not counted: they follow from delivery, and counting them would make delivery throttle
+//! itself.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::runtime::{Handle, Runtime};
@@ -72,9 +75,23 @@ impl Drop for PriorityRuntime {
 
 /// HTTP requests in flight at the ingress, and whether that is a burst the consumers should
 /// yield to.
-#[derive(Debug, Default)]
+///
+/// The count is a noisy signal both ways. Under saturation it dips under the threshold many
+/// times a second (between one answer and a client's next request a connection has nothing in
+/// flight), and at moderate load one slow moment (a checkpoint, a descheduled thread) queues
+/// requests up past it for a few milliseconds. So a burst is a streak: the count reached
+/// [`BURST_IN_FLIGHT`] again and again, never [`BURST_HOLD`] apart, for at least
+/// [`BURST_MIN`]; it ends [`BURST_HOLD`] after the last time.
+#[derive(Debug)]
 pub struct IngressPressure {
     in_flight: AtomicUsize,
+    /// Origin of the two instants below.
+    epoch: Instant,
+    /// Milliseconds since `epoch`, plus one (0: never), when the count last reached
+    /// [`BURST_IN_FLIGHT`].
+    saturated_at: AtomicU64,
+    /// Same scale: when the current streak of saturation began.
+    streak_began_at: AtomicU64,
 }
 
 /// Requests in flight from which the ingress counts as saturated: at moderate load requests are
@@ -82,10 +99,35 @@ pub struct IngressPressure {
 /// this many.
 pub const BURST_IN_FLIGHT: usize = 32;
 
+/// How long saturation must go on before it is a burst.
+pub const BURST_MIN: Duration = Duration::from_millis(500);
+
+/// How long a burst outlasts the last moment [`BURST_IN_FLIGHT`] requests were in flight (and
+/// the longest gap within one streak).
+pub const BURST_HOLD: Duration = Duration::from_millis(250);
+
+impl Default for IngressPressure {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            saturated_at: AtomicU64::new(0),
+            streak_began_at: AtomicU64::new(0),
+        }
+    }
+}
+
 impl IngressPressure {
     /// Counts a request until the guard is dropped.
     pub fn enter(&self) -> InFlightGuard<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_flight >= BURST_IN_FLIGHT {
+            let now = self.now();
+            let previous = self.saturated_at.swap(now, Ordering::Relaxed);
+            if previous == 0 || now.saturating_sub(previous) >= millis(BURST_HOLD) {
+                self.streak_began_at.store(now, Ordering::Relaxed);
+            }
+        }
         InFlightGuard(self)
     }
 
@@ -94,10 +136,26 @@ impl IngressPressure {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Whether the ingress is in a burst ([`BURST_IN_FLIGHT`] or more requests in flight).
+    /// Whether the ingress is in a burst (see the type's documentation).
     pub fn is_burst(&self) -> bool {
-        self.in_flight() >= BURST_IN_FLIGHT
+        let saturated_at = self.saturated_at.load(Ordering::Relaxed);
+        if saturated_at == 0 {
+            return false;
+        }
+        let now = self.now();
+        let began_at = self.streak_began_at.load(Ordering::Relaxed);
+        now.saturating_sub(saturated_at) < millis(BURST_HOLD)
+            && saturated_at.saturating_sub(began_at) >= millis(BURST_MIN)
     }
+
+    /// Milliseconds since `epoch`, plus one.
+    fn now(&self) -> u64 {
+        millis(self.epoch.elapsed()).saturating_add(1)
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One request in flight; see [`IngressPressure::enter`].
@@ -136,16 +194,32 @@ mod tests {
     }
 
     #[test]
-    fn pressure_counts_requests_in_flight_and_flags_a_burst() {
+    fn pressure_counts_requests_in_flight_and_flags_a_sustained_burst() {
         let pressure = IngressPressure::default();
-        let guards: Vec<_> = (0..BURST_IN_FLIGHT - 1).map(|_| pressure.enter()).collect();
+        let saturate = || {
+            let _guards: Vec<_> = (0..BURST_IN_FLIGHT).map(|_| pressure.enter()).collect();
+            assert_eq!(pressure.in_flight(), BURST_IN_FLIGHT);
+        };
+        let below: Vec<_> = (0..BURST_IN_FLIGHT - 1).map(|_| pressure.enter()).collect();
         assert_eq!(pressure.in_flight(), BURST_IN_FLIGHT - 1);
+        drop(below);
         assert!(!pressure.is_burst());
-        let last = pressure.enter();
+        // A moment of saturation is no burst.
+        saturate();
+        assert!(!pressure.is_burst());
+        // Saturation again and again (gaps under BURST_HOLD) for BURST_MIN is.
+        let began = Instant::now();
+        while began.elapsed() < BURST_MIN + Duration::from_millis(20) {
+            saturate();
+            std::thread::sleep(BURST_HOLD / 5);
+        }
+        saturate();
         assert!(pressure.is_burst());
-        drop(last);
-        drop(guards);
         assert_eq!(pressure.in_flight(), 0);
+        // It outlasts the dips, then ends; the next moment of saturation starts a new streak.
+        std::thread::sleep(BURST_HOLD + Duration::from_millis(50));
+        assert!(!pressure.is_burst());
+        saturate();
         assert!(!pressure.is_burst());
     }
 

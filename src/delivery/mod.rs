@@ -38,8 +38,11 @@ const FETCH_WAIT: Duration = Duration::from_millis(50);
 /// Queued messages above which the consumer stops reading until lanes drain (memory bound).
 const MAX_QUEUED: usize = 100_000;
 /// While the ingress is in a burst ([`crate::priority::IngressPressure`]): worker calls in
-/// flight at most, queued messages above which reading waits, and how often the loop looks
-/// whether the burst is over.
+/// flight at most (started no faster than `DELIVERY_BURST_RATE`), queued messages above which
+/// reading waits, and how often the loop looks whether the burst is over. A delivered message
+/// costs several times what accepting it did (the worker call, three receipt callbacks, their
+/// events and store writes), so during a burst delivery only keeps moving, and catches up at
+/// full width once the burst is over.
 const BURST_MAX_IN_FLIGHT: usize = 1;
 const BURST_MAX_QUEUED: usize = FETCH_MAX_RECORDS;
 const BURST_RECHECK: Duration = Duration::from_millis(20);
@@ -131,6 +134,8 @@ pub async fn run_delivery(
         offsets: ConsumerOffsets::new(),
         sessions_by_partition: HashMap::new(),
         next_send_at: HashMap::new(),
+        burst_interval: Duration::from_secs(1) / context.config.delivery_burst_rate.max(1),
+        next_burst_dispatch: Instant::now(),
         in_flight: 0,
         recording: false,
         pending: FlushBatch::default(),
@@ -154,9 +159,14 @@ pub async fn run_delivery(
         let burst = state.context.pressure.is_burst();
         let queue_bound = if burst { BURST_MAX_QUEUED } else { MAX_QUEUED };
         let can_read = reading && !state.recording && state.lanes.len() < queue_bound;
-        // The burst may end without any other wake-up: look again soon.
+        // The burst may end without any other wake-up: look again soon (or when the next
+        // burst dispatch is due).
         let wakeup = if burst {
-            wakeup.min(tokio::time::Instant::now() + BURST_RECHECK)
+            let recheck = state
+                .next_burst_dispatch
+                .max(Instant::now())
+                .min(Instant::now() + BURST_RECHECK);
+            wakeup.min(tokio::time::Instant::from_std(recheck))
         } else {
             wakeup
         };
@@ -273,6 +283,9 @@ struct DeliveryState {
     sessions_by_partition: HashMap<(Arc<str>, i32), HashSet<String>>,
     /// Pacing: a session's next send may not start before this.
     next_send_at: HashMap<String, Instant>,
+    /// During an ingress burst: the spacing of worker calls, and when the next may start.
+    burst_interval: Duration,
+    next_burst_dispatch: Instant,
     in_flight: usize,
     /// Whether a fetched batch is being recorded in the store (reading waits for it).
     recording: bool,
@@ -416,19 +429,27 @@ impl DeliveryState {
         }
     }
 
-    /// Starts worker calls for every lane head that is ready, up to the in-flight bound (a few
-    /// while the ingress is in a burst: the CPU goes to accepting, the log holds the backlog).
+    /// Starts worker calls for every lane head that is ready, up to the in-flight bound (while
+    /// the ingress is in a burst: one at a time, `DELIVERY_BURST_RATE` per second at most; the
+    /// CPU goes to accepting, the log holds the backlog).
     fn dispatch_ready(&mut self) {
-        let max_in_flight = if self.context.pressure.is_burst() {
+        let burst = self.context.pressure.is_burst();
+        let max_in_flight = if burst {
             BURST_MAX_IN_FLIGHT.min(self.context.config.delivery_max_in_flight)
         } else {
             self.context.config.delivery_max_in_flight
         };
         let now = Instant::now();
         while self.in_flight < max_in_flight {
+            if burst && now < self.next_burst_dispatch {
+                break;
+            }
             let Some(head) = self.lanes.next_ready(now) else {
                 break;
             };
+            if burst {
+                self.next_burst_dispatch = now + self.burst_interval;
+            }
             let ticket = head.ticket;
             let queued = head.item.clone();
             let not_before = self.next_send_at.get(&queued.envelope.session_id).copied();

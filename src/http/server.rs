@@ -124,10 +124,13 @@ where
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let method = request.method().clone();
+    // Worker calls (registration, heartbeats, receipt callbacks) follow from delivery itself:
+    // counting them would make delivery throttle itself (see `IngressPressure`).
+    let counts_as_pressure = !super::worker_api::is_worker_path(request.uri().path());
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %request.uri().path());
 
     async move {
-        let _in_flight = context.pressure.enter();
+        let _in_flight = counts_as_pressure.then(|| context.pressure.enter());
         let limit = context.config.max_body_bytes;
         let (mut parts, body) = request.into_parts();
         let mut response = match read_body(body, limit, declared_length(&parts.headers)).await {

@@ -159,6 +159,14 @@ pub fn worker_auth(context: Ctx) -> impl Filter<Extract = (), Error = Rejection>
         .untuple_one()
 }
 
+/// Whether `path` is one of the worker-facing routes' (`/api/workers/…`, `/api/webhooks/…`,
+/// also under `/api/v1/`).
+pub fn is_worker_path(path: &str) -> bool {
+    let rest = path.strip_prefix("/api/").unwrap_or_default();
+    let rest = rest.strip_prefix("v1/").unwrap_or(rest);
+    rest.starts_with("workers/") || rest.starts_with("webhooks/")
+}
+
 /// Both path prefixes: `/api/…` (the existing worker) and `/api/v1/…`.
 fn api_prefix() -> BoxedFilter<()> {
     warp::path("api")
@@ -500,4 +508,30 @@ async fn message_received(context: Ctx, body: MessageReceivedBody) -> ApiResult 
         StatusCode::OK,
         &json!({ "messageId": body.message_id, "accepted": true }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_worker_path;
+
+    #[test]
+    fn worker_paths_are_told_apart_from_the_rest() {
+        for path in [
+            "/api/workers/register",
+            "/api/v1/workers/w1/heartbeat",
+            "/api/webhooks/message-status",
+            "/api/v1/webhooks/session-status",
+        ] {
+            assert!(is_worker_path(path), "{path}");
+        }
+        for path in [
+            "/api/v1/external/send",
+            "/api/v1/health",
+            "/api/v1/webhooks",
+            "/workers/register",
+            "/api/v2/workers/register",
+        ] {
+            assert!(!is_worker_path(path), "{path}");
+        }
+    }
 }

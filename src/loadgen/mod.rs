@@ -46,9 +46,9 @@ limits far above the run and pacing off (*_TIER_SEND_INTERVAL_MS=0, *_TIER_SEND_
 The simulated workers stand in for a fleet on other machines and run at nice --sim-nice (10):
 on one machine they take the CPU the gateway leaves instead of competing with it; --sim-nice 0
 gives them the same share as the gateway.
-DATABASE_URL, REDIS_URL, KAFKA_BROKERS and CONSUMER_NICE are passed to the gateway when set in
-loadgen's own environment (loadgen reads no .env). It registers a user, creates an API key and --sessions
-sessions, waits until they are CONNECTED, then:
+DATABASE_URL, REDIS_URL, KAFKA_BROKERS, CONSUMER_NICE and DELIVERY_BURST_RATE are passed to
+the gateway when set in loadgen's own environment (loadgen reads no .env). It registers a user,
+creates an API key and --sessions sessions, waits until they are CONNECTED, then:
 
   1. ceiling: GET /api/v1/health with the same --concurrency, as many requests as the send run
      makes (at least 20,000);

@@ -26,12 +26,13 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const UNLIMITED: &str = "1000000000";
 /// Variables handed to the spawned gateway when the load generator's environment has them, so
 /// the same run measures PostgreSQL, Redis or Kafka instead of the embedded backends (or the
-/// consumers at another priority).
-const PASSED_THROUGH: [&str; 4] = [
+/// consumers at another priority or burst rate).
+const PASSED_THROUGH: [&str; 5] = [
     "DATABASE_URL",
     "REDIS_URL",
     "KAFKA_BROKERS",
     "CONSUMER_NICE",
+    "DELIVERY_BURST_RATE",
 ];
 
 /// What the spawned processes are to look like.
