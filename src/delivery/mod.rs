@@ -147,29 +147,29 @@ pub async fn run_delivery(
     let mut hearing_connects = true;
     let mut reading = true;
     loop {
-        state.dispatch_ready();
+        let burst = state.context.pressure.is_burst();
+        state.dispatch_ready(burst);
         state.flush();
-        let wakeup = state
+        let now = Instant::now();
+        let lanes_wakeup = state
             .lanes
             .next_wakeup()
-            .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            .unwrap_or(now + Duration::from_secs(3600));
+        // During a burst nothing goes before the next burst dispatch is due, and the burst may
+        // end without any other wake-up: look again within BURST_RECHECK (never at once: what
+        // is ready may be held back by the burst bounds, and a report wakes the loop anyway).
+        let wakeup = if burst {
+            lanes_wakeup
+                .max(state.next_burst_dispatch)
+                .clamp(now + Duration::from_millis(1), now + BURST_RECHECK)
+        } else {
+            lanes_wakeup
+        };
+        let wakeup = tokio::time::Instant::from_std(wakeup);
         // One batch is recorded at a time, so batches reach the lanes in log order. During an
         // ingress burst only a small backlog is read ahead (recording costs store writes).
-        let burst = state.context.pressure.is_burst();
         let queue_bound = if burst { BURST_MAX_QUEUED } else { MAX_QUEUED };
         let can_read = reading && !state.recording && state.lanes.len() < queue_bound;
-        // The burst may end without any other wake-up: look again soon (or when the next
-        // burst dispatch is due).
-        let wakeup = if burst {
-            let recheck = state
-                .next_burst_dispatch
-                .max(Instant::now())
-                .min(Instant::now() + BURST_RECHECK);
-            wakeup.min(tokio::time::Instant::from_std(recheck))
-        } else {
-            wakeup
-        };
         tokio::select! {
             event = records_rx.recv(), if can_read => match event {
                 Some(event) => state.on_source_event(event),
@@ -432,8 +432,7 @@ impl DeliveryState {
     /// Starts worker calls for every lane head that is ready, up to the in-flight bound (while
     /// the ingress is in a burst: one at a time, `DELIVERY_BURST_RATE` per second at most; the
     /// CPU goes to accepting, the log holds the backlog).
-    fn dispatch_ready(&mut self) {
-        let burst = self.context.pressure.is_burst();
+    fn dispatch_ready(&mut self, burst: bool) {
         let max_in_flight = if burst {
             BURST_MAX_IN_FLIGHT.min(self.context.config.delivery_max_in_flight)
         } else {
