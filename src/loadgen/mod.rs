@@ -51,7 +51,8 @@ the gateway when set in loadgen's own environment (loadgen reads no .env). It re
 creates an API key and --sessions sessions, waits until they are CONNECTED, then:
 
   1. ceiling: GET /api/v1/health with the same --concurrency, as many requests as the send run
-     makes (at least 20,000);
+     makes (at least 20,000), then a 1 s pause (the gateway takes the ceiling's saturation for
+     an ingress burst and throttles delivery until shortly after it);
   2. sends --messages text messages, round-robin over the sessions, --concurrency requests in
      flight; single mode posts one message per POST /api/v1/external/send, bulk mode
      --bulk-size messages of one session per POST /api/v1/external/send/bulk;
@@ -92,6 +93,9 @@ and pacing are then the target's own.";
 /// Requests the ceiling run makes at least, so a short bulk run still gets a stable
 /// ceiling.
 const MIN_CEILING_REQUESTS: usize = 20_000;
+/// Pause between the ceiling run and the send run: longer than the gateway holds an ingress
+/// burst after the last saturation ([`crate::priority::IngressPressure`]).
+const CEILING_SETTLE: Duration = Duration::from_secs(1);
 /// Timeout of one HTTP request; a bulk of 1000 under heavy load can take seconds, never this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// The largest bulk the API takes.
@@ -407,6 +411,9 @@ async fn measure(
             ceiling.failed
         );
     }
+    // The ceiling saturates the gateway, which it takes for an ingress burst: the send run
+    // starts once that is over, so it does not inherit the ceiling's throttled delivery.
+    tokio::time::sleep(CEILING_SETTLE).await;
 
     let poller = Poller::start(
         client.clone(),
