@@ -27,6 +27,95 @@ async fn quota_is_shared_by_two_api_processes() {
     quota_is_shared_by_api_processes(Backend::Postgres).await;
 }
 
+/// During an ingress burst delivery starts at most `DELIVERY_BURST_RATE` worker calls per
+/// second and still makes progress; once the burst is over the backlog goes at full width, in
+/// order. The burst is driven through the gateway's own pressure gauge (what the HTTP server
+/// counts per client request), from a thread of its own so the test's runtime cannot starve
+/// it; a short burst window keeps the upper bound meaningful on a slow machine: it can only
+/// deliver less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_steps_aside_during_an_ingress_burst_and_catches_up() {
+    const RATE: usize = 5;
+    let setup = setup(Backend::Sqlite, &[("DELIVERY_BURST_RATE", "5")], 1, 4).await;
+    let (app, key) = (&setup.app, setup.key.as_str());
+    let burst_over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pressure_thread = {
+        let context = app.context.clone();
+        let burst_over = burst_over.clone();
+        std::thread::spawn(move || {
+            let pressure = &context.pressure;
+            let _held: Vec<_> = (1..wa_gateway::priority::BURST_IN_FLIGHT)
+                .map(|_| pressure.enter())
+                .collect();
+            // One more request comes and goes every 10 ms: saturation again and again.
+            while !burst_over.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(pressure.enter());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    wait_for(Duration::from_secs(5), "an ingress burst", || async {
+        app.context.pressure.is_burst()
+    })
+    .await;
+
+    let began = Instant::now();
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for session in &setup.sessions {
+        let messages: Vec<Value> = (0..10)
+            .map(|n| json!({"to": "081234567890", "message": format!("burst {n}")}))
+            .collect();
+        let answer = send(
+            app,
+            key,
+            "/api/v1/external/send/bulk",
+            json!({"sessionId": session, "messages": messages}),
+        )
+        .await;
+        let ids = answer.assert_ok(202)["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["messageId"].as_str().unwrap().to_owned())
+            .collect();
+        expected.insert(session.clone(), ids);
+    }
+    let workers: Vec<&SimWorker> = setup.workers.iter().collect();
+    // Progress during the burst, at no more than the burst rate.
+    wait_for(
+        Duration::from_secs(5),
+        "a delivery during the burst",
+        || async { !received(&workers).is_empty() },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let delivered: usize = received(&workers).values().map(Vec::len).sum();
+    let allowed = (began.elapsed().as_secs_f64() * RATE as f64).ceil() as usize + 1;
+    assert!(app.context.pressure.is_burst(), "the burst lapsed");
+    assert!(
+        delivered <= allowed,
+        "{delivered} delivered during the burst, at most {allowed} allowed"
+    );
+    assert!(delivered < 40, "the burst held nothing back");
+
+    // Over: the rest goes at full width (throttled it would need seconds), in order.
+    burst_over.store(true, std::sync::atomic::Ordering::Relaxed);
+    pressure_thread.join().unwrap();
+    let ended = Instant::now();
+    assert_delivered_in_order(&workers, &expected, Duration::from_secs(10)).await;
+    let remaining = 40 - delivered;
+    let throttled = Duration::from_secs_f64(remaining as f64 / RATE as f64);
+    assert!(
+        ended.elapsed() < throttled,
+        "the backlog of {remaining} took {:?} after the burst",
+        ended.elapsed()
+    );
+    for worker in setup.workers {
+        worker.kill().await;
+    }
+    setup.app.stop().await;
+}
+
 /// Fast fleet timings, pacing off, limits wide enough for the tests (quota tests set their own).
 const PIPELINE_ENV: &[(&str, &str)] = &[
     ("WORKER_HEARTBEAT_TIMEOUT_MS", "3000"),
