@@ -173,7 +173,8 @@ impl EmbeddedSource {
     }
 
     /// Reads up to `max_records` new records, spread over the partitions so one busy
-    /// partition does not starve the others.
+    /// partition does not starve the others: one statement per topic that has records past
+    /// this reader's positions, none for an idle topic.
     async fn fetch_all(&mut self, max_records: usize) -> Result<Vec<SourceRecord>, SourceError> {
         let partition_count: usize = self
             .topics
@@ -183,22 +184,37 @@ impl EmbeddedSource {
         let share = (max_records / partition_count.max(1)).max(1);
         let mut records = Vec::new();
         for (index, (topic, partitions)) in self.topics.iter().enumerate() {
+            let mut from_offsets = Vec::with_capacity(usize::try_from(*partitions).unwrap_or(0));
+            let mut behind = false;
             for partition in 0..*partitions {
-                let Some(position) = self.positions.get_mut(&(index, partition)) else {
-                    continue;
-                };
-                let fetched = self.log.fetch(topic, partition, *position, share).await?;
-                if let Some(last) = fetched.last() {
-                    *position = last.offset + 1;
+                // Every partition has a position once assigned; one without never reads.
+                let position = self
+                    .positions
+                    .get(&(index, partition))
+                    .copied()
+                    .unwrap_or(i64::MAX);
+                behind |= position < self.log.end_offset(topic, partition)?;
+                from_offsets.push(position);
+            }
+            if !behind {
+                continue;
+            }
+            let fetched = self
+                .log
+                .fetch_partitions(topic, &from_offsets, share)
+                .await?;
+            for record in fetched {
+                if let Some(position) = self.positions.get_mut(&(index, record.partition)) {
+                    *position = (*position).max(record.offset + 1);
                 }
-                records.extend(fetched.into_iter().map(|record| SourceRecord {
+                records.push(SourceRecord {
                     topic: record.topic,
                     partition: record.partition,
                     offset: record.offset,
                     key: record.key,
                     value: record.value,
                     timestamp_ms: record.appended_at_ms,
-                }));
+                });
             }
         }
         Ok(records)

@@ -32,6 +32,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::SqlitePool;
@@ -118,6 +119,13 @@ struct TopicState {
     partitions: i32,
     /// Bumped after every committed batch holding records of this topic.
     changes: watch::Sender<u64>,
+    /// Each partition's end offset (one past its last record) as of the last committed
+    /// batch: set by the writer after the commit and before `changes` is bumped, so a reader
+    /// can tell which partitions hold anything past its position without asking the database.
+    ends: Vec<AtomicI64>,
+    /// `fetch_partitions`' statement over every partition (one text per topic, so it stays in
+    /// the connections' statement caches).
+    fetch_all_sql: String,
 }
 
 impl TopicState {
@@ -241,6 +249,8 @@ impl EmbeddedLog {
                 name: spec.name.clone(),
                 partitions: spec.partitions,
                 changes: watch::Sender::new(0),
+                ends: (0..spec.partitions).map(|_| AtomicI64::new(0)).collect(),
+                fetch_all_sql: fetch_partitions_sql(spec.partitions),
             });
         }
         let shared = Arc::new(Shared {
@@ -364,6 +374,66 @@ impl EmbeddedLog {
                 appended_at_ms,
             })
             .collect())
+    }
+
+    /// Reads up to `max_each` records of every partition of `topic` in one statement, partition
+    /// `p` from `from_offsets[p]` on (one entry per partition). Returns them by partition, each
+    /// partition's in offset order. One statement instead of one per partition: a reader that
+    /// follows many partitions pays one round trip to the database per poll.
+    pub async fn fetch_partitions(
+        &self,
+        topic: &str,
+        from_offsets: &[i64],
+        max_each: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        let shared = &self.inner.shared;
+        let state = &shared.topics[shared.resolve(topic)?];
+        if from_offsets.len() != state.ends.len() {
+            return Err(LogError::UnknownPartition {
+                topic: state.name.clone(),
+                partition: i32::try_from(from_offsets.len()).unwrap_or(i32::MAX),
+            });
+        }
+        if max_each == 0 {
+            return Ok(Vec::new());
+        }
+        let mut query = sqlx::query_as::<_, (i32, i64, String, Vec<u8>, i64)>(sqlx::AssertSqlSafe(
+            state.fetch_all_sql.as_str(),
+        ))
+        .bind(&state.name)
+        .bind(i64::try_from(max_each).unwrap_or(i64::MAX));
+        for offset in from_offsets {
+            query = query.bind(*offset);
+        }
+        let mut rows = query.fetch_all(&shared.pool).await?;
+        // UNION ALL keeps its parts' order in SQLite, but SQL does not promise it.
+        rows.sort_unstable_by_key(|row| (row.0, row.1));
+        Ok(rows
+            .into_iter()
+            .map(
+                |(partition, offset, key, value, appended_at_ms)| LogRecord {
+                    topic: state.name.clone(),
+                    partition,
+                    offset,
+                    key,
+                    value,
+                    appended_at_ms,
+                },
+            )
+            .collect())
+    }
+
+    /// One past the last record of a partition, as of the last committed batch (0 for an
+    /// empty partition). Records below it are readable.
+    pub fn end_offset(&self, topic: &str, partition: i32) -> Result<i64, LogError> {
+        let shared = &self.inner.shared;
+        let state = &shared.topics[shared.resolve(topic)?];
+        state.check_partition(partition)?;
+        let slot = usize::try_from(partition).map_err(|_| LogError::UnknownPartition {
+            topic: state.name.clone(),
+            partition,
+        })?;
+        Ok(state.ends[slot].load(Ordering::Acquire))
     }
 
     /// The position (next offset to read) `group` committed on a partition; 0 when it never
@@ -552,6 +622,9 @@ impl Writer {
             .map_err(|error| LogError::WriterStart(error.into()));
         let (mut connection, mut next_offsets) = match opened {
             Ok(opened) => {
+                for (topic, ends) in self.shared.topics.iter().zip(&opened.1) {
+                    publish_ends(topic, ends);
+                }
                 let _ = ready.send(Ok(()));
                 opened
             }
@@ -603,7 +676,7 @@ impl Writer {
                 }
             }
             match self.write_batch(&mut connection, &mut next_offsets, &batch, &commits) {
-                Ok(positions) => self.answer(batch, commits, positions),
+                Ok(positions) => self.answer(batch, commits, positions, &next_offsets),
                 Err(error) => {
                     tracing::error!(%error, records, "embedded log group commit failed");
                     stale = true;
@@ -638,19 +711,22 @@ impl Writer {
         Ok(connection)
     }
 
-    /// Wakes the readers of every topic the batch wrote to, then answers every waiter.
+    /// Publishes the end offsets of every topic the batch wrote to and wakes its readers, then
+    /// answers every waiter.
     fn answer(
         &self,
         batch: Vec<AppendRequest>,
         commits: Vec<CommitRequest>,
         positions: Vec<Vec<(i32, i64)>>,
+        next_offsets: &[Vec<i64>],
     ) {
         let mut touched = vec![false; self.shared.topics.len()];
         for request in &batch {
             touched[request.topic] = true;
         }
-        for (topic, touched) in self.shared.topics.iter().zip(touched) {
+        for ((topic, touched), ends) in self.shared.topics.iter().zip(touched).zip(next_offsets) {
             if touched {
+                publish_ends(topic, ends);
                 topic
                     .changes
                     .send_modify(|counter| *counter = counter.wrapping_add(1));
@@ -753,6 +829,30 @@ impl Writer {
         transaction.commit()?;
         Ok(positions)
     }
+}
+
+/// Stores a topic's partition end offsets where readers look (see `TopicState::ends`).
+fn publish_ends(topic: &TopicState, ends: &[i64]) {
+    for (slot, end) in topic.ends.iter().zip(ends) {
+        slot.store(*end, Ordering::Release);
+    }
+}
+
+/// The statement of [`EmbeddedLog::fetch_partitions`] for a topic of `partitions`
+/// partitions: `?1` the topic, `?2` the limit per partition, `?3…` each partition's first
+/// offset. Each part walks the primary key from its offset.
+fn fetch_partitions_sql(partitions: i32) -> String {
+    (0..partitions)
+        .map(|partition| {
+            format!(
+                "SELECT * FROM (SELECT partition_id, record_offset, record_key, record_value, \
+                 appended_at FROM log_records WHERE topic = ?1 AND partition_id = {partition} \
+                 AND record_offset >= ?{} ORDER BY record_offset LIMIT ?2)",
+                partition + 3
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
 }
 
 /// Answers every request of a failed group commit with its error.
@@ -980,6 +1080,89 @@ mod tests {
             log.fetch(EVENTS_TOPIC, 12, 0, 1).await,
             Err(LogError::UnknownPartition { partition: 12, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn end_offsets_and_fetching_every_partition_at_once() {
+        let (_dir, path) = temp();
+        let log = open(&path).await;
+        let keys: Vec<String> = (0..40).map(|i| format!("session-{i}")).collect();
+        let records: Vec<(String, Vec<u8>)> = (0..200_u8)
+            .map(|i| (keys[usize::from(i) % keys.len()].clone(), vec![i]))
+            .collect();
+        let positions = log.append_batch(OUTBOUND_TOPIC, records).await.unwrap();
+        let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for (partition, offset) in &positions {
+            per_partition.entry(*partition).or_default().push(*offset);
+        }
+        assert!(per_partition.len() > 2, "the keys spread over partitions");
+        for partition in 0..12 {
+            let stored = per_partition.get(&partition).map_or(0, Vec::len) as i64;
+            assert_eq!(log.end_offset(OUTBOUND_TOPIC, partition).unwrap(), stored);
+        }
+        // From the start, at most 3 of each partition, in offset order.
+        let all = log
+            .fetch_partitions(OUTBOUND_TOPIC, &[0; 12], 3)
+            .await
+            .unwrap();
+        for partition in 0..12 {
+            let got: Vec<i64> = all
+                .iter()
+                .filter(|r| r.partition == partition)
+                .map(|r| r.offset)
+                .collect();
+            let stored = per_partition.get(&partition).map_or(0, Vec::len) as i64;
+            assert_eq!(got, (0..stored.min(3)).collect::<Vec<_>>());
+        }
+        // From each partition's own position: only what lies past it.
+        let from: Vec<i64> = (0..12)
+            .map(|p| {
+                log.end_offset(OUTBOUND_TOPIC, p)
+                    .unwrap()
+                    .saturating_sub(1)
+                    .max(0)
+            })
+            .collect();
+        let tail = log
+            .fetch_partitions(OUTBOUND_TOPIC, &from, 100)
+            .await
+            .unwrap();
+        assert_eq!(tail.len(), per_partition.len());
+        for record in &tail {
+            assert_eq!(
+                record.offset + 1,
+                log.end_offset(OUTBOUND_TOPIC, record.partition).unwrap()
+            );
+            let expected = log
+                .fetch(OUTBOUND_TOPIC, record.partition, record.offset, 1)
+                .await
+                .unwrap();
+            assert_eq!(expected, std::slice::from_ref(record));
+        }
+        // The ends move with the next commit, and survive a reopen.
+        let (partition, offset) = log
+            .append(OUTBOUND_TOPIC, "session-0", vec![1])
+            .await
+            .unwrap();
+        assert_eq!(
+            log.end_offset(OUTBOUND_TOPIC, partition).unwrap(),
+            offset + 1
+        );
+        assert!(matches!(
+            log.fetch_partitions(OUTBOUND_TOPIC, &[0; 3], 1).await,
+            Err(LogError::UnknownPartition { .. })
+        ));
+        assert!(matches!(
+            log.end_offset(OUTBOUND_TOPIC, 12),
+            Err(LogError::UnknownPartition { partition: 12, .. })
+        ));
+        log.close().await;
+        drop(log);
+        let reopened = open(&path).await;
+        assert_eq!(
+            reopened.end_offset(OUTBOUND_TOPIC, partition).unwrap(),
+            offset + 1
+        );
     }
 
     #[tokio::test]

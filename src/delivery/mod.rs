@@ -172,7 +172,27 @@ pub async fn run_delivery(
         let can_read = reading && !state.recording && state.lanes.len() < queue_bound;
         tokio::select! {
             event = records_rx.recv(), if can_read => match event {
-                Some(event) => state.on_source_event(event),
+                Some(mut event) => {
+                    // What the reader read while the last batch was being recorded goes into
+                    // one recording: many small batches would each pay a store transaction
+                    // and queue behind one another.
+                    let mut after = None;
+                    if let SourceEvent::Records(records) = &mut event {
+                        while let Ok(next) = records_rx.try_recv() {
+                            match next {
+                                SourceEvent::Records(more) => records.extend(more),
+                                other => {
+                                    after = Some(other);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    state.on_source_event(event);
+                    if let Some(other) = after {
+                        state.on_source_event(other);
+                    }
+                }
                 None => reading = false,
             },
             Some(report) = reports_rx.recv() => {
