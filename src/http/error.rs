@@ -269,13 +269,40 @@ pub fn not_found_as(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     }
 }
 
+/// The success envelope around borrowed data: serialised straight from `data`, with no
+/// intermediate `Value` tree (a bulk send's answer holds a thousand results).
+#[derive(Serialize)]
+struct SuccessEnvelope<'a, T> {
+    success: bool,
+    data: &'a T,
+}
+
+/// `data` inside the success envelope, as the JSON text of a response body.
+pub fn success_body<T: Serialize>(data: &T) -> Result<String, ApiError> {
+    serde_json::to_string(&SuccessEnvelope {
+        success: true,
+        data,
+    })
+    .map_err(|err| ApiError::Unexpected(anyhow::Error::new(err).context("rendering an answer")))
+}
+
+/// A JSON response of `status` with `body` (already the envelope's text).
+pub fn json_response(status: StatusCode, body: String) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// Renders `data` inside the success envelope with `status`.
 pub fn success<T: Serialize>(status: StatusCode, data: &T) -> Response {
-    warp::reply::with_status(
-        warp::reply::json(&json!({ "success": true, "data": data })),
-        status,
-    )
-    .into_response()
+    match success_body(data) {
+        Ok(body) => json_response(status, body),
+        Err(err) => err.into_response(),
+    }
 }
 
 /// Turns a handler's result into a response (the last step of every route).

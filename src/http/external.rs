@@ -10,16 +10,22 @@
 //! body; another body under the same key is `409`.
 
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 
-use super::error::{ApiError, ApiResult, finish, not_found_as, rate_limit_headers, success};
+use super::error::{
+    ApiError, ApiResult, finish, json_response, not_found_as, rate_limit_headers, success,
+    success_body,
+};
 use super::extract::{Credential, Ctx, Principal, authenticated, user_session, with_context};
-use crate::domain::{InvalidInput, MessageDirection, MessageStatus, SessionId, ms_to_rfc3339};
+use crate::domain::{
+    InvalidInput, MessageDirection, MessageStatus, PhoneJid, SessionId, ms_to_rfc3339,
+};
 use crate::quota::{QuotaDecision, QuotaKind};
 use crate::send::{MessageKind, SendRequest, ValidatedSend};
 use crate::store::{IdempotencyClaim, MessageListQuery, MessageRecord, StoreError, User};
@@ -170,42 +176,88 @@ async fn send_single(
             let session_id = resolve_session(&principal, send.session_id.as_ref())?;
             ensure_owned(&context, &principal.user, &session_id).await?;
             let decision = charge_messages(&context, &principal.user, 1).await?;
+            let to = send.to.clone();
+            let kind = send.kind;
             let accepted = context
                 .ingress
-                .accept(
-                    &principal.user.id,
-                    &session_id,
-                    std::slice::from_ref(&send),
-                    None,
-                )
+                .accept(&principal.user.id, &session_id, vec![send], None)
                 .await
                 .map_err(log_unavailable)?;
             let message = accepted
                 .first()
                 .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("append returned no id")))?;
             context.metrics.messages_accepted(1);
-            let data = json!({
-                "messageId": message.message_id,
-                "status": "PENDING",
-                "sessionId": session_id.as_str(),
-                "to": send.to.as_str(),
-                "type": send.kind.protocol_name(),
-                "acceptedAt": ms_to_rfc3339(message.accepted_at),
-            });
-            Ok((StatusCode::ACCEPTED, data, Some(decision)))
+            let body = success_body(&SendAnswer {
+                message_id: &message.message_id,
+                status: MessageStatus::Pending.as_str(),
+                session_id: session_id.as_str(),
+                to: to.as_str(),
+                kind: kind.protocol_name(),
+                accepted_at: ms_to_rfc3339(message.accepted_at),
+            })?;
+            Ok((StatusCode::ACCEPTED, body, Some(decision)))
         },
     )
     .await
 }
 
+/// The answer to a single send.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SendAnswer<'a> {
+    message_id: &'a str,
+    status: &'static str,
+    session_id: &'a str,
+    to: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    accepted_at: String,
+}
+
 /// The body of `POST /api/v1/external/send/bulk`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct BulkRequest {
+struct BulkRequest<'a> {
     /// The session every message is sent from (may be omitted with a session-bound key).
     session_id: Option<String>,
-    /// The messages, each like a single send (its `sessionId`, if given, must match).
-    messages: Vec<Value>,
+    /// The messages, each like a single send (its `sessionId`, if given, must match); kept as
+    /// their JSON text so each is parsed once, straight into a [`SendRequest`], and a bad one
+    /// is rejected alone.
+    #[serde(borrow)]
+    messages: Vec<&'a RawValue>,
+}
+
+/// The answer to a bulk send.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BulkAnswer<'a> {
+    session_id: &'a str,
+    accepted: usize,
+    rejected: usize,
+    results: Vec<BulkItemResult>,
+}
+
+/// What became of one item of a bulk send, at its index in the request.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BulkItemResult {
+    index: usize,
+    /// `PENDING` (accepted) or `REJECTED`.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<PhoneJid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<BulkItemError>,
+}
+
+/// Why an item of a bulk send was rejected.
+#[derive(Serialize)]
+struct BulkItemError {
+    code: &'static str,
+    message: String,
+    field: &'static str,
 }
 
 /// `POST /api/v1/external/send/bulk`: up to 1000 messages of one session, validated one by one;
@@ -232,6 +284,14 @@ async fn send_bulk(
                     format!("must hold 1 to {MAX_BULK_MESSAGES} messages"),
                 )));
             }
+            // A bulk is many requests' worth of work: delivery yields to a stream of them as
+            // it does to many clients' single sends (see `IngressPressure`).
+            let _weight = context.pressure.enter_weighted(
+                request
+                    .messages
+                    .len()
+                    .div_ceil(crate::priority::BULK_MESSAGES_PER_UNIT),
+            );
             let session = request
                 .session_id
                 .as_deref()
@@ -242,12 +302,11 @@ async fn send_bulk(
             ensure_owned(&context, &principal.user, &session_id).await?;
 
             let country_code = &context.config.default_country_code;
-            let mut results: Vec<Value> = Vec::with_capacity(request.messages.len());
+            let mut results = Vec::with_capacity(request.messages.len());
             let mut valid: Vec<ValidatedSend> = Vec::with_capacity(request.messages.len());
-            let mut valid_index = Vec::with_capacity(request.messages.len());
             for (index, item) in request.messages.into_iter().enumerate() {
-                let checked = serde_json::from_value::<SendRequest>(item)
-                    .map_err(|err| InvalidInput::new("messages", err.to_string()))
+                let checked = serde_json::from_str::<SendRequest>(item.get())
+                    .map_err(|err| InvalidInput::new("messages", item_error(&err)))
                     .and_then(|request| request.validate(None, country_code))
                     .and_then(|send| match &send.session_id {
                         Some(other) if other != &session_id => Err(InvalidInput::new(
@@ -256,26 +315,33 @@ async fn send_bulk(
                         )),
                         _ => Ok(send),
                     });
-                match checked {
+                results.push(match checked {
                     Ok(send) => {
-                        valid_index.push(results.len());
-                        results.push(
-                            json!({ "index": index, "status": "PENDING", "to": send.to.as_str() }),
-                        );
+                        let to = send.to.clone();
                         valid.push(send);
+                        BulkItemResult {
+                            index,
+                            status: MessageStatus::Pending.as_str(),
+                            to: Some(to),
+                            message_id: None,
+                            error: None,
+                        }
                     }
-                    Err(invalid) => results.push(json!({
-                        "index": index,
-                        "status": "REJECTED",
-                        "error": {
-                            "code": "VALIDATION_ERROR",
-                            "message": invalid.to_string(),
-                            "field": invalid.field,
-                        },
-                    })),
-                }
+                    Err(invalid) => BulkItemResult {
+                        index,
+                        status: "REJECTED",
+                        to: None,
+                        message_id: None,
+                        error: Some(BulkItemError {
+                            code: "VALIDATION_ERROR",
+                            message: invalid.to_string(),
+                            field: invalid.field,
+                        }),
+                    },
+                });
             }
-            let rejected = results.len() - valid.len();
+            let accepted_count = valid.len();
+            let rejected = results.len() - accepted_count;
             if valid.is_empty() {
                 return Err(ApiError::BadRequest {
                     code: "VALIDATION_ERROR",
@@ -283,32 +349,45 @@ async fn send_bulk(
                     details: Some(json!({ "results": results })),
                 });
             }
-            let decision = charge_messages(&context, &principal.user, valid.len() as u64).await?;
+            let decision =
+                charge_messages(&context, &principal.user, accepted_count as u64).await?;
             let accepted = context
                 .ingress
-                .accept(&principal.user.id, &session_id, &valid, None)
+                .accept(&principal.user.id, &session_id, valid, None)
                 .await
                 .map_err(log_unavailable)?;
-            for (slot, message) in valid_index.iter().zip(&accepted) {
-                if let Some(Value::Object(result)) = results.get_mut(*slot) {
-                    result.insert("messageId".into(), json!(message.message_id));
-                }
+            let mut ids = accepted.into_iter();
+            for result in results.iter_mut().filter(|result| result.error.is_none()) {
+                result.message_id = ids.next().map(|message| message.message_id);
             }
-            context.metrics.messages_accepted(accepted.len() as u64);
-            let data = json!({
-                "sessionId": session_id.as_str(),
-                "accepted": accepted.len(),
-                "rejected": rejected,
-                "results": results,
-            });
-            Ok((StatusCode::ACCEPTED, data, Some(decision)))
+            context.metrics.messages_accepted(accepted_count as u64);
+            let body = success_body(&BulkAnswer {
+                session_id: session_id.as_str(),
+                accepted: accepted_count,
+                rejected,
+                results,
+            })?;
+            Ok((StatusCode::ACCEPTED, body, Some(decision)))
         },
     )
     .await
 }
 
+/// A bulk item's parse error without serde's position, which would point into the item's own
+/// text rather than the request body.
+fn item_error(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    let position = format!(" at line {} column {}", err.line(), err.column());
+    match text.strip_suffix(&position) {
+        Some(message) if err.line() > 0 => message.to_owned(),
+        _ => text,
+    }
+}
+
 /// What a send handler produces before idempotency bookkeeping and rendering.
-type SendOutcome = Result<(StatusCode, Value, Option<QuotaDecision>), ApiError>;
+/// The answer's body is the success envelope's text, so an idempotent key stores exactly what
+/// was sent.
+type SendOutcome = Result<(StatusCode, String, Option<QuotaDecision>), ApiError>;
 
 /// Runs `handle` under the request's `Idempotency-Key`, if it has one: a replay of an answered
 /// key returns the stored answer, a different body under a used key is `409`, a key whose first
@@ -390,15 +469,14 @@ where
     }
     let outcome = handle().await;
     match &outcome {
-        Ok((status, data, _)) => {
-            let stored = json!({ "success": true, "data": data }).to_string();
+        Ok((status, body, _)) => {
             if let Err(err) = context
                 .store
                 .complete_idempotency_key(
                     user_id,
                     &key,
                     status.as_u16(),
-                    &stored,
+                    body,
                     IDEMPOTENCY_RETENTION_MS,
                 )
                 .await
@@ -428,8 +506,8 @@ fn key_reused() -> Response {
 /// Renders a send outcome with its rate-limit headers.
 fn render(outcome: SendOutcome) -> Response {
     match outcome {
-        Ok((status, data, decision)) => {
-            let mut response = success(status, &data);
+        Ok((status, body, decision)) => {
+            let mut response = json_response(status, body);
             if let Some(decision) = decision {
                 rate_limit_headers(&mut response, &decision);
             }

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use warp::{Filter, Rejection};
 
@@ -40,9 +41,9 @@ pub fn json_body<T: DeserializeOwned + Send + 'static>()
 }
 
 /// [`json_body`]'s parsing, for handlers that also need the raw bytes (idempotency).
-pub fn parse_json_body<T: DeserializeOwned>(
+pub fn parse_json_body<'body, T: Deserialize<'body>>(
     content_type: Option<&str>,
-    body: &[u8],
+    body: &'body [u8],
 ) -> Result<T, ApiError> {
     if let Some(content_type) = content_type {
         let essence = content_type

@@ -92,12 +92,13 @@ impl Ingress {
     }
 
     /// Appends `sends` (already validated, of one user and one session) as one batch and
-    /// returns their ids in input order, once the log holds them durably.
+    /// returns their ids in input order, once the log holds them durably. The sends are taken
+    /// by value: their worker bodies move into the envelopes.
     pub async fn accept(
         &self,
         user_id: &str,
         session_id: &SessionId,
-        sends: &[ValidatedSend],
+        sends: Vec<ValidatedSend>,
         idempotency_key: Option<&str>,
     ) -> Result<Vec<AcceptedMessage>, AppendError> {
         let accepted_at = now_ms();
@@ -110,7 +111,7 @@ impl Ingress {
                 user_id,
                 session_id.as_str(),
                 send.kind.protocol_name(),
-                send.worker_body.clone(),
+                send.worker_body,
                 accepted_at,
             );
             if let Some(key) = idempotency_key {
