@@ -110,6 +110,24 @@ pub struct LogRecord {
     pub appended_at_ms: i64,
 }
 
+/// A `log_records` row as the fetches select it: offset, key, value, appended at.
+type StoredRecord = (i64, String, Vec<u8>, i64);
+
+impl LogRecord {
+    /// The record of `topic`'s `partition` stored as `row`.
+    fn from_row(topic: &str, partition: i32, row: StoredRecord) -> Self {
+        let (offset, key, value, appended_at_ms) = row;
+        Self {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            key,
+            value,
+            appended_at_ms,
+        }
+    }
+}
+
 /// A topic of the open log.
 #[derive(Debug)]
 struct TopicState {
@@ -352,7 +370,7 @@ impl EmbeddedLog {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
+        let rows: Vec<StoredRecord> = sqlx::query_as(
             "SELECT record_offset, record_key, record_value, appended_at FROM log_records \
              WHERE topic = ?1 AND partition_id = ?2 AND record_offset >= ?3 \
              ORDER BY record_offset LIMIT ?4",
@@ -365,14 +383,7 @@ impl EmbeddedLog {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(offset, key, value, appended_at_ms)| LogRecord {
-                topic: state.name.clone(),
-                partition,
-                offset,
-                key,
-                value,
-                appended_at_ms,
-            })
+            .map(|row| LogRecord::from_row(&state.name, partition, row))
             .collect())
     }
 
@@ -410,16 +421,9 @@ impl EmbeddedLog {
         rows.sort_unstable_by_key(|row| (row.0, row.1));
         Ok(rows
             .into_iter()
-            .map(
-                |(partition, offset, key, value, appended_at_ms)| LogRecord {
-                    topic: state.name.clone(),
-                    partition,
-                    offset,
-                    key,
-                    value,
-                    appended_at_ms,
-                },
-            )
+            .map(|(partition, offset, key, value, appended_at)| {
+                LogRecord::from_row(&state.name, partition, (offset, key, value, appended_at))
+            })
             .collect())
     }
 
