@@ -444,11 +444,11 @@ where
             if first != request_hash {
                 return key_reused();
             }
-            let mut response = Response::new(body.into());
-            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            let headers = response.headers_mut();
-            headers.insert("content-type", HeaderValue::from_static("application/json"));
-            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+            let mut response =
+                json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body);
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
             return response;
         }
         Ok(IdempotencyClaim::InProgress {
