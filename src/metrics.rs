@@ -23,6 +23,48 @@ pub struct Metrics {
     pub delivery_latency_seconds: Histogram,
     /// Worker events applied to the store.
     pub events_applied_total: IntCounter,
+    /// Where a message's delivery time goes, by stage (see [`DeliveryStage`]).
+    pub delivery_stage_seconds: HistogramVec,
+    /// The children of `delivery_stage_seconds`, resolved once (indexed by [`DeliveryStage`]).
+    delivery_stages: [Histogram; DeliveryStage::ALL.len()],
+}
+
+/// The stages of a message's way from acceptance to its worker, timed by
+/// `wa_gateway_delivery_stage_seconds{stage}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStage {
+    /// From acceptance (before the durable append) until the delivery consumer read it.
+    Read,
+    /// Recording a read batch in `messages` (PENDING), before any of it may be dispatched.
+    Record,
+    /// On its session's lane, from recorded until its first attempt started.
+    Queue,
+    /// Finding the session's row and route (a cache hit is near zero).
+    Route,
+    /// The worker call, from sending it until the worker's answer was read.
+    Worker,
+}
+
+impl DeliveryStage {
+    /// Every stage, in a message's order.
+    pub const ALL: [DeliveryStage; 5] = [
+        Self::Read,
+        Self::Record,
+        Self::Queue,
+        Self::Route,
+        Self::Worker,
+    ];
+
+    /// The `stage` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Record => "record",
+            Self::Queue => "queue",
+            Self::Route => "route",
+            Self::Worker => "worker",
+        }
+    }
 }
 
 impl Metrics {
@@ -67,12 +109,26 @@ impl Metrics {
         )?;
         let events_applied_total =
             IntCounter::new("events_applied_total", "Worker events applied to the store")?;
+        let delivery_stage_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "delivery_stage_seconds",
+                "Time a message spends in each stage of delivery (read, record, queue, route, worker)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
+                5.0, 30.0,
+            ]),
+            &["stage"],
+        )?;
         registry.register(Box::new(http_requests_total.clone()))?;
         registry.register(Box::new(http_request_duration_seconds.clone()))?;
         registry.register(Box::new(messages_accepted_total.clone()))?;
         registry.register(Box::new(delivery_outcomes_total.clone()))?;
         registry.register(Box::new(delivery_latency_seconds.clone()))?;
         registry.register(Box::new(events_applied_total.clone()))?;
+        registry.register(Box::new(delivery_stage_seconds.clone()))?;
+        let delivery_stages = DeliveryStage::ALL
+            .map(|stage| delivery_stage_seconds.with_label_values(&[stage.label()]));
         Ok(Self {
             registry,
             http_requests_total,
@@ -81,6 +137,8 @@ impl Metrics {
             delivery_outcomes_total,
             delivery_latency_seconds,
             events_applied_total,
+            delivery_stage_seconds,
+            delivery_stages,
         })
     }
 
@@ -94,6 +152,11 @@ impl Metrics {
         self.delivery_outcomes_total
             .with_label_values(&[outcome])
             .inc();
+    }
+
+    /// Times one stage of one message's delivery.
+    pub fn delivery_stage(&self, stage: DeliveryStage, took: std::time::Duration) {
+        self.delivery_stages[stage as usize].observe(took.as_secs_f64());
     }
 
     /// The text exposition format for `GET /metrics`.

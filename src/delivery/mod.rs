@@ -27,6 +27,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::app::AppContext;
 use crate::domain::{MessageStatus, now_ms};
+use crate::metrics::DeliveryStage;
 use crate::store::{MessageStatusChange, NewOutboundMessage, Store};
 use outcome::{Attempt, Verdict};
 use sessions::SessionDirectory;
@@ -71,6 +72,8 @@ struct Queued {
     partition: i32,
     offset: i64,
     envelope: Arc<OutboundEnvelope>,
+    /// When it was put on its lane (for the `queue` stage's timing).
+    queued_at: Instant,
 }
 
 /// What a dispatch task reports back.
@@ -352,6 +355,8 @@ impl DeliveryState {
     /// (the loop keeps dispatching meanwhile); [`Self::on_recorded`] queues them.
     fn on_records(&mut self, records: Vec<SourceRecord>) {
         let mut decoded = Vec::with_capacity(records.len());
+        let read_at = Instant::now();
+        let read_at_ms = now_ms();
         for record in records {
             let topic: Arc<str> = Arc::from(record.topic.as_str());
             if let Err(err) = self
@@ -362,12 +367,19 @@ impl DeliveryState {
                 continue;
             }
             match OutboundEnvelope::decode(&record.value) {
-                Ok(envelope) => decoded.push(Queued {
-                    topic,
-                    partition: record.partition,
-                    offset: record.offset,
-                    envelope: Arc::new(envelope),
-                }),
+                Ok(envelope) => {
+                    self.context.metrics.delivery_stage(
+                        DeliveryStage::Read,
+                        Duration::from_millis((read_at_ms - envelope.accepted_at_ms).max(0) as u64),
+                    );
+                    decoded.push(Queued {
+                        topic,
+                        partition: record.partition,
+                        offset: record.offset,
+                        envelope: Arc::new(envelope),
+                        queued_at: read_at,
+                    })
+                }
                 Err(err) => {
                     // Not ours to interpret: park it on the DLQ as it was.
                     tracing::error!(error = %err, partition = record.partition, offset = record.offset,
@@ -393,6 +405,7 @@ impl DeliveryState {
         self.recording = true;
         let store = self.store.clone();
         let reports = self.reports.clone();
+        let metrics = self.context.metrics.clone();
         tokio::spawn(async move {
             let settled = loop {
                 match record(&store, &rows).await {
@@ -408,6 +421,10 @@ impl DeliveryState {
                     }
                 }
             };
+            let took = read_at.elapsed();
+            for _ in &decoded {
+                metrics.delivery_stage(DeliveryStage::Record, took);
+            }
             let _ = reports.send(Report::Recorded { decoded, settled });
         });
     }
@@ -416,7 +433,8 @@ impl DeliveryState {
     /// outcome (redelivery after a restart) and partitions revoked meanwhile.
     fn on_recorded(&mut self, decoded: Vec<Queued>, settled: HashSet<String>) {
         self.recording = false;
-        for queued in decoded {
+        let now = Instant::now();
+        for mut queued in decoded {
             if self
                 .offsets
                 .partition(&queued.topic, queued.partition)
@@ -436,6 +454,7 @@ impl DeliveryState {
                 .entry((queued.topic.clone(), queued.partition))
                 .or_default()
                 .insert(session.clone());
+            queued.queued_at = now;
             self.lanes.push(&session, queued);
         }
     }
@@ -471,6 +490,11 @@ impl DeliveryState {
             }
             let ticket = head.ticket;
             let queued = head.item.clone();
+            if ticket.failed_attempts() == 0 {
+                self.context
+                    .metrics
+                    .delivery_stage(DeliveryStage::Queue, now.duration_since(queued.queued_at));
+            }
             let not_before = self.next_send_at.get(&queued.envelope.session_id).copied();
             let attempt = Attempt {
                 context: self.context.clone(),

@@ -17,6 +17,7 @@ use super::sessions::{SessionDirectory, SessionEntry};
 use crate::app::AppContext;
 use crate::domain::{SessionStatus, now_ms};
 use crate::fleet::client::WorkerCallError;
+use crate::metrics::DeliveryStage;
 
 /// What became of an attempt.
 #[derive(Debug, Clone)]
@@ -94,7 +95,11 @@ impl Attempt {
 
     async fn try_once(&self) -> Verdict {
         let session_id = &self.envelope.session_id;
-        let entry = match self.directory.lookup(session_id).await {
+        let looking_up = Instant::now();
+        let entry = self.directory.lookup(session_id).await;
+        let metrics = &self.context.metrics;
+        metrics.delivery_stage(DeliveryStage::Route, looking_up.elapsed());
+        let entry = match entry {
             Ok(Some(entry)) => entry,
             Ok(None) => return session_gone(),
             Err(err) => return self.retry(format!("store unavailable: {err}")),
@@ -105,6 +110,7 @@ impl Attempt {
         let Some(route) = entry.route.clone() else {
             return self.retry("the session has no worker (being placed or migrated)");
         };
+        let calling = Instant::now();
         let answer = self
             .context
             .fleet
@@ -116,6 +122,7 @@ impl Attempt {
                 &self.envelope.payload,
             )
             .await;
+        metrics.delivery_stage(DeliveryStage::Worker, calling.elapsed());
         match answer {
             Ok(body) => Verdict::Sent {
                 whatsapp_id: body

@@ -14,6 +14,7 @@
 //! - `delivery`: polling the workers' `GET /sim/messages?after=<n>` until everything arrived.
 //! - `report`: lost/dup/out-of-order, percentiles, rates and the `RESULT` line (pure).
 //! - `progress`: live counters and the once-a-second progress line.
+//! - `stages`: the gateway's delivery-stage histogram, read from `/metrics` after the run.
 
 mod delivery;
 mod drive;
@@ -21,6 +22,7 @@ mod processes;
 mod progress;
 mod report;
 mod setup;
+mod stages;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -74,6 +76,12 @@ It ends with one line on stdout:
                    later in the array); sends in flight together may arrive in either order
   ceiling_per_s    health requests per second at the same concurrency
   ratio            accepted_per_s / ceiling_per_s (in bulk mode: messages/s over requests/s)
+
+Before it, on stderr, the gateway's own account of where delivery time went, from its
+wa_gateway_delivery_stage_seconds histogram (GET /metrics): per stage (read: acceptance to the
+delivery consumer's read; record: the PENDING rows written; queue: on the session's lane;
+route: session and worker lookup; worker: the worker call) p50 and p99 as histogram bucket
+bounds.
 
 Exit status: non-zero when lost, dup or out_of_order is not 0, or a message was refused.
 On failure the temporary directory with the children's logs is kept and its path printed.
@@ -478,6 +486,11 @@ async fn measure(
             options.delivery_timeout
         );
     }
+    match stage_summary(client, &target.base_url).await {
+        Ok(line) if !line.is_empty() => eprintln!("loadgen: gateway delivery stages: {line}"),
+        Ok(_) => {}
+        Err(err) => eprintln!("loadgen: could not read the gateway's delivery stages: {err:#}"),
+    }
     let arrivals = poller.arrivals(&index);
     let summary = report::summarize(&Observations {
         requests: &sent.timings,
@@ -500,6 +513,18 @@ async fn measure(
         summary,
         refused: sent.refused_messages() + repeated_ids,
     })
+}
+
+/// The gateway's `delivery_stage_seconds` histogram, summarised (see [`stages`]).
+async fn stage_summary(client: &reqwest::Client, base_url: &str) -> anyhow::Result<String> {
+    let exposition = client
+        .get(format!("{base_url}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(stages::summary_line(&stages::parse(&exposition)))
 }
 
 /// Prints the `RESULT` line; fails when the run was not clean.

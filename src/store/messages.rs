@@ -138,6 +138,32 @@ fn push_value_rows(sql: &mut String, rows: usize, columns: usize, direction: &st
     }
 }
 
+/// One multi-row insert of outbound messages (PENDING), returning the ids it inserted.
+fn record_query(
+    chunk: &[NewOutboundMessage],
+) -> sqlx::query::QueryScalar<'_, sqlx::Any, String, sqlx::any::AnyArguments> {
+    let mut sql = String::with_capacity(256 + chunk.len() * 64);
+    sql.push_str(
+        "INSERT INTO messages (id, user_id, session_id, direction, message_type, remote_jid, content, \
+         status, idempotency_key, attempts, created_at, updated_at) VALUES ",
+    );
+    push_value_rows(&mut sql, chunk.len(), 8, "'OUTBOUND'");
+    sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
+    let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+    for message in chunk {
+        query = query
+            .bind(&message.id)
+            .bind(&message.user_id)
+            .bind(&message.session_id)
+            .bind(message.message_type)
+            .bind(&message.remote_jid)
+            .bind(&message.content)
+            .bind(message.idempotency_key.as_deref())
+            .bind(message.accepted_at);
+    }
+    query
+}
+
 /// A stored message.
 #[derive(Debug, Clone)]
 pub struct MessageRecord {
@@ -219,8 +245,10 @@ pub struct MessageEvent {
 }
 
 impl Store {
-    /// Records accepted outbound messages (PENDING) in one transaction with multi-row inserts.
-    /// The PENDING step of the timeline is the row's `created_at` (see
+    /// Records accepted outbound messages (PENDING) with multi-row inserts: one statement, or
+    /// one transaction when they need several. Every message waits for this on its way to the
+    /// worker, so on SQLite it goes ahead of the status writes queued for the file. The
+    /// PENDING step of the timeline is the row's `created_at` (see
     /// [`message_timeline`](Self::message_timeline)), not a row of its own. Idempotent: a message already recorded is left as it
     /// is, because the delivery consumer records what it reads from the log and a redelivered
     /// record must not reset a message that moved on. Returns how many were new.
@@ -231,30 +259,17 @@ impl Store {
         if messages.is_empty() {
             return Ok(0);
         }
+        let _turn = self.urgent_write_turn().await;
+        if messages.len() <= RECORD_CHUNK {
+            // One statement is atomic on its own: no BEGIN and COMMIT round trips, which under
+            // load cost more than the insert.
+            let recorded = record_query(messages).fetch_all(self.pool()).await?;
+            return Ok(recorded.len() as u64);
+        }
         let mut recorded = 0;
-        let _turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
         for chunk in messages.chunks(RECORD_CHUNK) {
-            let mut sql = String::with_capacity(256 + chunk.len() * 64);
-            sql.push_str(
-                "INSERT INTO messages (id, user_id, session_id, direction, message_type, remote_jid, content, \
-                 status, idempotency_key, attempts, created_at, updated_at) VALUES ",
-            );
-            push_value_rows(&mut sql, chunk.len(), 8, "'OUTBOUND'");
-            sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
-            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-            for message in chunk {
-                query = query
-                    .bind(&message.id)
-                    .bind(&message.user_id)
-                    .bind(&message.session_id)
-                    .bind(message.message_type)
-                    .bind(&message.remote_jid)
-                    .bind(&message.content)
-                    .bind(message.idempotency_key.as_deref())
-                    .bind(message.accepted_at);
-            }
-            recorded += query.fetch_all(&mut *tx).await?.len() as u64;
+            recorded += record_query(chunk).fetch_all(&mut *tx).await?.len() as u64;
         }
         tx.commit().await?;
         Ok(recorded)

@@ -15,6 +15,7 @@ mod sessions;
 mod usage;
 mod users;
 mod workers;
+mod write_gate;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -106,8 +107,9 @@ pub struct Store {
     backend: Backend,
     /// SQLite allows one writer at a time and makes the others wait in its busy handler, which
     /// sleeps in growing steps (1, 2, 5, 10… ms): a latency cliff for the pipeline's hot write
-    /// paths. They queue on this lock instead (uncontended on PostgreSQL, where it is unused).
-    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// paths. They queue here instead, recordings of read messages first (unused on
+    /// PostgreSQL, which has row locks).
+    write_gate: std::sync::Arc<write_gate::WriteGate>,
 }
 
 impl Store {
@@ -193,16 +195,25 @@ impl Store {
         self.backend
     }
 
-    /// The connection pool, for repository modules and tests.
     /// Held around a hot-path write transaction on SQLite (see `write_gate`); `None` on
     /// PostgreSQL, which has row locks and needs no queue.
-    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    pub(crate) async fn write_turn(&self) -> Option<write_gate::WriteTurn> {
         match self.backend {
-            Backend::Sqlite => Some(self.write_gate.clone().lock_owned().await),
+            Backend::Sqlite => Some(self.write_gate.normal().await),
             Backend::Postgres => None,
         }
     }
 
+    /// [`write_turn`](Self::write_turn) ahead of the waiting normal writers: for the writes
+    /// every message waits for on its way to the worker.
+    pub(crate) async fn urgent_write_turn(&self) -> Option<write_gate::WriteTurn> {
+        match self.backend {
+            Backend::Sqlite => Some(self.write_gate.urgent().await),
+            Backend::Postgres => None,
+        }
+    }
+
+    /// The connection pool, for repository modules and tests.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

@@ -285,26 +285,58 @@ mod messages {
     use crate::backend_tests;
     use crate::common::{Backend, TestStore};
 
-    backend_tests!(outbound_messages_advance_and_keep_a_timeline);
+    backend_tests!(
+        outbound_messages_advance_and_keep_a_timeline,
+        a_batch_of_several_statements_records_only_new_messages
+    );
+
+    fn outbound(user_id: &str, i: i64) -> NewOutboundMessage {
+        NewOutboundMessage {
+            id: format!("m-{i}"),
+            user_id: user_id.to_owned(),
+            session_id: "sales-1".into(),
+            message_type: "TEXT",
+            remote_jid: "6281234567890@s.whatsapp.net".into(),
+            content: r#"{"to":"6281234567890@s.whatsapp.net","type":"text","message":"hi"}"#.into(),
+            idempotency_key: None,
+            accepted_at: 1_700_000_000_000 + i,
+        }
+    }
+
+    /// A small batch is one statement, a large one a transaction of several: both are
+    /// idempotent and count only what they added.
+    async fn a_batch_of_several_statements_records_only_new_messages(backend: Backend) {
+        let test = TestStore::new(backend).await;
+        let store = &test.store;
+        let ann = super::new_user(store, "ann@example.com").await;
+        let messages: Vec<NewOutboundMessage> = (0..150).map(|i| outbound(&ann.id, i)).collect();
+        assert_eq!(
+            store
+                .insert_outbound_messages(&messages[40..60])
+                .await
+                .unwrap(),
+            20
+        );
+        assert_eq!(
+            store.insert_outbound_messages(&messages).await.unwrap(),
+            130
+        );
+        assert_eq!(store.insert_outbound_messages(&messages).await.unwrap(), 0);
+        for i in [0, 64, 149] {
+            let stored = store
+                .message_for_user(&ann.id, &format!("m-{i}"))
+                .await
+                .unwrap();
+            assert_eq!(stored.status, MessageStatus::Pending);
+        }
+    }
 
     async fn outbound_messages_advance_and_keep_a_timeline(backend: Backend) {
         let test = TestStore::new(backend).await;
         let store = &test.store;
         let ann = super::new_user(store, "ann@example.com").await;
         let bob = super::new_user(store, "bob@example.com").await;
-        let messages: Vec<NewOutboundMessage> = (0..3)
-            .map(|i| NewOutboundMessage {
-                id: format!("m-{i}"),
-                user_id: ann.id.clone(),
-                session_id: "sales-1".into(),
-                message_type: "TEXT",
-                remote_jid: "6281234567890@s.whatsapp.net".into(),
-                content: r#"{"to":"6281234567890@s.whatsapp.net","type":"text","message":"hi"}"#
-                    .into(),
-                idempotency_key: None,
-                accepted_at: 1_700_000_000_000 + i,
-            })
-            .collect();
+        let messages: Vec<NewOutboundMessage> = (0..3).map(|i| outbound(&ann.id, i)).collect();
         assert_eq!(store.insert_outbound_messages(&messages).await.unwrap(), 3);
         // Recording again (a redelivered log record) changes nothing.
         assert_eq!(

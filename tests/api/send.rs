@@ -367,6 +367,35 @@ async fn sends_reach_their_worker_once_and_in_order(backend: Backend) {
     }
     let workers: Vec<&SimWorker> = setup.workers.iter().collect();
     assert_delivered_in_order(&workers, &expected, Duration::from_secs(30)).await;
+    // Every message's way was timed, stage by stage (attempts may retry, so route and worker
+    // count at least once per message).
+    let total: usize = expected.values().map(Vec::len).sum();
+    wait_for(Duration::from_secs(10), "every stage timed", || async {
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let count = |stage: &str| {
+            let prefix = format!("wa_gateway_delivery_stage_seconds_count{{stage=\"{stage}\"}} ");
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(prefix.as_str()))
+                .and_then(|value| value.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        ["read", "record", "queue"]
+            .iter()
+            .all(|stage| count(stage) == total)
+            && ["route", "worker"]
+                .iter()
+                .all(|stage| count(stage) >= total)
+    })
+    .await;
     // The worker got exactly the protocol body.
     let sample = setup
         .workers
