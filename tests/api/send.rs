@@ -244,6 +244,18 @@ where
     }
 }
 
+/// The gateway's `GET /metrics` text.
+async fn metrics_text(app: &TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn send(app: &TestApp, key: &str, path: &str, body: Value) -> Answer {
     app.send(
         app.client
@@ -371,15 +383,7 @@ async fn sends_reach_their_worker_once_and_in_order(backend: Backend) {
     // count at least once per message).
     let total: usize = expected.values().map(Vec::len).sum();
     wait_for(Duration::from_secs(10), "every stage timed", || async {
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics_text(app).await;
         let count = |stage: &str| {
             let prefix = format!("wa_gateway_delivery_stage_seconds_count{{stage=\"{stage}\"}} ");
             metrics
@@ -893,15 +897,7 @@ async fn undeliverable_messages_fail_after_the_bound(backend: Backend) {
         .await;
     let error = message.data()["errorMessage"].as_str().unwrap().to_owned();
     assert!(error.contains("not delivered within"), "{error}");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(app).await;
     assert!(
         metrics.contains("wa_gateway_delivery_outcomes_total{outcome=\"dead_lettered\"} 1"),
         "{metrics}"
