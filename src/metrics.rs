@@ -23,14 +23,14 @@ pub struct Metrics {
     pub delivery_latency_seconds: Histogram,
     /// Worker events applied to the store.
     pub events_applied_total: IntCounter,
-    /// Where a message's delivery time goes, by stage (see [`DeliveryStage`]).
-    pub delivery_stage_seconds: HistogramVec,
-    /// The children of `delivery_stage_seconds`, resolved once (indexed by [`DeliveryStage`]).
+    /// `delivery_stage_seconds{stage}`: where a message's delivery time goes, one child per
+    /// [`DeliveryStage`], resolved once (indexed by the stage).
     delivery_stages: [Histogram; DeliveryStage::ALL.len()],
 }
 
 /// The stages of a message's way from acceptance to its worker, timed by
-/// `wa_gateway_delivery_stage_seconds{stage}`.
+/// `wa_gateway_delivery_stage_seconds{stage}`. Declared in [`Self::ALL`]'s order: a stage's
+/// discriminant indexes its histogram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryStage {
     /// From acceptance (before the durable append) until the delivery consumer read it.
@@ -137,7 +137,6 @@ impl Metrics {
             delivery_outcomes_total,
             delivery_latency_seconds,
             events_applied_total,
-            delivery_stage_seconds,
             delivery_stages,
         })
     }

@@ -128,6 +128,12 @@ impl OutboundEnvelope {
         }
     }
 
+    /// How long ago it was accepted, at `now_ms` (zero if the clock went back).
+    #[must_use]
+    pub fn age_at(&self, now_ms: i64) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::try_from(now_ms - self.accepted_at_ms).unwrap_or(0))
+    }
+
     /// The same envelope carrying the client's idempotency key.
     #[must_use]
     pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
@@ -313,6 +319,19 @@ mod tests {
             json!({"to": "4915112345678", "text": "héllo"}),
             1_700_000_000_123,
         )
+    }
+
+    #[test]
+    fn age_counts_from_acceptance_and_never_goes_negative() {
+        let envelope = outbound();
+        assert_eq!(
+            envelope.age_at(1_700_000_000_123 + 250),
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            envelope.age_at(1_600_000_000_000),
+            std::time::Duration::ZERO
+        );
     }
 
     #[test]

@@ -368,10 +368,9 @@ impl DeliveryState {
             }
             match OutboundEnvelope::decode(&record.value) {
                 Ok(envelope) => {
-                    self.context.metrics.delivery_stage(
-                        DeliveryStage::Read,
-                        Duration::from_millis((read_at_ms - envelope.accepted_at_ms).max(0) as u64),
-                    );
+                    self.context
+                        .metrics
+                        .delivery_stage(DeliveryStage::Read, envelope.age_at(read_at_ms));
                     decoded.push(Queued {
                         topic,
                         partition: record.partition,
@@ -575,7 +574,7 @@ impl DeliveryState {
                 self.context
                     .metrics
                     .delivery_latency_seconds
-                    .observe((now_ms() - envelope.accepted_at_ms).max(0) as f64 / 1000.0);
+                    .observe(envelope.age_at(now_ms()).as_secs_f64());
                 if pace > Duration::ZERO {
                     self.next_send_at.insert(session_id, now + pace);
                 } else {

@@ -68,7 +68,7 @@ impl Attempt {
     /// Turns a retry into a failure once the message waited or tried long enough.
     fn bounded(&self, delay: Duration, reason: String) -> Verdict {
         let config = &self.context.config;
-        let waited = Duration::from_millis((now_ms() - self.envelope.accepted_at_ms).max(0) as u64);
+        let waited = self.envelope.age_at(now_ms());
         let attempts = self.failed_attempts.saturating_add(1);
         if waited + delay > config.delivery_max_wait {
             Verdict::Failed {
