@@ -347,6 +347,7 @@ async fn run_housekeeping(context: Arc<AppContext>, mut stop: watch::Receiver<bo
 /// Liveness checks every monitor interval, `/health` probes and metrics retention on their own
 /// periods. Every step is safe to run in several processes at once.
 async fn run_fleet_monitor(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
+    fleet.start_hearing();
     let settings = fleet.settings();
     let mut liveness = tokio::time::interval(settings.monitor_interval);
     let mut probes = tokio::time::interval(settings.probe_interval);

@@ -17,8 +17,13 @@ pub struct Metrics {
     pub http_request_duration_seconds: HistogramVec,
     /// Messages accepted into the outbound log.
     pub messages_accepted_total: IntCounter,
-    /// Delivery outcomes by kind (`sent`, `failed`, `retried`, `dead_lettered`, `skipped`).
+    /// Delivery outcomes by kind (`sent`, `failed`, `retried`, `dead_lettered`, `skipped`,
+    /// `duplicate`).
     pub delivery_outcomes_total: IntCounterVec,
+    /// Messages that go to their worker again after a restart or rebalance: read again
+    /// with no outcome, at the head of their session, so the one call that may have reached
+    /// the worker before its answer was made durable.
+    pub delivery_redelivered_total: IntCounter,
     /// Time from acceptance to the worker's answer, for messages sent.
     pub delivery_latency_seconds: Histogram,
     /// Worker events applied to the store.
@@ -94,7 +99,7 @@ impl Metrics {
         let delivery_outcomes_total = IntCounterVec::new(
             Opts::new(
                 "delivery_outcomes_total",
-                "Delivery attempts by outcome (sent, failed, retried, dead_lettered, skipped)",
+                "Delivery attempts by outcome (sent, failed, retried, dead_lettered, skipped: had an outcome already, duplicate: a second append of a message queued here)",
             ),
             &["outcome"],
         )?;
@@ -106,6 +111,10 @@ impl Metrics {
             .buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
             ]),
+        )?;
+        let delivery_redelivered_total = IntCounter::new(
+            "delivery_redelivered_total",
+            "Messages handed to a worker again after a restart or rebalance: read again without an outcome at the head of their session, so possibly sent once before",
         )?;
         let events_applied_total =
             IntCounter::new("events_applied_total", "Worker events applied to the store")?;
@@ -124,6 +133,7 @@ impl Metrics {
         registry.register(Box::new(http_request_duration_seconds.clone()))?;
         registry.register(Box::new(messages_accepted_total.clone()))?;
         registry.register(Box::new(delivery_outcomes_total.clone()))?;
+        registry.register(Box::new(delivery_redelivered_total.clone()))?;
         registry.register(Box::new(delivery_latency_seconds.clone()))?;
         registry.register(Box::new(events_applied_total.clone()))?;
         registry.register(Box::new(delivery_stage_seconds.clone()))?;
@@ -135,6 +145,7 @@ impl Metrics {
             http_request_duration_seconds,
             messages_accepted_total,
             delivery_outcomes_total,
+            delivery_redelivered_total,
             delivery_latency_seconds,
             events_applied_total,
             delivery_stages,

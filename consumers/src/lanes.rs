@@ -360,6 +360,18 @@ impl<M> SessionLanes<M> {
         true
     }
 
+    /// The in-flight head `ticket` stands for, while it is still handed out: a caller that
+    /// learned its outcome but must make that durable before the lane moves on reads it here
+    /// and calls [`finish`](Self::finish) later (the lane stays blocked meanwhile).
+    pub fn in_flight_head(&self, ticket: &DispatchTicket) -> Option<&M> {
+        self.lanes
+            .get(&ticket.lane_key)
+            .filter(|lane| lane.state == LaneState::InFlight)
+            .and_then(|lane| lane.items.front())
+            .filter(|head| head.item_sequence == ticket.item_sequence)
+            .map(|head| &head.item)
+    }
+
     /// Whether the head of `lane_key` is currently handed out.
     pub fn is_in_flight(&self, lane_key: &str) -> bool {
         self.lanes

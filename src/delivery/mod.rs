@@ -83,10 +83,10 @@ enum Report {
         ticket: consumers::DispatchTicket,
         verdict: Verdict,
     },
-    /// A fetched batch is recorded in the store; `settled` already have an outcome.
+    /// A fetched batch is recorded in the store.
     Recorded {
         decoded: Vec<Queued>,
-        settled: HashSet<String>,
+        recorded: Recorded,
     },
     /// A flush of outcome events finished; these offsets are now fully handled.
     Flushed {
@@ -101,6 +101,10 @@ enum Report {
 #[derive(Default)]
 struct FlushBatch {
     sent: Vec<MessageStatusChange>,
+    /// The lane heads whose `2xx` is in `sent`: their lanes stay blocked until it is durable,
+    /// so a crash can only resend a call whose answer had not arrived, never one answered
+    /// before the next message of its session went out.
+    sent_heads: Vec<consumers::DispatchTicket>,
     events: Vec<(String, Vec<u8>)>,
     dead_letters: Vec<(String, Vec<u8>)>,
     offsets: Vec<(Arc<str>, i32, i64)>,
@@ -109,9 +113,19 @@ struct FlushBatch {
 impl FlushBatch {
     fn is_empty(&self) -> bool {
         self.sent.is_empty()
+            && self.sent_heads.is_empty()
             && self.events.is_empty()
             && self.dead_letters.is_empty()
             && self.offsets.is_empty()
+    }
+
+    /// Appends `newer` after what this batch holds (the order outcomes are written in).
+    fn extend(&mut self, newer: FlushBatch) {
+        self.sent.extend(newer.sent);
+        self.sent_heads.extend(newer.sent_heads);
+        self.events.extend(newer.events);
+        self.dead_letters.extend(newer.dead_letters);
+        self.offsets.extend(newer.offsets);
     }
 }
 
@@ -134,6 +148,8 @@ pub async fn run_delivery(
         topics,
         directory: Arc::new(SessionDirectory::new(context.clone())),
         lanes: SessionLanes::new(),
+        held: HashSet::new(),
+        resumed_sessions: HashSet::new(),
         offsets: ConsumerOffsets::new(),
         sessions_by_partition: HashMap::new(),
         next_send_at: HashMap::new(),
@@ -301,6 +317,11 @@ struct DeliveryState {
     topics: LogTopics,
     directory: Arc<SessionDirectory>,
     lanes: SessionLanes<Queued>,
+    /// Ids of the messages on the lanes: a second append of one of them (same id) is dropped.
+    held: HashSet<String>,
+    /// Sessions whose first message read again without an outcome was counted as a possible
+    /// resend (`delivery_redelivered_total`), so the messages queued behind it are not.
+    resumed_sessions: HashSet<String>,
     offsets: ConsumerOffsets,
     /// Which sessions have queued messages from each partition, to drop them on revocation.
     sessions_by_partition: HashMap<(Arc<str>, i32), HashSet<String>>,
@@ -340,7 +361,10 @@ impl DeliveryState {
             let key = (Arc::<str>::from(topic.as_str()), *partition);
             if let Some(sessions) = self.sessions_by_partition.remove(&key) {
                 for session in sessions {
-                    self.lanes.remove_lane(&session);
+                    for queued in self.lanes.remove_lane(&session) {
+                        self.held.remove(&queued.envelope.message_id);
+                    }
+                    self.resumed_sessions.remove(&session);
                 }
             }
             self.offsets.remove_partition(topic, *partition);
@@ -406,9 +430,9 @@ impl DeliveryState {
         let reports = self.reports.clone();
         let metrics = self.context.metrics.clone();
         tokio::spawn(async move {
-            let settled = loop {
+            let recorded = loop {
                 match record(&store, &rows).await {
-                    Ok(settled) => break settled,
+                    Ok(recorded) => break recorded,
                     Err(err) => {
                         // Delivering before the row exists would let the outcome event miss
                         // it, so wait for the store instead.
@@ -424,13 +448,15 @@ impl DeliveryState {
             for _ in &decoded {
                 metrics.delivery_stage(DeliveryStage::Record, took);
             }
-            let _ = reports.send(Report::Recorded { decoded, settled });
+            let _ = reports.send(Report::Recorded { decoded, recorded });
         });
     }
 
     /// Queues a recorded batch on its sessions' lanes, skipping messages that already have an
-    /// outcome (redelivery after a restart) and partitions revoked meanwhile.
-    fn on_recorded(&mut self, decoded: Vec<Queued>, settled: HashSet<String>) {
+    /// outcome (redelivery after a restart), second appends of a message already queued here
+    /// (an idempotent request retried after its claim was taken over: same message id) and
+    /// partitions revoked meanwhile.
+    fn on_recorded(&mut self, decoded: Vec<Queued>, recorded: Recorded) {
         self.recording = false;
         let now = Instant::now();
         for mut queued in decoded {
@@ -441,14 +467,30 @@ impl DeliveryState {
             {
                 continue;
             }
-            if settled.contains(&queued.envelope.message_id) {
-                self.context.metrics.delivery_outcome("skipped");
+            let message_id = &queued.envelope.message_id;
+            let duplicate = self.held.contains(message_id);
+            if duplicate || recorded.settled.contains(message_id) {
+                self.context.metrics.delivery_outcome(if duplicate {
+                    "duplicate"
+                } else {
+                    "skipped"
+                });
                 self.pending
                     .offsets
                     .push((queued.topic.clone(), queued.partition, queued.offset));
                 continue;
             }
             let session = queued.envelope.session_id.clone();
+            if recorded.seen_before.contains(message_id)
+                && self.lanes.lane_len(&session) == 0
+                && self.resumed_sessions.insert(session.clone())
+            {
+                // Only a session's first message without an outcome can have been in flight
+                // when the previous reader stopped: every earlier one had its answer durable
+                // before it went out.
+                self.context.metrics.delivery_redelivered_total.inc();
+            }
+            self.held.insert(message_id.clone());
             self.sessions_by_partition
                 .entry((queued.topic.clone(), queued.partition))
                 .or_default()
@@ -517,11 +559,24 @@ impl DeliveryState {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 self.on_verdict(ticket, verdict);
             }
-            Report::Recorded { decoded, settled } => self.on_recorded(decoded, settled),
+            Report::Recorded { decoded, recorded } => self.on_recorded(decoded, recorded),
             Report::Flushed { result, batch } => {
                 self.flushing = false;
                 match result {
                     Ok(()) => {
+                        let now = Instant::now();
+                        for ticket in batch.sent_heads {
+                            // A lane dropped meanwhile (partition revoked) has a stale ticket.
+                            match self.lanes.finish(ticket, LaneOutcome::Done, now) {
+                                Ok(FinishedHead::Completed(queued)) => {
+                                    self.held.remove(&queued.envelope.message_id);
+                                }
+                                Ok(_) => {}
+                                Err(err) => {
+                                    tracing::debug!(error = %err, "durable outcome for a dropped lane");
+                                }
+                            }
+                        }
                         for (topic, partition, offset) in batch.offsets {
                             if let Err(err) = self.offsets.complete(&topic, partition, offset) {
                                 // The partition was revoked meanwhile; its new owner redoes it.
@@ -538,10 +593,7 @@ impl DeliveryState {
                         // Put them back in front of newer outcomes and try again on the next turn.
                         let newer = std::mem::take(&mut self.pending);
                         self.pending = batch;
-                        self.pending.sent.extend(newer.sent);
-                        self.pending.events.extend(newer.events);
-                        self.pending.dead_letters.extend(newer.dead_letters);
-                        self.pending.offsets.extend(newer.offsets);
+                        self.pending.extend(newer);
                     }
                 }
             }
@@ -549,16 +601,16 @@ impl DeliveryState {
     }
 
     fn on_verdict(&mut self, ticket: consumers::DispatchTicket, verdict: Verdict) {
+        let now = Instant::now();
+        let (outcome, retry_reason) = match verdict {
+            Verdict::Sent { whatsapp_id, pace } => {
+                return self.on_sent(ticket, whatsapp_id, pace, now);
+            }
+            Verdict::Retry { delay, reason } => (LaneOutcome::RetryAfter(delay), reason),
+            Verdict::Failed { reason } => (LaneOutcome::DeadLetter { reason }, String::new()),
+        };
         let session_id = ticket.lane_key().to_owned();
         let attempts = Some(ticket.failed_attempts().saturating_add(1));
-        let now = Instant::now();
-        let outcome = match &verdict {
-            Verdict::Sent { .. } => LaneOutcome::Done,
-            Verdict::Retry { delay, .. } => LaneOutcome::RetryAfter(*delay),
-            Verdict::Failed { reason } => LaneOutcome::DeadLetter {
-                reason: reason.clone(),
-            },
-        };
         let finished = match self.lanes.finish(ticket, outcome, now) {
             Ok(finished) => finished,
             Err(err) => {
@@ -567,33 +619,9 @@ impl DeliveryState {
                 return;
             }
         };
-        match (finished, verdict) {
-            (FinishedHead::Completed(queued), Verdict::Sent { whatsapp_id, pace }) => {
-                let envelope = &queued.envelope;
-                self.context.metrics.delivery_outcome("sent");
-                self.context
-                    .metrics
-                    .delivery_latency_seconds
-                    .observe(envelope.age_at(now_ms()).as_secs_f64());
-                if pace > Duration::ZERO {
-                    self.next_send_at.insert(session_id, now + pace);
-                } else {
-                    self.next_send_at.remove(&session_id);
-                }
-                self.pending.sent.push(MessageStatusChange {
-                    session_id: envelope.session_id.clone(),
-                    message_id: envelope.message_id.clone(),
-                    status: MessageStatus::Sent,
-                    error_message: None,
-                    worker_message_id: whatsapp_id,
-                    attempts: attempts.map(i64::from),
-                    at: now_ms(),
-                });
-                self.pending
-                    .offsets
-                    .push((queued.topic, queued.partition, queued.offset));
-            }
-            (FinishedHead::DeadLettered { item, reason }, _) => {
+        match finished {
+            FinishedHead::DeadLettered { item, reason } => {
+                self.held.remove(&item.envelope.message_id);
                 self.context.metrics.delivery_outcome("dead_lettered");
                 tracing::info!(message_id = %item.envelope.message_id, reason = %reason, "message failed");
                 self.pending
@@ -607,16 +635,60 @@ impl DeliveryState {
                     .offsets
                     .push((item.topic, item.partition, item.offset));
             }
-            (FinishedHead::Rescheduled { .. }, Verdict::Retry { reason, .. }) => {
+            FinishedHead::Rescheduled { .. } => {
                 self.context.metrics.delivery_outcome("retried");
-                tracing::debug!(session_id, reason = %reason, "delivery will retry");
+                tracing::debug!(session_id, reason = %retry_reason, "delivery will retry");
             }
-            (finished, _) => {
-                // Unreachable by construction (the outcome follows the verdict); keep the offset
-                // uncompleted rather than guess, so a restart redelivers it.
+            finished @ FinishedHead::Completed(_) => {
+                // Unreachable by construction (only a retry or a dead letter gets here); keep
+                // the offset uncompleted rather than guess, so a restart redelivers it.
                 tracing::error!(?finished, "delivery outcome does not match its verdict");
             }
         }
+    }
+
+    /// A worker answered `2xx`: the outcome is queued for the next flush, and the session's lane
+    /// stays blocked until that flush made it durable (see [`FlushBatch::sent_heads`]).
+    fn on_sent(
+        &mut self,
+        ticket: consumers::DispatchTicket,
+        whatsapp_id: Option<String>,
+        pace: Duration,
+        now: Instant,
+    ) {
+        let Some(queued) = self.lanes.in_flight_head(&ticket) else {
+            // The lane was dropped (partition revoked) while its head was in flight.
+            tracing::debug!(
+                session_id = ticket.lane_key(),
+                "delivery outcome for a dropped lane"
+            );
+            return;
+        };
+        let envelope = &queued.envelope;
+        self.context.metrics.delivery_outcome("sent");
+        self.context
+            .metrics
+            .delivery_latency_seconds
+            .observe(envelope.age_at(now_ms()).as_secs_f64());
+        self.pending.sent.push(MessageStatusChange {
+            session_id: envelope.session_id.clone(),
+            message_id: envelope.message_id.clone(),
+            status: MessageStatus::Sent,
+            error_message: None,
+            worker_message_id: whatsapp_id,
+            attempts: Some(i64::from(ticket.failed_attempts().saturating_add(1))),
+            at: now_ms(),
+        });
+        self.pending
+            .offsets
+            .push((queued.topic.clone(), queued.partition, queued.offset));
+        let session_id = ticket.lane_key().to_owned();
+        if pace > Duration::ZERO {
+            self.next_send_at.insert(session_id, now + pace);
+        } else {
+            self.next_send_at.remove(&session_id);
+        }
+        self.pending.sent_heads.push(ticket);
     }
 
     /// Hands pending outcomes to a background append (one at a time).
@@ -635,7 +707,7 @@ impl DeliveryState {
             let result = async {
                 if !batch.sent.is_empty() {
                     store
-                        .apply_message_statuses(&batch.sent)
+                        .apply_delivery_outcomes(&batch.sent)
                         .await
                         .map_err(|err| format!("writing SENT outcomes: {err}"))?;
                 }
@@ -657,15 +729,38 @@ impl DeliveryState {
     }
 }
 
-/// Records a batch (idempotently) and returns the ids that already have an outcome.
-async fn record(store: &Store, rows: &[NewOutboundMessage]) -> anyhow::Result<HashSet<String>> {
+/// What recording a batch found besides the new rows.
+#[derive(Default)]
+struct Recorded {
+    /// Ids that already have an outcome (sent, failed): nothing more to do for them.
+    settled: HashSet<String>,
+    /// Ids recorded before (by an earlier reader, or an earlier append of the same id) and
+    /// still without an outcome.
+    seen_before: HashSet<String>,
+}
+
+/// Records a batch (idempotently) and reports which of its messages were there before.
+async fn record(store: &Store, rows: &[NewOutboundMessage]) -> anyhow::Result<Recorded> {
     let inserted = store.insert_outbound_messages(rows).await?;
-    if inserted as usize == rows.len() {
+    if inserted.len() == rows.len() {
         // All new: none can have an outcome yet.
-        return Ok(HashSet::new());
+        return Ok(Recorded::default());
     }
-    let ids: Vec<&str> = rows.iter().map(|row| row.id.as_str()).collect();
-    Ok(store.settled_message_ids(&ids).await?)
+    let old: Vec<&str> = rows
+        .iter()
+        .map(|row| row.id.as_str())
+        .filter(|id| !inserted.contains(*id))
+        .collect();
+    let settled = store.settled_message_ids(&old).await?;
+    let seen_before = old
+        .into_iter()
+        .filter(|id| !settled.contains(*id))
+        .map(str::to_owned)
+        .collect();
+    Ok(Recorded {
+        settled,
+        seen_before,
+    })
 }
 
 fn new_message_row(envelope: &OutboundEnvelope) -> NewOutboundMessage {

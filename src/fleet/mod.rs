@@ -174,6 +174,11 @@ pub struct Fleet {
     settings: FleetSettings,
     /// Per stuck worker, the job window in which its sessions were last re-enqueued.
     reevacuated: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// When this process started hearing heartbeats (Unix ms; 0 until
+    /// [`Fleet::start_hearing`]). Silence before it says nothing about a worker: a gateway
+    /// that was down longer than the timeout must not take its own outage for a fleet failure,
+    /// so no worker goes OFFLINE before a full timeout has passed since then.
+    hearing_since_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Fleet {
@@ -193,7 +198,25 @@ impl Fleet {
             migrations,
             settings,
             reevacuated: Default::default(),
+            hearing_since_ms: std::sync::atomic::AtomicI64::new(0),
         }
+    }
+
+    /// Marks the moment this process can receive heartbeats (its listener is bound and the
+    /// monitor runs); liveness counts from then. Called once by the fleet monitor at start.
+    pub fn start_hearing(&self) {
+        self.hearing_since_ms
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `worker` has shown life within the timeout, where this process cannot have
+    /// heard anything before it started hearing.
+    fn is_alive(&self, worker: &Worker, now: i64) -> bool {
+        let hearing_since = self
+            .hearing_since_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let seen = worker.last_seen_at().unwrap_or(i64::MIN).max(hearing_since);
+        now.saturating_sub(seen) <= self.timeout_ms()
     }
 
     /// Tunables.
@@ -639,7 +662,7 @@ impl Fleet {
         let now = now_ms();
         let mut evacuated = 0;
         for worker in self.store.list_workers().await? {
-            if worker.status == WorkerStatus::Online && !worker.is_alive(now, self.timeout_ms()) {
+            if worker.status == WorkerStatus::Online && !self.is_alive(&worker, now) {
                 if self
                     .store
                     .transition_worker(&worker.id, WorkerStatus::Online, WorkerStatus::Offline)

@@ -101,6 +101,9 @@ pub enum ApiError {
 
 impl warp::reject::Reject for ApiError {}
 
+/// The `Retry-After` of a `503`.
+pub const SERVICE_UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 impl ApiError {
     /// A 400 for an invalid field.
     pub fn validation(invalid: InvalidInput) -> Self {
@@ -161,6 +164,9 @@ impl ApiError {
                 rate_limit_headers(&mut response, decision);
                 Some(decision.retry_after)
             }
+            // Every 503 is temporary (the log, the store or the fleet cannot take it now):
+            // tell the client when to come back rather than let it hammer.
+            ApiError::ServiceUnavailable { .. } => Some(SERVICE_UNAVAILABLE_RETRY_AFTER),
             _ => None,
         };
         if let Some(retry_after) = retry_after {

@@ -7,7 +7,9 @@
 //! send is charged to the user's hourly message quota (each bulk item counts) and the answer
 //! carries `X-RateLimit-Limit/-Remaining/-Reset`; over quota it is `429` with `Retry-After`.
 //! With `Idempotency-Key`, the first answer is stored for 24 hours and replayed for the same
-//! body; another body under the same key is `409`.
+//! body; another body under the same key is `409`. The message ids of such a request are
+//! derived from the key, so a retry that takes over the claim of a request cut off by a crash
+//! appends the same ids, and each message is still delivered once.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -27,15 +29,18 @@ use crate::domain::{
     InvalidInput, MessageDirection, MessageStatus, PhoneJid, SessionId, ms_to_rfc3339,
 };
 use crate::quota::{QuotaDecision, QuotaKind};
-use crate::send::{MessageKind, SendRequest, ValidatedSend};
+use crate::send::{MessageIds, MessageKind, SendRequest, ValidatedSend};
 use crate::store::{IdempotencyClaim, MessageListQuery, MessageRecord, StoreError, User};
 
 /// Most messages in one bulk request.
 pub const MAX_BULK_MESSAGES: usize = 1000;
 /// How long an idempotency key's first answer is replayed.
 const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 3600 * 1000;
-/// How long a claimed key waits for its request before another may take it over.
-const IDEMPOTENCY_CLAIM_MS: i64 = 60 * 1000;
+/// How long a claimed key waits for its request before a retry may take it over. Short: a
+/// request whose process died must not block its client for long, and a takeover while the
+/// first request is merely slow creates nothing twice (both derive the same message ids, see
+/// `MessageIds::Idempotent`).
+const IDEMPOTENCY_CLAIM_MS: i64 = 5 * 1000;
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 
@@ -161,13 +166,15 @@ async fn send_single(
     body: Bytes,
 ) -> Response {
     let route = forced_kind.map_or("send", MessageKind::protocol_name);
+    // The handler runs after the claim, under borrowed request parts.
+    let (context, principal, content_type, body) = (&context, &principal, &content_type, &body);
     with_idempotency(
-        &context,
-        &principal,
+        context,
+        principal,
         route,
         idempotency_key,
         &body,
-        || async {
+        |ids| async move {
             let request: SendRequest =
                 super::extract::parse_json_body(content_type.as_deref(), &body)?;
             let send = request
@@ -180,7 +187,7 @@ async fn send_single(
             let kind = send.kind;
             let accepted = context
                 .ingress
-                .accept(&principal.user.id, &session_id, vec![send], None)
+                .accept(&principal.user.id, &session_id, vec![send], ids)
                 .await
                 .map_err(log_unavailable)?;
             let message = accepted
@@ -269,13 +276,14 @@ async fn send_bulk(
     content_type: Option<String>,
     body: Bytes,
 ) -> Response {
+    let (context, principal, content_type, body) = (&context, &principal, &content_type, &body);
     with_idempotency(
-        &context,
-        &principal,
+        context,
+        principal,
         "bulk",
         idempotency_key,
         &body,
-        || async {
+        |ids| async move {
             let request: BulkRequest =
                 super::extract::parse_json_body(content_type.as_deref(), &body)?;
             if request.messages.is_empty() || request.messages.len() > MAX_BULK_MESSAGES {
@@ -353,7 +361,7 @@ async fn send_bulk(
                 charge_messages(&context, &principal.user, accepted_count as u64).await?;
             let accepted = context
                 .ingress
-                .accept(&principal.user.id, &session_id, valid, None)
+                .accept(&principal.user.id, &session_id, valid, ids)
                 .await
                 .map_err(log_unavailable)?;
             let mut ids = accepted.into_iter();
@@ -402,11 +410,11 @@ async fn with_idempotency<F, Fut>(
     handle: F,
 ) -> Response
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(MessageIds) -> Fut,
     Fut: std::future::Future<Output = SendOutcome>,
 {
     let Some(key) = key else {
-        return render(handle().await);
+        return render(handle(MessageIds::Fresh).await);
     };
     let user_id = &principal.user.id;
     if key.is_empty()
@@ -422,19 +430,12 @@ where
         }
         .into_response();
     }
-    let request_hash = {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        hasher.update(route.as_bytes());
-        hasher.update([0]);
-        hasher.update(body);
-        hex::encode(hasher.finalize())
-    };
+    let request_hash = crate::store::request_fingerprint(route, body);
     let claim = context
         .store
         .claim_idempotency_key(user_id, &key, &request_hash, IDEMPOTENCY_CLAIM_MS)
         .await;
-    match claim {
+    let claimed_at_ms = match claim {
         Err(err) => return ApiError::from(err).into_response(),
         Ok(IdempotencyClaim::Answered {
             request_hash: first,
@@ -465,9 +466,15 @@ where
             }
             .into_response();
         }
-        Ok(IdempotencyClaim::Claimed) => {}
-    }
-    let outcome = handle().await;
+        Ok(IdempotencyClaim::Claimed { claimed_at_ms }) => claimed_at_ms,
+    };
+    let outcome = handle(MessageIds::Idempotent {
+        user_id: user_id.clone(),
+        key: key.clone(),
+        request_hash,
+        claimed_at_ms,
+    })
+    .await;
     match &outcome {
         Ok((status, body, _)) => {
             if let Err(err) = context
@@ -578,7 +585,8 @@ fn log_unavailable(err: producers::AppendError) -> ApiError {
     tracing::error!(error = %err, "appending to the outbound log failed");
     ApiError::ServiceUnavailable {
         code: "LOG_UNAVAILABLE",
-        message: "the message log did not accept the request; nothing was sent, retry later"
+        message: "the message log did not confirm the request; retry later with the same \
+                  Idempotency-Key (a message the log took after all is then not sent twice)"
             .to_owned(),
     }
 }

@@ -23,6 +23,66 @@ const OWNERSHIP_TTL: Duration = Duration::from_secs(5);
 /// Entries kept before the ownership cache is swept.
 const OWNERSHIP_CAPACITY: usize = 100_000;
 
+/// Where the ids of a request's messages come from.
+#[derive(Debug, Clone)]
+pub enum MessageIds {
+    /// New UUIDv7s.
+    Fresh,
+    /// Derived from the request's `Idempotency-Key` claim, so a second append of the same
+    /// request (its claim taken over after the first process died, or after it was merely
+    /// slow) carries the same ids, and delivery, idempotent by message id, sends each once.
+    /// Still UUIDv7-shaped and time-ordered: the time is the claim's.
+    Idempotent {
+        /// The user the key belongs to (keys are per user).
+        user_id: String,
+        /// The `Idempotency-Key`.
+        key: String,
+        /// The fingerprint of the request (route and body): another body under a reclaimed
+        /// key gets other ids.
+        request_hash: String,
+        /// When the key was first claimed for this request (kept across takeovers).
+        claimed_at_ms: i64,
+    },
+}
+
+impl MessageIds {
+    /// The id of the `index`-th message of the request.
+    fn id(&self, index: usize) -> String {
+        match self {
+            MessageIds::Fresh => uuid::Uuid::now_v7().to_string(),
+            MessageIds::Idempotent {
+                user_id,
+                key,
+                request_hash,
+                claimed_at_ms,
+            } => {
+                use sha2::{Digest, Sha256};
+                let mut hasher = Sha256::new();
+                for part in [user_id.as_bytes(), key.as_bytes(), request_hash.as_bytes()] {
+                    hasher.update(part);
+                    hasher.update([0]);
+                }
+                hasher.update((index as u64).to_be_bytes());
+                let digest = hasher.finalize();
+                let mut tail = [0_u8; 10];
+                tail.copy_from_slice(&digest[..10]);
+                let millis = u64::try_from(*claimed_at_ms).unwrap_or(0);
+                uuid::Builder::from_unix_timestamp_millis(millis, &tail)
+                    .into_uuid()
+                    .to_string()
+            }
+        }
+    }
+
+    /// The key to carry in the envelope, if any.
+    fn key(&self) -> Option<&str> {
+        match self {
+            MessageIds::Fresh => None,
+            MessageIds::Idempotent { key, .. } => Some(key.as_str()),
+        }
+    }
+}
+
 /// One accepted message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcceptedMessage {
@@ -99,13 +159,13 @@ impl Ingress {
         user_id: &str,
         session_id: &SessionId,
         sends: Vec<ValidatedSend>,
-        idempotency_key: Option<&str>,
+        ids: MessageIds,
     ) -> Result<Vec<AcceptedMessage>, AppendError> {
         let accepted_at = now_ms();
         let mut accepted = Vec::with_capacity(sends.len());
         let mut records = Vec::with_capacity(sends.len());
-        for send in sends {
-            let message_id = uuid::Uuid::now_v7().to_string();
+        for (index, send) in sends.into_iter().enumerate() {
+            let message_id = ids.id(index);
             let mut envelope = OutboundEnvelope::new(
                 message_id.clone(),
                 user_id,
@@ -114,7 +174,7 @@ impl Ingress {
                 send.worker_body,
                 accepted_at,
             );
-            if let Some(key) = idempotency_key {
+            if let Some(key) = ids.key() {
                 envelope = envelope.with_idempotency_key(key);
             }
             records.push((session_id.as_str().to_owned(), envelope.encode()));

@@ -4,5 +4,5 @@
 pub mod ingress;
 pub mod request;
 
-pub use ingress::{AcceptedMessage, Ingress};
+pub use ingress::{AcceptedMessage, Ingress, MessageIds};
 pub use request::{MessageKind, SendRequest, ValidatedSend};

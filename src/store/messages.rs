@@ -251,25 +251,25 @@ impl Store {
     /// PENDING step of the timeline is the row's `created_at` (see
     /// [`message_timeline`](Self::message_timeline)), not a row of its own. Idempotent: a message already recorded is left as it
     /// is, because the delivery consumer records what it reads from the log and a redelivered
-    /// record must not reset a message that moved on. Returns how many were new.
+    /// record must not reset a message that moved on. Returns the ids that were new.
     pub async fn insert_outbound_messages(
         &self,
         messages: &[NewOutboundMessage],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut recorded = std::collections::HashSet::with_capacity(messages.len());
         if messages.is_empty() {
-            return Ok(0);
+            return Ok(recorded);
         }
         let _turn = self.urgent_write_turn().await;
         if messages.len() <= RECORD_CHUNK {
             // One statement is atomic on its own: no BEGIN and COMMIT round trips, which under
             // load cost more than the insert.
-            let recorded = record_query(messages).fetch_all(self.pool()).await?;
-            return Ok(recorded.len() as u64);
+            recorded.extend(record_query(messages).fetch_all(self.pool()).await?);
+            return Ok(recorded);
         }
-        let mut recorded = 0;
         let mut tx = self.pool().begin().await?;
         for chunk in messages.chunks(RECORD_CHUNK) {
-            recorded += record_query(chunk).fetch_all(&mut *tx).await?.len() as u64;
+            recorded.extend(record_query(chunk).fetch_all(&mut *tx).await?);
         }
         tx.commit().await?;
         Ok(recorded)
@@ -311,8 +311,30 @@ impl Store {
         if changes.is_empty() {
             return Ok(0);
         }
+        let turn = self.write_turn().await;
+        self.apply_message_statuses_in_turn(changes, turn).await
+    }
+
+    /// [`apply_message_statuses`](Self::apply_message_statuses) for the delivery's own
+    /// outcomes: a session's next message waits until its previous worker answer is durable,
+    /// so these go ahead of the queued status writes (worker receipts).
+    pub async fn apply_delivery_outcomes(
+        &self,
+        changes: &[MessageStatusChange],
+    ) -> Result<u64, StoreError> {
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        let turn = self.urgent_write_turn().await;
+        self.apply_message_statuses_in_turn(changes, turn).await
+    }
+
+    async fn apply_message_statuses_in_turn(
+        &self,
+        changes: &[MessageStatusChange],
+        _turn: Option<super::write_gate::WriteTurn>,
+    ) -> Result<u64, StoreError> {
         let mut changed = 0;
-        let _turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
         // WhatsApp's id and the attempt count of delivery outcomes, whatever the status does
         // (the outcome may lose the race to the worker's own SENT receipt).

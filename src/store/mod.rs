@@ -28,7 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AnyPool, ConnectOptions, Connection};
 
 pub use api_keys::{ApiKeyRecord, NewApiKey};
-pub use idempotency::IdempotencyClaim;
+pub use idempotency::{IdempotencyClaim, request_fingerprint};
 pub use messages::{
     MessageEvent, MessageListQuery, MessageRecord, MessageStatusChange, NewOutboundMessage,
 };

@@ -22,6 +22,7 @@ const FLEET_ENV: &[(&str, &str)] = &[
 backend_tests!(
     sessions_are_placed_evenly_and_connect,
     killed_worker_sessions_fail_over_with_one_owner,
+    a_gateway_restart_is_not_a_fleet_failure,
     drained_worker_hands_its_sessions_over,
     unregistered_worker_hands_its_sessions_over,
     reports_from_a_non_owner_are_fenced,
@@ -225,6 +226,68 @@ async fn killed_worker_sessions_fail_over_with_one_owner(backend: Backend) {
             .all(|s| s["workerId"] == "w-fail-2")
     );
     back.kill().await;
+    w2.kill().await;
+    app.stop().await;
+}
+
+/// The gateway is down longer than the heartbeat timeout while its workers stay up: when it
+/// comes back nothing moves (liveness counts from when it could hear heartbeats again), and a
+/// worker that then really dies is still detected.
+async fn a_gateway_restart_is_not_a_fleet_failure(backend: Backend) {
+    let app = fleet_app(backend).await;
+    let admin = app.admin().await;
+    let w1 = sim(&app, "w-restart-1", 100).await;
+    let w2 = sim(&app, "w-restart-2", 100).await;
+    let sessions = ids("restart", 6);
+    create_and_connect(&app, &admin, &sessions).await;
+    wait_for(Duration::from_secs(10), "all sessions CONNECTED", || {
+        all_connected(&app, &admin.access_token, 6)
+    })
+    .await;
+    let placed: Vec<(String, Value)> = sessions_of(&app, &admin.access_token)
+        .await
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_owned(), s["workerId"].clone()))
+        .collect();
+
+    // Down for 1.5 timeouts: the workers' heartbeats meanwhile all fail.
+    let app = app.restart_after(Duration::from_millis(3_000)).await;
+    // Well past the timeout counted from the last heartbeat the old process heard, and
+    // another full timeout after the restart.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    for worker in ["w-restart-1", "w-restart-2"] {
+        let answer = app
+            .get(
+                &format!("/api/v1/workers/{worker}"),
+                Some(&admin.access_token),
+            )
+            .await;
+        assert_eq!(answer.assert_ok(200)["status"], "ONLINE", "{worker}");
+    }
+    for (id, worker) in &placed {
+        let session = app
+            .get(&format!("/api/v1/sessions/{id}"), Some(&admin.access_token))
+            .await;
+        let session = session.assert_ok(200);
+        assert_eq!(&session["workerId"], worker, "{id} moved");
+        assert_eq!(session["epoch"], 1, "{id} moved");
+        assert_eq!(session["status"], "CONNECTED", "{id}");
+    }
+    assert_eq!(w1.sessions().len() + w2.sessions().len(), 6);
+
+    // Liveness still works after the restart: a worker that dies now is found out.
+    w1.kill().await;
+    wait_for(
+        Duration::from_secs(12),
+        "failover after the restart",
+        || async {
+            sessions_of(&app, &admin.access_token)
+                .await
+                .iter()
+                .all(|s| s["status"] == "CONNECTED" && s["workerId"] == "w-restart-2")
+        },
+    )
+    .await;
     w2.kill().await;
     app.stop().await;
 }

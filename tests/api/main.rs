@@ -9,6 +9,7 @@ mod admin;
 mod api_keys;
 mod auth;
 mod cli;
+mod crash;
 mod fleet;
 mod http_basics;
 mod repository;

@@ -6,7 +6,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use wa_gateway::domain::SessionId;
+use wa_gateway::send::{MessageIds, SendRequest};
 use wa_gateway::sim::{SimWorker, SimWorkerConfig};
+use wa_gateway::store::IdempotencyClaim;
 
 use crate::common::{Answer, Backend, Login, TestApp};
 use crate::pipeline_tests;
@@ -16,6 +19,7 @@ pipeline_tests!(
     killed_worker_messages_wait_and_resume_in_order,
     basic_tier_101st_message_is_429,
     idempotent_replays_create_nothing,
+    a_retry_takes_over_a_dead_claim_and_sends_once,
     statuses_flow_back_and_lists_page,
     undeliverable_messages_fail_after_the_bound,
     validation_errors_are_clear_4xx,
@@ -710,6 +714,114 @@ async fn idempotent_replays_create_nothing(backend: Backend) {
         "a replay created a message: {delivered:?}"
     );
     assert_eq!(delivered[0], id);
+    for worker in setup.workers {
+        worker.kill().await;
+    }
+    setup.app.stop().await;
+}
+
+/// A request cut off by a crash after its append leaves a claim nobody will answer and a
+/// message in the log. The client's retry with the same key is told to wait while the claim
+/// lives, takes it over within seconds, and gets the id of the message already appended: the
+/// worker receives it once.
+async fn a_retry_takes_over_a_dead_claim_and_sends_once(backend: Backend) {
+    let setup = setup(backend, &[], 1, 1).await;
+    let (app, key, session) = (&setup.app, setup.key.as_str(), setup.sessions[0].as_str());
+    let body = serde_json::to_vec(&text(session, "6281234567890", "cut off")).unwrap();
+
+    // What the dead request did: claim the key, append, and never answer.
+    let user_id = &setup.login.user_id;
+    let fingerprint = wa_gateway::store::request_fingerprint("send", &body);
+    let claim = app
+        .context
+        .store
+        .claim_idempotency_key(user_id, "order-cut", &fingerprint, 5_000)
+        .await
+        .unwrap();
+    let IdempotencyClaim::Claimed { claimed_at_ms } = claim else {
+        panic!("{claim:?}");
+    };
+    let send = serde_json::from_slice::<SendRequest>(&body)
+        .unwrap()
+        .validate(None, "62")
+        .unwrap();
+    let first = app
+        .context
+        .ingress
+        .accept(
+            user_id,
+            &SessionId::parse("sessionId", session).unwrap(),
+            vec![send],
+            MessageIds::Idempotent {
+                user_id: user_id.clone(),
+                key: "order-cut".to_owned(),
+                request_hash: fingerprint.clone(),
+                claimed_at_ms,
+            },
+        )
+        .await
+        .unwrap();
+    let first_id = first[0].message_id.clone();
+
+    let retried_at = Instant::now();
+    let mut waits = 0;
+    let answer = loop {
+        let answer = app
+            .send(
+                app.client
+                    .post(app.url("/api/v1/external/send"))
+                    .header("X-API-Key", key)
+                    .header("Idempotency-Key", "order-cut")
+                    .header("content-type", "application/json")
+                    .body(body.clone()),
+            )
+            .await;
+        if answer.status.as_u16() != 409 {
+            break answer;
+        }
+        answer.assert_error(409, "IDEMPOTENCY_KEY_IN_PROGRESS");
+        waits += 1;
+        assert!(
+            retried_at.elapsed() < Duration::from_secs(8),
+            "the dead claim still blocks the retry"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(waits > 0, "the live claim did not hold the retry back");
+    assert_eq!(answer.assert_ok(202)["messageId"], first_id.as_str());
+    // The answer is stored now: a further retry replays it.
+    let replay = app
+        .send(
+            app.client
+                .post(app.url("/api/v1/external/send"))
+                .header("X-API-Key", key)
+                .header("Idempotency-Key", "order-cut")
+                .header("content-type", "application/json")
+                .body(body.clone()),
+        )
+        .await;
+    assert_eq!(replay.assert_ok(202)["messageId"], first_id.as_str());
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+
+    let worker = &setup.workers[0];
+    wait_for(
+        Duration::from_secs(20),
+        "the message at the worker",
+        || async {
+            worker
+                .messages()
+                .iter()
+                .any(|m| m.message_id.as_deref() == Some(first_id.as_str()))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let delivered: Vec<String> = worker
+        .messages()
+        .into_iter()
+        .filter_map(|m| m.message_id)
+        .collect();
+    assert_eq!(delivered, vec![first_id], "appended twice, sent twice");
     for worker in setup.workers {
         worker.kill().await;
     }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -147,6 +148,25 @@ impl TestStore {
     }
 }
 
+/// The environment of a gateway of `backend` on `data_dir`: a fresh PostgreSQL database and
+/// Redis key prefix, a fresh topic prefix on Kafka.
+pub async fn gateway_vars(backend: Backend, data_dir: &std::path::Path) -> HashMap<String, String> {
+    let mut vars: HashMap<String, String> = HashMap::new();
+    vars.insert("HOST".into(), "127.0.0.1".into());
+    vars.insert("DATA_DIR".into(), data_dir.display().to_string());
+    vars.insert("LOG_LEVEL".into(), "warn".into());
+    if matches!(backend, Backend::Postgres | Backend::Kafka) {
+        vars.insert("DATABASE_URL".into(), fresh_postgres_database().await);
+        vars.insert("REDIS_URL".into(), redis_url());
+        vars.insert("REDIS_KEY_PREFIX".into(), unique("wag-test-") + ":");
+    }
+    if backend == Backend::Kafka {
+        vars.insert("KAFKA_BROKERS".into(), kafka_brokers());
+        vars.insert("KAFKA_TOPIC_PREFIX".into(), unique("t") + ".");
+    }
+    vars
+}
+
 /// A running gateway.
 pub struct TestApp {
     pub backend: Backend,
@@ -154,6 +174,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub context: Arc<AppContext>,
     pub data_dir: tempfile::TempDir,
+    /// The configuration it was started with (a restart reuses it).
+    pub vars: HashMap<String, String>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -213,24 +235,20 @@ impl TestApp {
     /// Spawns with extra environment variables (as the config would read them).
     pub async fn spawn_with(backend: Backend, extra: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
-        let mut vars: HashMap<String, String> = HashMap::new();
-        vars.insert("HOST".into(), "127.0.0.1".into());
+        let mut vars = gateway_vars(backend, data_dir.path()).await;
         vars.insert("PORT".into(), "0".into());
-        vars.insert("DATA_DIR".into(), data_dir.path().display().to_string());
-        vars.insert("LOG_LEVEL".into(), "warn".into());
-        if matches!(backend, Backend::Postgres | Backend::Kafka) {
-            vars.insert("DATABASE_URL".into(), fresh_postgres_database().await);
-            vars.insert("REDIS_URL".into(), redis_url());
-            vars.insert("REDIS_KEY_PREFIX".into(), unique("wag-test-") + ":");
-        }
-        if backend == Backend::Kafka {
-            vars.insert("KAFKA_BROKERS".into(), kafka_brokers());
-            vars.insert("KAFKA_TOPIC_PREFIX".into(), unique("t") + ".");
-        }
         for (key, value) in extra {
             vars.insert((*key).to_owned(), (*value).to_owned());
         }
-        let config = Config::from_vars(vars).unwrap();
+        Self::start(backend, vars, data_dir).await
+    }
+
+    async fn start(
+        backend: Backend,
+        vars: HashMap<String, String>,
+        data_dir: tempfile::TempDir,
+    ) -> Self {
+        let config = Config::from_vars(vars.clone()).unwrap();
         wa_gateway::telemetry::init(&config.log_level, config.log_format);
         let application = Application::build(config).await.unwrap_or_else(|err| {
             panic!("cannot start the gateway on {backend:?} (is PostgreSQL at DATABASE_URL, Redis at REDIS_URL and, for Kafka, a broker at KAFKA_BROKERS running?): {err:#}")
@@ -247,9 +265,24 @@ impl TestApp {
             client: reqwest::Client::new(),
             context,
             data_dir,
+            vars,
             shutdown: Some(tx),
             server: Some(server),
         }
+    }
+
+    /// Stops the gateway gracefully, keeps it down for `down`, then starts it again on the same
+    /// store, log and port, as an operator's restart would.
+    pub async fn restart_after(mut self, down: Duration) -> Self {
+        let backend = self.backend;
+        let mut vars = std::mem::take(&mut self.vars);
+        let port = self.base_url.rsplit(':').next().unwrap().to_owned();
+        vars.insert("PORT".into(), port);
+        let data_dir = tempfile::tempdir().unwrap();
+        let data_dir = std::mem::replace(&mut self.data_dir, data_dir);
+        self.stop().await;
+        tokio::time::sleep(down).await;
+        Self::start(backend, vars, data_dir).await
     }
 
     /// Stops the server gracefully and waits for it.

@@ -1,0 +1,596 @@
+//! Crash safety, on every deployment: `kill -9` of the serving process mid-stream and a restart
+//! two seconds later (on Kafka: while the dead consumer-group member is still in the group), and
+//! on Kafka a broker killed and started again on the same data.
+//!
+//! The gateway runs as a child process (`wa-gateway serve`, this build) so that it can really be
+//! killed; the simulated workers run in this process and live through the gateway's death, as a
+//! fleet on other machines would. Clients send every message with an `Idempotency-Key` and retry
+//! a request cut off by the kill (or answered `503`) until it is answered, as a careful
+//! integrator does. Afterwards every accepted message must be at the workers, in per-session
+//! order, and the only duplicates allowed are immediate repeats of a call in flight at the kill
+//! (at most one per session), each counted by `wa_gateway_delivery_redelivered_total`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use wa_gateway::sim::{SimWorker, SimWorkerConfig};
+
+use crate::common::{Backend, gateway_vars, kafka_brokers};
+use crate::pipeline_tests;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wa-gateway");
+
+pipeline_tests!(kill_9_mid_stream_loses_nothing_and_sends_nothing_twice);
+
+/// The gateway's settings in these tests: pacing off, limits out of the way, a worker declared
+/// dead 3 s after its last sign of life (shorter than the outage would be a fleet failure
+/// without the restart grace), consumer-group session timeout as in production.
+const GATEWAY_ENV: &[(&str, &str)] = &[
+    ("WORKER_HEARTBEAT_TIMEOUT_MS", "3000"),
+    ("WORKER_MONITOR_INTERVAL_MS", "200"),
+    ("WORKER_PROBE_INTERVAL_MS", "500"),
+    ("WORKER_REQUEST_TIMEOUT_MS", "2000"),
+    ("BASIC_TIER_MAX_SESSIONS", "20"),
+    ("BASIC_TIER_MAX_MESSAGES_PER_HOUR", "100000"),
+    ("BASIC_TIER_MAX_API_CALLS_PER_HOUR", "100000"),
+    ("BASIC_TIER_SEND_INTERVAL_MS", "0"),
+    ("BASIC_TIER_SEND_JITTER_MS", "0"),
+    ("LOG_LEVEL", "info"),
+];
+
+/// How long the gateway stays dead: shorter than the consumer group's session timeout (10 s),
+/// so on Kafka the new member joins while the dead one is still in the group.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// A `wa-gateway serve` child process on a fixed port, restartable on the same store and log.
+struct GatewayProcess {
+    child: Option<Child>,
+    port: u16,
+    vars: HashMap<String, String>,
+    log: PathBuf,
+}
+
+impl GatewayProcess {
+    async fn start(vars: HashMap<String, String>, log: PathBuf) -> Self {
+        let port = vars["PORT"].parse().unwrap();
+        let mut gateway = Self {
+            child: None,
+            port,
+            vars,
+            log,
+        };
+        gateway.spawn().await;
+        gateway
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the process and waits until it answers its health check.
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("KAFKA_BROKERS")
+            .envs(&self.vars)
+            .current_dir(Path::new(&self.vars["DATA_DIR"]))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true);
+        self.child = Some(command.spawn().unwrap());
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let healthy = client
+                .get(format!("{}/api/v1/health", self.base_url()))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|answer| answer.status().is_success());
+            if healthy {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "the gateway exited during start ({status}); its log:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not become healthy; its log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `kill -9`: no drain, no flush, no goodbye to the consumer group.
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(child) = self.child.take() {
+            let pid = child.id().unwrap();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            let mut child = child;
+            if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .is_err()
+            {
+                panic!("the gateway did not stop on SIGTERM within 30 s");
+            }
+        }
+    }
+
+    fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(20_000);
+        text[text.floor_char_boundary(start)..].to_owned()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The environment of a gateway child of `backend` in `dir`.
+async fn child_vars(backend: Backend, dir: &Path, kafka: Option<&str>) -> HashMap<String, String> {
+    let mut vars = gateway_vars(backend, dir).await;
+    vars.insert("PORT".into(), free_port().to_string());
+    vars.insert("JWT_SECRET".into(), random_secret());
+    vars.insert("WORKER_AUTH_TOKEN".into(), random_secret());
+    for (key, value) in GATEWAY_ENV {
+        vars.insert((*key).to_owned(), (*value).to_owned());
+    }
+    if let Some(brokers) = kafka {
+        vars.insert("KAFKA_BROKERS".into(), brokers.to_owned());
+    }
+    vars
+}
+
+fn random_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// A customer with an API key and `sessions` CONNECTED sessions on `workers` simulated workers.
+struct Fleet {
+    key: String,
+    sessions: Vec<String>,
+    workers: Vec<SimWorker>,
+}
+
+async fn fleet(gateway: &GatewayProcess, workers: usize, sessions: usize) -> Fleet {
+    let client = reqwest::Client::new();
+    let base = gateway.base_url();
+    let email = format!("c{}@example.com", uuid::Uuid::new_v4().simple());
+    let registered: Value = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"name": "Customer", "email": email, "password": "customer-pass-1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = registered["data"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{registered}"))
+        .to_owned();
+    let created: Value = client
+        .post(format!("{base}/api/v1/users/api-keys"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "integration"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["data"]["key"].as_str().unwrap().to_owned();
+    let mut started = Vec::new();
+    for index in 0..workers {
+        let mut config = SimWorkerConfig::new(
+            base.clone(),
+            format!("w{index}-{}", uuid::Uuid::new_v4().simple()),
+            gateway.vars["WORKER_AUTH_TOKEN"].clone(),
+        );
+        config.heartbeat_interval = Duration::from_millis(500);
+        config.auto_connect = Duration::from_millis(50);
+        config.register_delay = Duration::ZERO;
+        config.register_retry_interval = Duration::from_millis(200);
+        // A call takes a moment at the worker, so calls are in flight when the gateway dies.
+        config.send_latency = Duration::from_millis(15);
+        started.push(SimWorker::start(config).await.unwrap());
+    }
+    let ids: Vec<String> = (0..sessions)
+        .map(|i| format!("s{i}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        // Until every worker registered, a session may find no worker: try again.
+        loop {
+            let answer = client
+                .post(format!("{base}/api/v1/sessions"))
+                .bearer_auth(&token)
+                .json(&json!({"name": id, "sessionId": id}))
+                .send()
+                .await
+                .unwrap();
+            if answer.status().as_u16() == 201 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "creating {id}: {}",
+                answer.status()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let connected = client
+            .post(format!("{base}/api/v1/sessions/{id}/connect"))
+            .bearer_auth(&token)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(connected.status().as_u16(), 200, "connecting {id}");
+    }
+    loop {
+        let listed: Value = client
+            .get(format!("{base}/api/v1/sessions"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let all = listed["data"].as_array().unwrap();
+        if all.len() == ids.len() && all.iter().all(|s| s["status"] == "CONNECTED") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sessions not CONNECTED: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Fleet {
+        key,
+        sessions: ids,
+        workers: started,
+    }
+}
+
+/// What the clients saw of one message.
+#[derive(Debug, Clone)]
+struct Accepted {
+    session: String,
+    seq: usize,
+    message_id: String,
+    /// Whether a try of it was cut off (connection error) or refused for the moment (`409` in
+    /// progress, `503`) before it was answered.
+    interrupted: bool,
+    /// When it was answered `202`.
+    answered_at: Instant,
+    /// When its first try that did not succeed happened.
+    first_failure_at: Option<Instant>,
+}
+
+/// One client per session, sending `per_session` messages one after the other (so acceptance
+/// order is the send order), each under its own `Idempotency-Key`, retrying every try that is
+/// cut off or answered `409 IDEMPOTENCY_KEY_IN_PROGRESS` / `503` until it is answered `202`.
+async fn send_all(
+    base: String,
+    key: String,
+    sessions: Vec<String>,
+    per_session: usize,
+    accepted_count: Arc<AtomicUsize>,
+    statuses: Arc<std::sync::Mutex<HashMap<u16, usize>>>,
+) -> Vec<Accepted> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let tasks = sessions.into_iter().map(|session| {
+        let (client, base, key) = (client.clone(), base.clone(), key.clone());
+        let accepted_count = accepted_count.clone();
+        let statuses = statuses.clone();
+        tokio::spawn(async move {
+            let mut accepted = Vec::with_capacity(per_session);
+            for seq in 0..per_session {
+                let body = json!({
+                    "sessionId": session,
+                    "to": "6281234567890",
+                    "message": format!("{session}:{seq}"),
+                });
+                let idempotency_key = format!("{session}-{seq}");
+                let deadline = Instant::now() + Duration::from_secs(90);
+                let mut first_failure_at = None;
+                loop {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{idempotency_key} not accepted within 90 s"
+                    );
+                    let tried = client
+                        .post(format!("{base}/api/v1/external/send"))
+                        .header("X-API-Key", &key)
+                        .header("Idempotency-Key", &idempotency_key)
+                        .json(&body)
+                        .send()
+                        .await;
+                    let answer = match tried {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            first_failure_at.get_or_insert_with(Instant::now);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let status = answer.status().as_u16();
+                    *statuses.lock().unwrap().entry(status).or_default() += 1;
+                    let retry_after = answer.headers().get("retry-after").cloned();
+                    let Ok(answer) = answer.json::<Value>().await else {
+                        first_failure_at.get_or_insert_with(Instant::now);
+                        continue;
+                    };
+                    match status {
+                        202 => {
+                            accepted_count.fetch_add(1, Ordering::Relaxed);
+                            accepted.push(Accepted {
+                                session: session.clone(),
+                                seq,
+                                message_id: answer["data"]["messageId"]
+                                    .as_str()
+                                    .unwrap()
+                                    .to_owned(),
+                                interrupted: first_failure_at.is_some(),
+                                answered_at: Instant::now(),
+                                first_failure_at,
+                            });
+                            break;
+                        }
+                        409 if answer["error"]["code"] == "IDEMPOTENCY_KEY_IN_PROGRESS" => {}
+                        503 => assert!(retry_after.is_some(), "503 without Retry-After: {answer}"),
+                        other => panic!("{idempotency_key}: unexpected {other}: {answer}"),
+                    }
+                    first_failure_at.get_or_insert_with(Instant::now);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            accepted
+        })
+    });
+    let mut all = Vec::new();
+    for task in tasks.collect::<Vec<_>>() {
+        all.extend(task.await.unwrap());
+    }
+    all
+}
+
+/// What arrived at the workers, by session: `(message id, received at µs)` in arrival order.
+fn arrivals(workers: &[SimWorker]) -> HashMap<String, Vec<(String, i64)>> {
+    let mut by_session: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+    for worker in workers {
+        for message in worker.messages() {
+            if let Some(id) = message.message_id {
+                by_session
+                    .entry(message.session_id)
+                    .or_default()
+                    .push((id, message.received_at_us));
+            }
+        }
+    }
+    for list in by_session.values_mut() {
+        list.sort_by_key(|(_, at)| *at);
+    }
+    by_session
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn unix_micros() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap()
+}
+
+async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backend) {
+    const SESSIONS: usize = 6;
+    const PER_SESSION: usize = 50;
+    const KILL_AFTER: usize = 120;
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = (backend == Backend::Kafka).then(kafka_brokers);
+    let vars = child_vars(backend, dir.path(), kafka.as_deref()).await;
+    let mut gateway = GatewayProcess::start(vars, dir.path().join("gateway.log")).await;
+    let fleet = fleet(&gateway, 2, SESSIONS).await;
+
+    let accepted_count = Arc::new(AtomicUsize::new(0));
+    let statuses = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let sender = tokio::spawn(send_all(
+        gateway.base_url(),
+        fleet.key.clone(),
+        fleet.sessions.clone(),
+        PER_SESSION,
+        accepted_count.clone(),
+        statuses.clone(),
+    ));
+    while accepted_count.load(Ordering::Relaxed) < KILL_AFTER {
+        assert!(!sender.is_finished(), "the clients stopped early");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_at = Instant::now();
+    gateway.kill().await;
+    let accepted_at_kill = accepted_count.load(Ordering::Relaxed);
+    let delivered_at_kill: usize = arrivals(&fleet.workers).values().map(Vec::len).sum();
+    tokio::time::sleep(DOWN_FOR).await;
+    let restart_began = Instant::now();
+    gateway.spawn().await;
+    let restarted_at = Instant::now();
+    let restarted_at_us = unix_micros();
+
+    let accepted = sender.await.unwrap();
+    assert_eq!(accepted.len(), SESSIONS * PER_SESSION);
+
+    // Everything accepted reaches the workers.
+    let expected: HashMap<String, Vec<String>> = {
+        let mut by_session: HashMap<String, Vec<(usize, String)>> = HashMap::new();
+        for message in &accepted {
+            by_session
+                .entry(message.session.clone())
+                .or_default()
+                .push((message.seq, message.message_id.clone()));
+        }
+        by_session
+            .into_iter()
+            .map(|(session, mut list)| {
+                list.sort();
+                (session, list.into_iter().map(|(_, id)| id).collect())
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = arrivals(&fleet.workers);
+        let missing: usize = expected
+            .iter()
+            .map(|(session, ids)| {
+                let arrived: std::collections::HashSet<&String> = got
+                    .get(session)
+                    .map(|list| list.iter().map(|(id, _)| id).collect())
+                    .unwrap_or_default();
+                ids.iter().filter(|id| !arrived.contains(id)).count()
+            })
+            .sum();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} accepted messages never reached a worker (stranded); gateway log:\n{}",
+            gateway.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A duplicate gets its chance to show up.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let got = arrivals(&fleet.workers);
+
+    // Per session: in order, and a duplicate only as the immediate repeat of a call.
+    let mut duplicates = 0;
+    for (session, ids) in &expected {
+        let list = &got[session];
+        let mut collapsed: Vec<&String> = Vec::with_capacity(list.len());
+        for (id, _) in list {
+            if collapsed.last() == Some(&id) {
+                duplicates += 1;
+            } else {
+                collapsed.push(id);
+            }
+        }
+        let expected_ids: Vec<&String> = ids.iter().collect();
+        assert_eq!(
+            collapsed, expected_ids,
+            "session {session}: out of order or sent twice apart"
+        );
+    }
+    assert!(
+        duplicates <= SESSIONS,
+        "{duplicates} duplicates: more than the calls in flight at the kill"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", gateway.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let redelivered = metric(&metrics, "wa_gateway_delivery_redelivered_total");
+    assert!(
+        redelivered >= duplicates as f64,
+        "{duplicates} duplicates at the workers, {redelivered} counted"
+    );
+
+    // Delivery resumed soon after the restart (Kafka: within the group's session timeout plus
+    // a few seconds).
+    let resumed_after_us = got
+        .values()
+        .flatten()
+        .map(|(_, at)| *at)
+        .filter(|at| *at >= restarted_at_us)
+        .min()
+        .map(|first| first - restarted_at_us)
+        .unwrap();
+    let resumed_after = Duration::from_micros(u64::try_from(resumed_after_us).unwrap());
+    assert!(
+        resumed_after < Duration::from_secs(15),
+        "delivery resumed {resumed_after:?} after the restart"
+    );
+    // A request cut off by the kill is answered within seconds of the restart.
+    let interrupted: Vec<&Accepted> = accepted.iter().filter(|m| m.interrupted).collect();
+    assert!(!interrupted.is_empty(), "the kill cut off no request");
+    let slowest_retry = interrupted
+        .iter()
+        .filter(|m| m.first_failure_at.is_some_and(|at| at >= killed_at))
+        .map(|m| m.answered_at.saturating_duration_since(restarted_at))
+        .max()
+        .unwrap_or_default();
+    assert!(
+        slowest_retry < Duration::from_secs(10),
+        "a cut-off request waited {slowest_retry:?} after the restart for its answer"
+    );
+    eprintln!(
+        "crash {backend:?}: accepted {} (at the kill {accepted_at_kill}), delivered at the kill \
+         {delivered_at_kill}, stranded 0, duplicates {duplicates}, counted redelivered \
+         {redelivered}, restart took {:?}, delivery resumed {resumed_after:?} after it, \
+         slowest cut-off retry answered {slowest_retry:?} after it, answers {:?}",
+        accepted.len(),
+        restarted_at - restart_began,
+        statuses.lock().unwrap()
+    );
+    for worker in fleet.workers {
+        worker.kill().await;
+    }
+    gateway.stop().await;
+}
