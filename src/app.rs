@@ -229,19 +229,27 @@ impl Application {
                 .context("opening the consumers' store pool")??
         };
         let topics = self.context.pipeline.topics();
+        let instance_id = self
+            .context
+            .config
+            .kafka_group_instance_id
+            .clone()
+            .unwrap_or_else(|| default_group_instance_id(self.local_addr.port()));
         let delivery = consumers.spawn(run_delivery(
             self.context.clone(),
             consumer_store.clone(),
             self.context
                 .pipeline
-                .source(DELIVERY_GROUP, &topics.outbound)?,
+                .source(DELIVERY_GROUP, &topics.outbound, &instance_id)?,
             topics.clone(),
             stop_rx.clone(),
         ));
         let events = consumers.spawn(run_events(
             self.context.clone(),
             consumer_store.clone(),
-            self.context.pipeline.source(EVENTS_GROUP, &topics.events)?,
+            self.context
+                .pipeline
+                .source(EVENTS_GROUP, &topics.events, &instance_id)?,
             stop_rx.clone(),
         ));
         let routes = crate::http::routes(self.context.clone());
@@ -342,6 +350,18 @@ async fn run_housekeeping(context: Arc<AppContext>, mut stop: watch::Receiver<bo
             );
         }
     }
+}
+
+/// The default static member id of this process in its Kafka consumer groups: the host name and
+/// the HTTP port, which no two live gateway processes share and a restarted one keeps.
+fn default_group_instance_id(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "wa-gateway".to_owned());
+    format!("{host}-{port}")
 }
 
 /// Liveness checks every monitor interval, `/health` probes and metrics retention on their own

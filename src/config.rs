@@ -176,6 +176,12 @@ pub struct Config {
     /// Put in front of every topic and consumer-group name (`KAFKA_TOPIC_PREFIX`, empty), so
     /// several gateways (or test runs) can share one cluster.
     pub topic_prefix: String,
+    /// This process's static member id in its Kafka consumer groups
+    /// (`KAFKA_GROUP_INSTANCE_ID`; default: the host name and the HTTP port). A process
+    /// restarted under the same id takes its dead predecessor's place in the group at once,
+    /// instead of joining beside a member the coordinator still believes alive. Must be unique
+    /// among the gateway processes sharing a cluster and stable across restarts of one.
+    pub kafka_group_instance_id: Option<String>,
     /// HMAC key of access tokens (`JWT_SECRET`).
     pub jwt_secret: Secret<String>,
     /// Shared secret of the worker protocol, both directions (`WORKER_AUTH_TOKEN`).
@@ -364,6 +370,10 @@ impl Config {
             redis_key_prefix,
             kafka_brokers,
             topic_prefix: source.get("KAFKA_TOPIC_PREFIX").unwrap_or("").to_owned(),
+            kafka_group_instance_id: source
+                .get("KAFKA_GROUP_INSTANCE_ID")
+                .map(str::to_owned)
+                .filter(|id| !id.is_empty()),
             jwt_secret,
             worker_auth_token,
             access_token_ttl: Duration::from_secs(

@@ -88,8 +88,10 @@ impl Pipeline {
         }
     }
 
-    /// A reader of `topic` (wire name) for consumer group `group` (before the prefix).
-    pub fn source(&self, group: &str, topic: &str) -> anyhow::Result<LogSource> {
+    /// A reader of `topic` (wire name) for consumer group `group` (before the prefix). On Kafka
+    /// the reader is the static member `instance_id` of the group (see
+    /// [`Config::kafka_group_instance_id`]).
+    pub fn source(&self, group: &str, topic: &str, instance_id: &str) -> anyhow::Result<LogSource> {
         let group = format!("{}{group}", self.group_prefix);
         match &self.backend {
             Backend::Embedded(log) => Ok(LogSource::Embedded(EmbeddedSource::new(
@@ -102,6 +104,7 @@ impl Pipeline {
                 brokers,
                 &group,
                 &[topic],
+                Some(instance_id),
             )?)),
         }
     }

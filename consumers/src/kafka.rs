@@ -149,7 +149,19 @@ impl KafkaSource {
     /// record where the group has none. Must be called inside a Tokio runtime; the
     /// connection and group join happen in the background, reported by
     /// [`next`](Self::next) as [`SourceEvent::Assigned`].
-    pub fn subscribe(brokers: &str, group: &str, topics: &[&str]) -> Result<Self, SourceError> {
+    ///
+    /// With `instance_id` the reader is a static member (`group.instance.id`): a process that
+    /// was killed and restarted under the same id takes its own place in the group back at
+    /// once. A dynamic member joining while its dead predecessor is still in the group waits
+    /// out the session timeout at best; on a coordinator that made the dead member the leader
+    /// it can be handed an empty assignment for good (seen on tansu: a `kill -9` and a
+    /// restart 2 s later stranded everything the restarted gateway accepted).
+    pub fn subscribe(
+        brokers: &str,
+        group: &str,
+        topics: &[&str],
+        instance_id: Option<&str>,
+    ) -> Result<Self, SourceError> {
         if topics.is_empty() {
             return Err(SourceError::Kafka(
                 "a kafka consumer needs at least one topic".to_owned(),
@@ -162,7 +174,11 @@ impl KafkaSource {
             ));
         }
         let (sender, events) = mpsc::unbounded_channel();
-        let consumer: StreamConsumer<RebalanceContext> = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        if let Some(instance_id) = instance_id {
+            config.set("group.instance.id", instance_id);
+        }
+        let consumer: StreamConsumer<RebalanceContext> = config
             .set("bootstrap.servers", brokers)
             .set("group.id", group)
             .set("client.id", CLIENT_ID)
@@ -544,7 +560,8 @@ mod tests {
         produce(&brokers, &spec, 0, 400).await;
         let group = unique("g");
 
-        let mut first = KafkaSource::subscribe(&brokers, &group, &[spec.name.as_str()]).unwrap();
+        let mut first =
+            KafkaSource::subscribe(&brokers, &group, &[spec.name.as_str()], None).unwrap();
         let mut owned = BTreeSet::new();
         let records = read(&mut first, &mut owned, 400).await;
         // A lone member owns every partition.
@@ -597,7 +614,8 @@ mod tests {
         // More records arrive while nobody reads.
         produce(&brokers, &spec, 400, 100).await;
 
-        let mut second = KafkaSource::subscribe(&brokers, &group, &[spec.name.as_str()]).unwrap();
+        let mut second =
+            KafkaSource::subscribe(&brokers, &group, &[spec.name.as_str()], None).unwrap();
         let expected: usize = by_partition
             .iter()
             .map(|(partition, offsets)| {
@@ -643,7 +661,7 @@ mod tests {
             .map(|partition| (spec.name.clone(), partition))
             .collect();
 
-        let mut first = KafkaSource::subscribe(&brokers, &group, &topics).unwrap();
+        let mut first = KafkaSource::subscribe(&brokers, &group, &topics, None).unwrap();
         let mut first_owned = BTreeSet::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while first_owned != all {
@@ -654,7 +672,7 @@ mod tests {
             apply(&mut first, &mut first_owned).await;
         }
 
-        let mut second = KafkaSource::subscribe(&brokers, &group, &topics).unwrap();
+        let mut second = KafkaSource::subscribe(&brokers, &group, &topics, None).unwrap();
         let mut second_owned = BTreeSet::new();
         // Both members must keep polling for the rebalance to complete.
         while second_owned.is_empty()
@@ -718,13 +736,14 @@ mod tests {
 
     #[test]
     fn subscribe_needs_a_runtime_and_topics() {
-        let error = KafkaSource::subscribe("127.0.0.1:1", "g", &["t"]).unwrap_err();
+        let error = KafkaSource::subscribe("127.0.0.1:1", "g", &["t"], None).unwrap_err();
         assert!(error.to_string().contains("Tokio runtime"), "{error}");
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
-            let error = KafkaSource::subscribe("127.0.0.1:1", "g", &[]).unwrap_err();
+            let error = KafkaSource::subscribe("127.0.0.1:1", "g", &[], None).unwrap_err();
             assert!(error.to_string().contains("at least one topic"), "{error}");
-            let source = KafkaSource::subscribe("127.0.0.1:1", "group-x", &["t"]).unwrap();
+            let source =
+                KafkaSource::subscribe("127.0.0.1:1", "group-x", &["t"], Some("x-1")).unwrap();
             let debug = format!("{source:?}");
             assert!(
                 debug.contains("group-x") && debug.contains("127.0.0.1:1"),

@@ -173,16 +173,16 @@ async fn send_single(
         principal,
         route,
         idempotency_key,
-        &body,
+        body,
         |ids| async move {
             let request: SendRequest =
-                super::extract::parse_json_body(content_type.as_deref(), &body)?;
+                super::extract::parse_json_body(content_type.as_deref(), body)?;
             let send = request
                 .validate(forced_kind, &context.config.default_country_code)
                 .map_err(ApiError::validation)?;
-            let session_id = resolve_session(&principal, send.session_id.as_ref())?;
-            ensure_owned(&context, &principal.user, &session_id).await?;
-            let decision = charge_messages(&context, &principal.user, 1).await?;
+            let session_id = resolve_session(principal, send.session_id.as_ref())?;
+            ensure_owned(context, &principal.user, &session_id).await?;
+            let decision = charge_messages(context, &principal.user, 1).await?;
             let to = send.to.clone();
             let kind = send.kind;
             let accepted = context
@@ -282,10 +282,10 @@ async fn send_bulk(
         principal,
         "bulk",
         idempotency_key,
-        &body,
+        body,
         |ids| async move {
             let request: BulkRequest =
-                super::extract::parse_json_body(content_type.as_deref(), &body)?;
+                super::extract::parse_json_body(content_type.as_deref(), body)?;
             if request.messages.is_empty() || request.messages.len() > MAX_BULK_MESSAGES {
                 return Err(ApiError::validation(InvalidInput::new(
                     "messages",
@@ -306,8 +306,8 @@ async fn send_bulk(
                 .map(|raw| SessionId::parse("sessionId", raw))
                 .transpose()
                 .map_err(ApiError::validation)?;
-            let session_id = resolve_session(&principal, session.as_ref())?;
-            ensure_owned(&context, &principal.user, &session_id).await?;
+            let session_id = resolve_session(principal, session.as_ref())?;
+            ensure_owned(context, &principal.user, &session_id).await?;
 
             let country_code = &context.config.default_country_code;
             let mut results = Vec::with_capacity(request.messages.len());
@@ -357,8 +357,7 @@ async fn send_bulk(
                     details: Some(json!({ "results": results })),
                 });
             }
-            let decision =
-                charge_messages(&context, &principal.user, accepted_count as u64).await?;
+            let decision = charge_messages(context, &principal.user, accepted_count as u64).await?;
             let accepted = context
                 .ingress
                 .accept(&principal.user.id, &session_id, valid, ids)

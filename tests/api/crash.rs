@@ -42,6 +42,7 @@ const GATEWAY_ENV: &[(&str, &str)] = &[
     ("BASIC_TIER_SEND_INTERVAL_MS", "0"),
     ("BASIC_TIER_SEND_JITTER_MS", "0"),
     ("LOG_LEVEL", "info"),
+    ("LOG_FORMAT", "json"),
 ];
 
 /// How long the gateway stays dead: shorter than the consumer group's session timeout (10 s),
@@ -144,10 +145,14 @@ impl GatewayProcess {
         }
     }
 
+    /// The gateway's log without the request lines (what is left is what went wrong).
     fn log_text(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(20_000);
-        text[text.floor_char_boundary(start)..].to_owned()
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.contains("request finished"))
+            .collect();
+        lines[lines.len().saturating_sub(200)..].join("\n")
     }
 }
 
@@ -256,14 +261,24 @@ async fn fleet(gateway: &GatewayProcess, workers: usize, sessions: usize) -> Fle
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let connected = client
-            .post(format!("{base}/api/v1/sessions/{id}/connect"))
-            .bearer_auth(&token)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(connected.status().as_u16(), 200, "connecting {id}");
+        loop {
+            let connected = client
+                .post(format!("{base}/api/v1/sessions/{id}/connect"))
+                .bearer_auth(&token)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            if connected.status().as_u16() == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connecting {id}: {}",
+                connected.status()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     loop {
         let listed: Value = client
@@ -307,14 +322,14 @@ struct Accepted {
     first_failure_at: Option<Instant>,
 }
 
-/// One client per session, sending `per_session` messages one after the other (so acceptance
+/// One client per session, sending the messages `seqs` one after the other (so acceptance
 /// order is the send order), each under its own `Idempotency-Key`, retrying every try that is
 /// cut off or answered `409 IDEMPOTENCY_KEY_IN_PROGRESS` / `503` until it is answered `202`.
 async fn send_all(
     base: String,
     key: String,
     sessions: Vec<String>,
-    per_session: usize,
+    seqs: std::ops::Range<usize>,
     accepted_count: Arc<AtomicUsize>,
     statuses: Arc<std::sync::Mutex<HashMap<u16, usize>>>,
 ) -> Vec<Accepted> {
@@ -325,10 +340,10 @@ async fn send_all(
     let tasks = sessions.into_iter().map(|session| {
         let (client, base, key) = (client.clone(), base.clone(), key.clone());
         let accepted_count = accepted_count.clone();
-        let statuses = statuses.clone();
+        let (statuses, seqs) = (statuses.clone(), seqs.clone());
         tokio::spawn(async move {
-            let mut accepted = Vec::with_capacity(per_session);
-            for seq in 0..per_session {
+            let mut accepted = Vec::with_capacity(seqs.len());
+            for seq in seqs {
                 let body = json!({
                     "sessionId": session,
                     "to": "6281234567890",
@@ -440,20 +455,46 @@ fn unix_micros() -> i64 {
 async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backend) {
     const SESSIONS: usize = 6;
     const PER_SESSION: usize = 50;
+    /// Accepted messages (warm-up included) after which the gateway is killed.
     const KILL_AFTER: usize = 120;
-    let dir = tempfile::tempdir().unwrap();
+    // Kept when the test fails (the gateway's log is in it), removed at its end otherwise.
+    let dir = tempfile::tempdir().unwrap().keep();
+    eprintln!("crash {backend:?}: data and log in {}", dir.display());
     let kafka = (backend == Backend::Kafka).then(kafka_brokers);
-    let vars = child_vars(backend, dir.path(), kafka.as_deref()).await;
-    let mut gateway = GatewayProcess::start(vars, dir.path().join("gateway.log")).await;
+    let vars = child_vars(backend, &dir, kafka.as_deref()).await;
+    let mut gateway = GatewayProcess::start(vars, dir.join("gateway.log")).await;
     let fleet = fleet(&gateway, 2, SESSIONS).await;
 
     let accepted_count = Arc::new(AtomicUsize::new(0));
     let statuses = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    // Warm-up: delivery runs (on Kafka the group has formed) before the kill.
+    let mut accepted = send_all(
+        gateway.base_url(),
+        fleet.key.clone(),
+        fleet.sessions.clone(),
+        0..1,
+        accepted_count.clone(),
+        statuses.clone(),
+    )
+    .await;
+    let warm_up = Instant::now() + Duration::from_secs(60);
+    while arrivals(&fleet.workers)
+        .values()
+        .map(Vec::len)
+        .sum::<usize>()
+        < SESSIONS
+    {
+        assert!(
+            Instant::now() < warm_up,
+            "the warm-up messages did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let sender = tokio::spawn(send_all(
         gateway.base_url(),
         fleet.key.clone(),
         fleet.sessions.clone(),
-        PER_SESSION,
+        1..PER_SESSION,
         accepted_count.clone(),
         statuses.clone(),
     ));
@@ -471,7 +512,7 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backen
     let restarted_at = Instant::now();
     let restarted_at_us = unix_micros();
 
-    let accepted = sender.await.unwrap();
+    accepted.extend(sender.await.unwrap());
     assert_eq!(accepted.len(), SESSIONS * PER_SESSION);
 
     // Everything accepted reaches the workers.
@@ -593,4 +634,5 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backen
         worker.kill().await;
     }
     gateway.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
