@@ -27,6 +27,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 
 use crate::partitioner::{RDKAFKA_PARTITIONER, partition_for_key};
 use crate::topics::{TopicCatalog, TopicSpec};
@@ -37,7 +38,14 @@ const PRODUCER_CLIENT_ID: &str = "wa-gateway-producer";
 const ADMIN_CLIENT_ID: &str = "wa-gateway-admin";
 /// How long a record may wait in librdkafka (queue, retries) before its delivery fails;
 /// also bounds how long [`KafkaProducer::append_batch`] waits for room in a full queue.
+/// Long on purpose: records that time out make librdkafka bump the idempotent producer's
+/// epoch, which a broker restarted meanwhile may not know (tansu's storage then fails every
+/// request for good). During an outage new appends are refused at once instead (see
+/// [`ProducerContext`]), so clients are not held for this long.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often librdkafka reports its statistics, among them each broker's connection state,
+/// which is how the producer learns that a broker is reachable again.
+const STATISTICS_INTERVAL: Duration = Duration::from_millis(500);
 /// Records librdkafka may buffer; large, so bulk sends are not refused with `QueueFull`.
 const QUEUE_MAX_MESSAGES: u32 = 1_000_000;
 /// How long an enqueue that found the local queue full waits before trying again.
@@ -82,6 +90,45 @@ impl ClientContext for TracingContext {
     }
 }
 
+/// The producer's context: logs like [`TracingContext`], and knows whether any broker is
+/// reachable. librdkafka reports "all broker connections are down" as a global error and the
+/// brokers' states in its periodic statistics; while no broker is reachable an append is
+/// refused at once ([`KafkaError::Unreachable`]: the ingress answers `503`, and the record is
+/// certainly not in the log) rather than queued for up to [`MESSAGE_TIMEOUT`].
+#[derive(Debug, Default)]
+struct ProducerContext {
+    /// Shared with the [`KafkaProducer`], which checks it before each append.
+    unreachable: Arc<AtomicBool>,
+}
+
+impl ClientContext for ProducerContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        TracingContext.log(level, facility, message);
+    }
+
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        if matches!(
+            error,
+            RdKafkaError::Global(RDKafkaErrorCode::AllBrokersDown)
+        ) && !self.unreachable.swap(true, Ordering::AcqRel)
+        {
+            tracing::warn!("no kafka broker is reachable: appends are refused until one is");
+        }
+        TracingContext.error(error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        // Bootstrap entries have no node id; a real broker in state UP takes requests.
+        let reachable = statistics
+            .brokers
+            .values()
+            .any(|broker| broker.nodeid >= 0 && broker.state == "UP");
+        if reachable && self.unreachable.swap(false, Ordering::AcqRel) {
+            tracing::info!("a kafka broker is reachable again: appends resume");
+        }
+    }
+}
+
 /// Why a Kafka operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
@@ -100,6 +147,12 @@ pub enum KafkaError {
         /// librdkafka's error.
         #[source]
         source: RdKafkaError,
+    },
+    /// No broker is reachable: the batch was not handed to librdkafka at all.
+    #[error("no kafka broker of `{brokers}` is reachable")]
+    Unreachable {
+        /// The cluster, as configured.
+        brokers: String,
     },
     /// [`KafkaProducer::close`] was called, or the producer went away before answering.
     #[error("the kafka producer is closed")]
@@ -146,11 +199,13 @@ pub enum KafkaError {
 /// partitions. Cheap to clone; all clones share one librdkafka producer.
 #[derive(Clone)]
 pub struct KafkaProducer {
-    producer: FutureProducer<TracingContext>,
+    producer: FutureProducer<ProducerContext>,
     catalog: Arc<TopicCatalog>,
     brokers: Arc<str>,
     /// Set by [`close`](Self::close); appends are refused afterwards.
     closed: Arc<AtomicBool>,
+    /// Whether no broker is reachable now (kept up to date by [`ProducerContext`]).
+    unreachable: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for KafkaProducer {
@@ -195,20 +250,25 @@ impl KafkaProducer {
             .set("linger.ms", "2")
             .set("compression.type", "lz4")
             .set("message.timeout.ms", millis(MESSAGE_TIMEOUT))
+            .set("statistics.interval.ms", millis(STATISTICS_INTERVAL))
             .set(
                 "queue.buffering.max.messages",
                 QUEUE_MAX_MESSAGES.to_string(),
             )
             // Topics are created from the catalog, never by accident through metadata.
             .set("allow.auto.create.topics", "false");
-        let producer: FutureProducer<TracingContext> = config
-            .create_with_context(TracingContext)
+        let unreachable = Arc::new(AtomicBool::new(false));
+        let producer: FutureProducer<ProducerContext> = config
+            .create_with_context(ProducerContext {
+                unreachable: unreachable.clone(),
+            })
             .map_err(KafkaError::Create)?;
         Ok(Self {
             producer,
             catalog: Arc::new(catalog.clone()),
             brokers: Arc::from(brokers),
             closed: Arc::new(AtomicBool::new(false)),
+            unreachable,
         })
     }
 
@@ -224,6 +284,11 @@ impl KafkaProducer {
     ) -> Result<(), KafkaError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(KafkaError::Closed);
+        }
+        if self.unreachable.load(Ordering::Acquire) {
+            return Err(KafkaError::Unreachable {
+                brokers: self.brokers.to_string(),
+            });
         }
         let spec = self.resolve(topic)?;
         // Enqueue everything first and only then wait, so the whole batch travels in as few

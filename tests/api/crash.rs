@@ -28,6 +28,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_wa-gateway");
 
 pipeline_tests!(kill_9_mid_stream_loses_nothing_and_sends_nothing_twice);
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_broker_restart_mid_stream_loses_nothing() {
+    broker_restart_mid_stream().await;
+}
+
 /// The gateway's settings in these tests: pacing off, limits out of the way, a worker declared
 /// dead 3 s after its last sign of life (shorter than the outage would be a fleet failure
 /// without the restart grace), consumer-group session timeout as in production.
@@ -432,6 +437,66 @@ fn arrivals(workers: &[SimWorker]) -> HashMap<String, Vec<(String, i64)>> {
     by_session
 }
 
+/// The accepted message ids of each session, in acceptance (= send) order.
+fn by_session(accepted: &[Accepted]) -> HashMap<String, Vec<String>> {
+    let mut by_session: HashMap<String, Vec<(usize, String)>> = HashMap::new();
+    for message in accepted {
+        by_session
+            .entry(message.session.clone())
+            .or_default()
+            .push((message.seq, message.message_id.clone()));
+    }
+    by_session
+        .into_iter()
+        .map(|(session, mut list)| {
+            list.sort();
+            (session, list.into_iter().map(|(_, id)| id).collect())
+        })
+        .collect()
+}
+
+/// How many of the expected messages have not arrived.
+fn missing(
+    expected: &HashMap<String, Vec<String>>,
+    got: &HashMap<String, Vec<(String, i64)>>,
+) -> usize {
+    expected
+        .iter()
+        .map(|(session, ids)| {
+            let arrived: std::collections::HashSet<&String> = got
+                .get(session)
+                .map(|list| list.iter().map(|(id, _)| id).collect())
+                .unwrap_or_default();
+            ids.iter().filter(|id| !arrived.contains(id)).count()
+        })
+        .sum()
+}
+
+/// Asserts that each session's messages arrived in acceptance order, a duplicate only as the
+/// immediate repeat of a call (never a message going backwards); returns the duplicates.
+fn check_order(
+    expected: &HashMap<String, Vec<String>>,
+    got: &HashMap<String, Vec<(String, i64)>>,
+) -> usize {
+    let mut duplicates = 0;
+    for (session, ids) in expected {
+        let mut collapsed: Vec<&String> = Vec::with_capacity(ids.len());
+        for (id, _) in &got[session] {
+            if collapsed.last() == Some(&id) {
+                duplicates += 1;
+            } else {
+                collapsed.push(id);
+            }
+        }
+        let expected_ids: Vec<&String> = ids.iter().collect();
+        assert_eq!(
+            collapsed, expected_ids,
+            "session {session}: out of order or sent twice apart"
+        );
+    }
+    duplicates
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| {
@@ -516,35 +581,10 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backen
     assert_eq!(accepted.len(), SESSIONS * PER_SESSION);
 
     // Everything accepted reaches the workers.
-    let expected: HashMap<String, Vec<String>> = {
-        let mut by_session: HashMap<String, Vec<(usize, String)>> = HashMap::new();
-        for message in &accepted {
-            by_session
-                .entry(message.session.clone())
-                .or_default()
-                .push((message.seq, message.message_id.clone()));
-        }
-        by_session
-            .into_iter()
-            .map(|(session, mut list)| {
-                list.sort();
-                (session, list.into_iter().map(|(_, id)| id).collect())
-            })
-            .collect()
-    };
+    let expected = by_session(&accepted);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let got = arrivals(&fleet.workers);
-        let missing: usize = expected
-            .iter()
-            .map(|(session, ids)| {
-                let arrived: std::collections::HashSet<&String> = got
-                    .get(session)
-                    .map(|list| list.iter().map(|(id, _)| id).collect())
-                    .unwrap_or_default();
-                ids.iter().filter(|id| !arrived.contains(id)).count()
-            })
-            .sum();
+        let missing = missing(&expected, &arrivals(&fleet.workers));
         if missing == 0 {
             break;
         }
@@ -558,25 +598,7 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backen
     // A duplicate gets its chance to show up.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let got = arrivals(&fleet.workers);
-
-    // Per session: in order, and a duplicate only as the immediate repeat of a call.
-    let mut duplicates = 0;
-    for (session, ids) in &expected {
-        let list = &got[session];
-        let mut collapsed: Vec<&String> = Vec::with_capacity(list.len());
-        for (id, _) in list {
-            if collapsed.last() == Some(&id) {
-                duplicates += 1;
-            } else {
-                collapsed.push(id);
-            }
-        }
-        let expected_ids: Vec<&String> = ids.iter().collect();
-        assert_eq!(
-            collapsed, expected_ids,
-            "session {session}: out of order or sent twice apart"
-        );
-    }
+    let duplicates = check_order(&expected, &got);
     assert!(
         duplicates <= SESSIONS,
         "{duplicates} duplicates: more than the calls in flight at the kill"
@@ -634,5 +656,228 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backen
         worker.kill().await;
     }
     gateway.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A tansu broker of this test's own (sqlite engine) on a free port, killed and started again on
+/// the same data. The binary is `TANSU_BIN`, else `~/.cargo/bin/tansu`, else `tansu` on `PATH`
+/// (`.ci/run` installs it).
+struct Broker {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Broker {
+    fn binary() -> PathBuf {
+        if let Ok(path) = std::env::var("TANSU_BIN") {
+            return PathBuf::from(path);
+        }
+        let installed = std::env::var("HOME")
+            .map(|home| PathBuf::from(home).join(".cargo/bin/tansu"))
+            .ok()
+            .filter(|path| path.exists());
+        installed.unwrap_or_else(|| PathBuf::from("tansu"))
+    }
+
+    async fn start(dir: PathBuf) -> Self {
+        let mut broker = Self {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        broker.spawn().await;
+        broker
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .unwrap();
+        let url = format!("tcp://{}", self.address());
+        let child = Command::new(Self::binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                // tansu resolves this against its working directory.
+                "sqlite://tansu.db",
+            ])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "this test runs its own Kafka broker: cannot start tansu ({}): {err}; \
+                     install it with `cargo install tansu --locked --features libsql` or set TANSU_BIN",
+                    Self::binary().display()
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(self.address())
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+        }
+    }
+}
+
+/// Kafka only: the broker is killed mid-stream and started again on the same data. New sends
+/// meanwhile are answered `503` with `Retry-After` at once (never `202`: nothing can be in the
+/// log), sends in flight at the kill wait for the broker, and afterwards every accepted
+/// message reaches the workers in per-session order.
+async fn broker_restart_mid_stream() {
+    const SESSIONS: usize = 4;
+    const PER_SESSION: usize = 40;
+    const KILL_AFTER: usize = 60;
+    const OUTAGE: Duration = Duration::from_secs(6);
+    let dir = tempfile::tempdir().unwrap().keep();
+    eprintln!("broker restart: data and logs in {}", dir.display());
+    let broker_dir = dir.join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let mut broker = Broker::start(broker_dir).await;
+    let vars = child_vars(Backend::Kafka, &dir, Some(&broker.address())).await;
+    let gateway = GatewayProcess::start(vars, dir.join("gateway.log")).await;
+    // The last session is only for the probes sent during the outage.
+    let fleet = fleet(&gateway, 2, SESSIONS + 1).await;
+    let (streams, probe_session) = fleet.sessions.split_at(SESSIONS);
+    let probe_session = probe_session[0].clone();
+
+    let accepted_count = Arc::new(AtomicUsize::new(0));
+    let statuses = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let mut accepted = send_all(
+        gateway.base_url(),
+        fleet.key.clone(),
+        streams.to_vec(),
+        0..1,
+        accepted_count.clone(),
+        statuses.clone(),
+    )
+    .await;
+    let sender = tokio::spawn(send_all(
+        gateway.base_url(),
+        fleet.key.clone(),
+        streams.to_vec(),
+        1..PER_SESSION,
+        accepted_count.clone(),
+        statuses.clone(),
+    ));
+    while accepted_count.load(Ordering::Relaxed) < KILL_AFTER {
+        assert!(!sender.is_finished(), "the clients stopped early");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    broker.kill().await;
+    let killed_at = Instant::now();
+
+    // New sends during the outage: refused at once, with Retry-After.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut refused = 0;
+    let mut probe = 0;
+    while killed_at.elapsed() < OUTAGE {
+        probe += 1;
+        let started = Instant::now();
+        let answer = client
+            .post(format!("{}/api/v1/external/send", gateway.base_url()))
+            .header("X-API-Key", &fleet.key)
+            .header("Idempotency-Key", format!("probe-{probe}"))
+            .json(&json!({"sessionId": probe_session, "to": "6281234567890", "message": format!("probe {probe}")}))
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let retry_after = answer.headers().contains_key("retry-after");
+        let body: Value = answer.json().await.unwrap();
+        // The first probes may still find librdkafka unaware of the outage (a record then
+        // waits for the broker, up to the probe's own timeout); after that every one is
+        // refused at once.
+        if killed_at.elapsed() > Duration::from_secs(2) {
+            assert_eq!(status, 503, "a send during the outage: {body}");
+            assert!(retry_after, "503 without Retry-After: {body}");
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "a refusal took {:?}",
+                started.elapsed()
+            );
+        }
+        assert_ne!(status, 202, "202 during the broker outage: {body}");
+        refused += usize::from(status == 503);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(refused > 0, "no send was refused during the outage");
+    broker.spawn().await;
+    let back_at = Instant::now();
+    accepted.extend(sender.await.unwrap());
+    assert_eq!(accepted.len(), SESSIONS * PER_SESSION);
+    // What was answered 202 while the broker was down would not be in the log.
+    let grace = Duration::from_millis(200);
+    let during: Vec<&Accepted> = accepted
+        .iter()
+        .filter(|m| m.answered_at > killed_at + grace && m.answered_at < back_at)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "202 while the broker was down: {during:?}"
+    );
+
+    let expected = by_session(&accepted);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let missing = missing(&expected, &arrivals(&fleet.workers));
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} accepted messages never reached a worker after the broker came back; gateway log:\n{}",
+            gateway.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let got = arrivals(&fleet.workers);
+    let duplicates = check_order(&expected, &got);
+    assert!(
+        !got.contains_key(&probe_session),
+        "a refused probe reached a worker"
+    );
+    eprintln!(
+        "broker restart: accepted {}, stranded 0, duplicates {duplicates}, probes refused \
+         {refused} of {probe}, answers {:?}",
+        accepted.len(),
+        statuses.lock().unwrap()
+    );
+    for worker in fleet.workers {
+        worker.kill().await;
+    }
+    gateway.stop().await;
+    broker.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
