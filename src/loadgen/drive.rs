@@ -147,7 +147,17 @@ pub struct SendRun {
     pub rate: Option<f64>,
     pub concurrency: usize,
     pub progress: Arc<Progress>,
+    /// Crash runs: every request carries `Idempotency-Key: <this>-<request index>` and is tried
+    /// again (after [`RETRY_PAUSE`]) when it is cut off, answered `503` or `409
+    /// IDEMPOTENCY_KEY_IN_PROGRESS`, until answered or [`RETRY_FOR`] has passed, as a careful
+    /// integrator does while the gateway restarts.
+    pub idempotency_prefix: Option<String>,
 }
+
+/// Pause before a crash run tries a request again.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How long a crash run keeps trying one request.
+const RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// What the send run observed.
 #[derive(Debug, Default)]
@@ -245,7 +255,19 @@ async fn send_task(run: Arc<SendRun>, next: Arc<AtomicUsize>, started: Instant) 
         run.progress.add_sent(u64::from(planned.count));
         let started_at_us = unix_micros();
         let sent = Instant::now();
-        let answer = post(&run, &url, body).await;
+        let answer = match &run.idempotency_prefix {
+            None => post(&run, &url, body, None).await,
+            Some(prefix) => {
+                let key = format!("{prefix}-{index}");
+                loop {
+                    let answer = post(&run, &url, body.clone(), Some(&key)).await;
+                    if !worth_retrying(&answer) || sent.elapsed() > RETRY_FOR {
+                        break answer;
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        };
         let latency = sent.elapsed();
         let answered_at_us = unix_micros();
         let accepted_before = log.accepted.len();
@@ -298,18 +320,36 @@ async fn post(
     run: &SendRun,
     url: &str,
     body: Vec<u8>,
+    idempotency_key: Option<&str>,
 ) -> reqwest::Result<(reqwest::StatusCode, bytes::Bytes)> {
-    let response = run
+    let mut request = run
         .client
         .post(url)
         .header("x-api-key", run.api_key.expose())
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await?;
+        .header(reqwest::header::CONTENT_TYPE, "application/json");
+    if let Some(key) = idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.body(body).send().await?;
     let status = response.status();
     let bytes = response.bytes().await?;
     Ok((status, bytes))
+}
+
+/// Whether a crash run tries a request again: it was cut off, the gateway is not ready
+/// (`503`), or a try cut off before still holds the key (`409 IDEMPOTENCY_KEY_IN_PROGRESS`).
+fn worth_retrying(answer: &reqwest::Result<(reqwest::StatusCode, bytes::Bytes)>) -> bool {
+    match answer {
+        Err(_) => true,
+        Ok((status, _)) if *status == reqwest::StatusCode::SERVICE_UNAVAILABLE => true,
+        Ok((status, bytes)) if *status == reqwest::StatusCode::CONFLICT => {
+            serde_json::from_slice::<Envelope<serde_json::Value>>(bytes)
+                .ok()
+                .and_then(|envelope| envelope.error)
+                .is_some_and(|error| error.code == "IDEMPOTENCY_KEY_IN_PROGRESS")
+        }
+        Ok(_) => false,
+    }
 }
 
 /// Records what one answer accepted and refused.

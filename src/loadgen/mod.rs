@@ -86,8 +86,28 @@ bounds.
 Exit status: non-zero when lost, dup or out_of_order is not 0, or a message was refused.
 On failure the temporary directory with the children's logs is kept and its path printed.
 
+Crash runs: with --kill-after N the spawned gateway is killed (SIGKILL: no drain, no flush)
+once N messages are accepted, and started again on the same store and log --down-ms later.
+Every request then carries an Idempotency-Key and is tried again, every 200 ms for up to
+120 s, when it is cut off, answered 503 or 409 IDEMPOTENCY_KEY_IN_PROGRESS; the ceiling run
+is skipped. A CRASH line follows the RESULT line:
+
+  CRASH accepted=… delivered=… stranded=… sent_twice=… redelivered=… accepted_at_kill=…
+        delivered_at_kill=… restart_ms=… resumed_after_ms=…
+
+  stranded       accepted messages that never reached a worker
+  sent_twice     messages at the workers under an id no answer gave: a request accepted twice
+  redelivered    accepted messages a worker received more than once (the call in flight at
+                 the kill, sent again): at most one per session
+  restart_ms     from the kill to the new gateway answering its health check
+  resumed_after_ms  from that answer to the first message reaching a worker
+
+A crash run fails when a message is stranded, sent twice, out of order or refused, or when
+more messages are redelivered than there are sessions.
+
 Examples:
   wa-gateway loadgen --mode single --sessions 20 --messages 20000 --concurrency 64
+  wa-gateway loadgen --mode single --sessions 20 --messages 20000 --rate 1000 --concurrency 64 --kill-after 5700
   wa-gateway loadgen --mode bulk --sessions 20 --messages 200000 --concurrency 4 --bulk-size 1000
   # e2e latency at a fixed load (e.g. half the top sustained rate), receipts off:
   wa-gateway loadgen --mode single --messages 50000 --concurrency 256 --rate 5000 --sim-receipts false
@@ -178,6 +198,12 @@ pub struct LoadgenArgs {
     /// With --target: the simulated workers' token.
     #[arg(long, env = "WORKER_AUTH_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub worker_token: Option<Secret<String>>,
+    /// Crash run: kill the spawned gateway (SIGKILL) once this many messages are accepted.
+    #[arg(long)]
+    pub kill_after: Option<u64>,
+    /// Crash run: how long the gateway stays dead before it is started again, milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub down_ms: u64,
 }
 
 fn parse_secret(raw: &str) -> Result<Secret<String>, String> {
@@ -197,6 +223,16 @@ struct Options {
     sim_nice: u8,
     delivery_timeout: Duration,
     target: Option<Target>,
+    crash: Option<Crash>,
+}
+
+/// A crash run's kill.
+#[derive(Clone, Copy)]
+struct Crash {
+    /// Accepted messages after which the gateway is killed.
+    kill_after: u64,
+    /// How long it stays dead.
+    down: Duration,
 }
 
 /// A gateway ready to take the sends, and where to check their delivery.
@@ -260,6 +296,23 @@ impl LoadgenArgs {
                 })
             }
         };
+        let crash = match self.kill_after {
+            None => None,
+            Some(kill_after) => {
+                anyhow::ensure!(
+                    target.is_none(),
+                    "--kill-after needs the gateway loadgen spawns: not with --target"
+                );
+                anyhow::ensure!(
+                    kill_after < self.messages,
+                    "--kill-after must be below --messages"
+                );
+                Some(Crash {
+                    kill_after,
+                    down: Duration::from_millis(self.down_ms),
+                })
+            }
+        };
         let sessions = match &target {
             Some(target) => target.session_ids.len(),
             None => {
@@ -282,6 +335,7 @@ impl LoadgenArgs {
                     .unwrap_or(60 + self.messages / 5_000),
             ),
             target,
+            crash,
         })
     }
 }
@@ -320,7 +374,7 @@ async fn benchmark(mut options: Options) -> anyhow::Result<()> {
     let reporter = AbortOnDrop(progress.report_every_second());
 
     if let Some(target) = options.target.take() {
-        let measured = measure(&client, &options, &target, &progress).await?;
+        let measured = measure(&client, &options, &target, &progress, None).await?;
         drop(reporter);
         return conclude(&measured);
     }
@@ -364,7 +418,7 @@ async fn benchmark(mut options: Options) -> anyhow::Result<()> {
             sim_urls: processes.sim_urls.clone(),
             worker_token: processes.worker_token.clone(),
         };
-        measure(&client, &options, &target, &progress).await
+        measure(&client, &options, &target, &progress, Some(&mut processes)).await
     }
     .await;
     drop(reporter);
@@ -384,21 +438,76 @@ struct Measured {
     summary: Summary,
     /// Messages the gateway did not accept.
     refused: u64,
+    /// A crash run's figures.
+    crash: Option<CrashFigures>,
 }
 
-/// The ceiling run, the send run and the delivery check against a ready target.
+/// What a crash run adds to the summary (see the `CRASH` line in [`LONG_ABOUT`]).
+struct CrashFigures {
+    sessions: usize,
+    accepted_at_kill: u64,
+    delivered_at_kill: u64,
+    restart: Duration,
+    resumed_after: Option<Duration>,
+}
+
+/// When the kill and the restart happened.
+struct Killed {
+    accepted_at_kill: u64,
+    delivered_at_kill: u64,
+    restart: Duration,
+    /// Unix microseconds when the new gateway answered its health check.
+    restarted_at_us: i64,
+}
+
+/// Kills the gateway once `crash.kill_after` messages are accepted and starts it again
+/// `crash.down` later.
+async fn kill_and_restart(
+    processes: &mut Processes,
+    client: &reqwest::Client,
+    progress: &Progress,
+    crash: Crash,
+) -> anyhow::Result<Killed> {
+    while progress.accepted() < crash.kill_after {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    processes.kill_gateway().await?;
+    let killed = Instant::now();
+    let accepted_at_kill = progress.accepted();
+    let delivered_at_kill = progress.delivered();
+    eprintln!("loadgen: killed the gateway (SIGKILL) after {accepted_at_kill} accepted messages");
+    tokio::time::sleep(crash.down).await;
+    processes.restart_gateway(client).await?;
+    let restarted_at_us = drive::unix_micros();
+    let restart = killed.elapsed();
+    eprintln!("loadgen: the gateway answers again {restart:?} after the kill");
+    Ok(Killed {
+        accepted_at_kill,
+        delivered_at_kill,
+        restart,
+        restarted_at_us,
+    })
+}
+
+/// The ceiling run, the send run and the delivery check against a ready target; in a crash run
+/// the gateway in `processes` is killed and started again during the send run.
 async fn measure(
     client: &reqwest::Client,
     options: &Options,
     target: &Target,
     progress: &Arc<Progress>,
+    processes: Option<&mut Processes>,
 ) -> anyhow::Result<Measured> {
     let plan = drive::plan(
         target.session_ids.len(),
         options.messages,
         options.per_request,
     );
-    let ceiling_requests = plan.len().max(MIN_CEILING_REQUESTS);
+    let ceiling_requests = if options.crash.is_some() {
+        0
+    } else {
+        plan.len().max(MIN_CEILING_REQUESTS)
+    };
 
     progress.set_phase("health ceiling");
     eprintln!(
@@ -443,7 +552,7 @@ async fn measure(
             .map(|rate| format!(", paced at {rate} messages/s"))
             .unwrap_or_default()
     );
-    let sent = drive::send_all(Arc::new(drive::SendRun {
+    let send_run = drive::send_all(Arc::new(drive::SendRun {
         client: client.clone(),
         base_url: target.base_url.clone(),
         api_key: target.api_key.clone(),
@@ -453,8 +562,20 @@ async fn measure(
         rate: options.rate,
         concurrency: options.concurrency,
         progress: Arc::clone(progress),
-    }))
-    .await?;
+        idempotency_prefix: options
+            .crash
+            .map(|_| format!("lg-{}", crate::auth::random_token(8))),
+    }));
+    let (sent, killed) = match (options.crash, processes) {
+        (Some(crash), Some(processes)) => {
+            let (sent, killed) = tokio::join!(
+                send_run,
+                kill_and_restart(processes, client, progress, crash)
+            );
+            (sent?, Some(killed?))
+        }
+        _ => (send_run.await?, None),
+    };
     let mut poller = background.stop().await?;
 
     let mut index: HashMap<String, usize> = HashMap::with_capacity(sent.accepted.len());
@@ -492,6 +613,19 @@ async fn measure(
         Err(err) => eprintln!("loadgen: could not read the gateway's delivery stages: {err:#}"),
     }
     let arrivals = poller.arrivals(&index);
+    let crash = killed.map(|killed| CrashFigures {
+        sessions: target.session_ids.len(),
+        accepted_at_kill: killed.accepted_at_kill,
+        delivered_at_kill: killed.delivered_at_kill,
+        restart: killed.restart,
+        resumed_after: arrivals
+            .iter()
+            .map(|arrival| arrival.received_at_us)
+            .filter(|at| *at >= killed.restarted_at_us)
+            .min()
+            .and_then(|first| u64::try_from(first - killed.restarted_at_us).ok())
+            .map(Duration::from_micros),
+    });
     let summary = report::summarize(&Observations {
         requests: &sent.timings,
         accepted: &accepted,
@@ -512,6 +646,7 @@ async fn measure(
     Ok(Measured {
         summary,
         refused: sent.refused_messages() + repeated_ids,
+        crash,
     })
 }
 
@@ -531,6 +666,42 @@ async fn stage_summary(client: &reqwest::Client, base_url: &str) -> anyhow::Resu
 fn conclude(measured: &Measured) -> anyhow::Result<()> {
     let summary = &measured.summary;
     println!("{summary}");
+    if let Some(crash) = &measured.crash {
+        println!(
+            "CRASH accepted={} delivered={} stranded={} sent_twice={} redelivered={} \
+             accepted_at_kill={} delivered_at_kill={} restart_ms={} resumed_after_ms={}",
+            summary.delivered + summary.lost,
+            summary.delivered,
+            summary.lost,
+            summary.foreign,
+            summary.dup,
+            crash.accepted_at_kill,
+            crash.delivered_at_kill,
+            crash.restart.as_millis(),
+            crash
+                .resumed_after
+                .map_or_else(|| "-".to_owned(), |after| after.as_millis().to_string()),
+        );
+        anyhow::ensure!(
+            summary.lost == 0 && summary.out_of_order == 0 && summary.foreign == 0,
+            "crash check failed: stranded={} out_of_order={} sent_twice={}",
+            summary.lost,
+            summary.out_of_order,
+            summary.foreign
+        );
+        anyhow::ensure!(
+            summary.dup <= crash.sessions as u64,
+            "{} messages redelivered: more than one call in flight per session ({})",
+            summary.dup,
+            crash.sessions
+        );
+        anyhow::ensure!(
+            measured.refused == 0,
+            "{} messages were not accepted (see the reasons above)",
+            measured.refused
+        );
+        return Ok(());
+    }
     anyhow::ensure!(
         summary.delivery_is_clean(),
         "delivery check failed: lost={} dup={} out_of_order={}",

@@ -99,6 +99,8 @@ pub struct Processes {
     /// The `WORKER_AUTH_TOKEN` of all of them (also the bearer of `/sim/…`).
     pub worker_token: Secret<String>,
     gateway: Spawned,
+    /// How the gateway was started, to start it again after [`Processes::kill_gateway`].
+    gateway_spec: GatewaySpec,
     sims: Vec<Spawned>,
     // Declared last: dropped after the children are killed.
     dir: RunDir,
@@ -114,44 +116,21 @@ impl Processes {
         let worker_token = Secret::new(crate::auth::random_token(48));
         let jwt_secret = crate::auth::random_token(48);
 
-        let gateway_port = free_port()?;
-        let base_url = format!("http://127.0.0.1:{gateway_port}");
-        let mut gateway_command = child_command(&executable, &dir.path);
-        gateway_command
-            .arg("serve")
-            .env("PORT", gateway_port.to_string())
-            .env("DATA_DIR", dir.path.join("gateway"))
-            .env("WORKER_AUTH_TOKEN", worker_token.expose())
-            .env("JWT_SECRET", &jwt_secret)
-            // Setup takes seconds, but a long run must not outlive its token.
-            .env("JWT_ACCESS_TOKEN_TTL_SECONDS", "86400")
-            .env(
-                "REDIS_KEY_PREFIX",
-                format!("wag-loadgen-{}:", options.run_id),
-            );
-        for tier in ["BASIC", "PRO", "MAX"] {
-            for limit in [
-                "MAX_SESSIONS",
-                "MAX_MESSAGES_PER_HOUR",
-                "MAX_API_CALLS_PER_HOUR",
-            ] {
-                gateway_command.env(format!("{tier}_TIER_{limit}"), UNLIMITED);
-            }
-            // Pacing off: the benchmark measures the pipeline, not the anti-ban delays.
-            gateway_command.env(format!("{tier}_TIER_SEND_INTERVAL_MS"), "0");
-            gateway_command.env(format!("{tier}_TIER_SEND_JITTER_MS"), "0");
-        }
-        for name in PASSED_THROUGH {
-            if let Ok(value) = std::env::var(name) {
-                gateway_command.env(name, value);
-            }
-        }
-        let gateway = spawn(gateway_command, "gateway", &dir.path)?;
+        let gateway_spec = GatewaySpec {
+            executable: executable.clone(),
+            port: free_port()?,
+            worker_token: worker_token.clone(),
+            jwt_secret: jwt_secret.clone(),
+            run_id: options.run_id.clone(),
+        };
+        let base_url = format!("http://127.0.0.1:{}", gateway_spec.port);
+        let gateway = spawn(gateway_spec.command(&dir.path), "gateway", &dir.path)?;
         let mut processes = Processes {
             base_url,
             sim_urls: Vec::new(),
             worker_token,
             gateway,
+            gateway_spec,
             sims: Vec::new(),
             dir,
         };
@@ -185,6 +164,23 @@ impl Processes {
                 .await?;
         }
         Ok(processes)
+    }
+
+    /// `kill -9` of the gateway: no drain, no flush, its consumer-group membership left behind.
+    pub async fn kill_gateway(&mut self) -> anyhow::Result<()> {
+        self.gateway
+            .child
+            .kill()
+            .await
+            .context("could not kill the gateway")
+    }
+
+    /// Starts the gateway again, on the same port, store and log, and waits until it answers.
+    pub async fn restart_gateway(&mut self, client: &reqwest::Client) -> anyhow::Result<()> {
+        let command = self.gateway_spec.command(&self.dir.path);
+        self.gateway = spawn_appending(command, "gateway", &self.dir.path)?;
+        let health = format!("{}/api/v1/health", self.base_url);
+        self.wait_answering(client, &health).await
     }
 
     /// Polls `url` until it answers 2xx; fails early when a child has exited.
@@ -235,6 +231,48 @@ impl Processes {
     }
 }
 
+/// What the gateway child is started with (again, after a kill).
+struct GatewaySpec {
+    executable: PathBuf,
+    port: u16,
+    worker_token: Secret<String>,
+    jwt_secret: String,
+    run_id: String,
+}
+
+impl GatewaySpec {
+    fn command(&self, dir: &Path) -> Command {
+        let mut command = child_command(&self.executable, dir);
+        command
+            .arg("serve")
+            .env("PORT", self.port.to_string())
+            .env("DATA_DIR", dir.join("gateway"))
+            .env("WORKER_AUTH_TOKEN", self.worker_token.expose())
+            .env("JWT_SECRET", &self.jwt_secret)
+            // Setup takes seconds, but a long run must not outlive its token.
+            .env("JWT_ACCESS_TOKEN_TTL_SECONDS", "86400")
+            .env("REDIS_KEY_PREFIX", format!("wag-loadgen-{}:", self.run_id));
+        for tier in ["BASIC", "PRO", "MAX"] {
+            for limit in [
+                "MAX_SESSIONS",
+                "MAX_MESSAGES_PER_HOUR",
+                "MAX_API_CALLS_PER_HOUR",
+            ] {
+                command.env(format!("{tier}_TIER_{limit}"), UNLIMITED);
+            }
+            // Pacing off: the benchmark measures the pipeline, not the anti-ban delays.
+            command.env(format!("{tier}_TIER_SEND_INTERVAL_MS"), "0");
+            command.env(format!("{tier}_TIER_SEND_JITTER_MS"), "0");
+        }
+        for name in PASSED_THROUGH {
+            if let Ok(value) = std::env::var(name) {
+                command.env(name, value);
+            }
+        }
+        command
+    }
+}
+
 /// The children log warnings only, unless `LOADGEN_CHILD_LOG_LEVEL` says otherwise (e.g. `info`
 /// to follow a run in the logs the failed run leaves behind).
 fn child_log_level() -> String {
@@ -256,10 +294,30 @@ fn child_command(executable: &Path, dir: &Path) -> Command {
     command
 }
 
-fn spawn(mut command: Command, name: &str, dir: &Path) -> anyhow::Result<Spawned> {
+fn spawn(command: Command, name: &str, dir: &Path) -> anyhow::Result<Spawned> {
     let log = dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log)
         .with_context(|| format!("could not create {}", log.display()))?;
+    spawn_logging_to(command, name, log, file)
+}
+
+/// [`spawn`] for a child started again: its log goes on after the previous one's.
+fn spawn_appending(command: Command, name: &str, dir: &Path) -> anyhow::Result<Spawned> {
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("could not open {}", log.display()))?;
+    spawn_logging_to(command, name, log, file)
+}
+
+fn spawn_logging_to(
+    mut command: Command,
+    name: &str,
+    log: PathBuf,
+    file: std::fs::File,
+) -> anyhow::Result<Spawned> {
     let stderr = file
         .try_clone()
         .with_context(|| format!("could not open {} twice", log.display()))?;

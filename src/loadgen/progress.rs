@@ -48,8 +48,18 @@ impl Progress {
         self.accepted.fetch_add(messages, Ordering::Relaxed);
     }
 
+    /// Messages accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
     pub fn add_refused(&self, messages: u64) {
         self.refused.fetch_add(messages, Ordering::Relaxed);
+    }
+
+    /// Sends the workers recorded so far (as last polled).
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
     }
 
     /// Sends the workers recorded so far in this run.
