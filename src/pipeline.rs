@@ -56,6 +56,9 @@ impl Pipeline {
                 group_prefix: config.topic_prefix.clone(),
             });
         }
+        // With PostgreSQL nothing else may have created DATA_DIR yet.
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
         let path = config.data_dir.join("log.db");
         let log = EmbeddedLog::open_file(&path, &catalog)
             .await
