@@ -251,7 +251,9 @@ impl GatewaySpec {
             .env("JWT_SECRET", &self.jwt_secret)
             // Setup takes seconds, but a long run must not outlive its token.
             .env("JWT_ACCESS_TOKEN_TTL_SECONDS", "86400")
-            .env("REDIS_KEY_PREFIX", format!("wag-loadgen-{}:", self.run_id));
+            .env("REDIS_KEY_PREFIX", format!("wag-loadgen-{}:", self.run_id))
+            // Topics and groups of their own on a shared cluster: no earlier run's records.
+            .env("KAFKA_TOPIC_PREFIX", format!("lg-{}.", self.run_id));
         for tier in ["BASIC", "PRO", "MAX"] {
             for limit in [
                 "MAX_SESSIONS",
