@@ -787,6 +787,32 @@ mod tests {
     }
 
     #[test]
+    fn an_answered_head_blocks_its_lane_until_finished() {
+        let now = Instant::now();
+        let mut lanes = SessionLanes::new();
+        lanes.push("s1", 1);
+        lanes.push("s1", 2);
+        lanes.push("s2", 3);
+        let (_, item, ticket) = dispatch(&mut lanes, now);
+        assert_eq!(item, 1);
+        // The answer is in, its outcome not yet durable: the head is still readable and the
+        // lane's next message does not go out; other lanes do.
+        assert_eq!(lanes.in_flight_head(&ticket), Some(&1));
+        let (lane, item, other) = dispatch(&mut lanes, now);
+        assert_eq!((lane.as_str(), item), ("s2", 3));
+        assert!(lanes.next_ready(now).is_none());
+        // A ticket of another lane, or of a removed lane, reads nothing.
+        lanes.finish(other.clone(), LaneOutcome::Done, now).unwrap();
+        assert_eq!(lanes.in_flight_head(&other), None);
+        lanes
+            .finish(ticket.clone(), LaneOutcome::Done, now)
+            .unwrap();
+        assert_eq!(lanes.in_flight_head(&ticket), None);
+        let (_, item, _) = dispatch(&mut lanes, now);
+        assert_eq!(item, 2);
+    }
+
+    #[test]
     fn finishing_a_retrying_head_again_is_rejected() {
         let now = Instant::now();
         let mut lanes = SessionLanes::new();
