@@ -275,7 +275,13 @@ impl Application {
         let stopping = std::time::Instant::now();
         note_slow_stop("http", stopping);
         let _ = stop_tx.send(true);
-        for (name, task) in [
+        // Every step below can wait on a write (SQLite's busy timeout alone is 10 s a
+        // statement): a store or log that cannot write must not keep the process from exiting.
+        // The tasks share one deadline, the closing steps another, so a task that hangs cannot
+        // take the log's close with it; what is still running at its deadline is abandoned
+        // (nothing it was doing was acknowledged, the next process redoes it).
+        let deadline = tokio::time::Instant::now() + STOP_TASKS_BOUND;
+        for (name, mut task) in [
             ("flusher", flusher),
             ("housekeeping", housekeeping),
             ("fleet monitor", monitor),
@@ -283,21 +289,46 @@ impl Application {
             ("delivery consumer", delivery),
             ("events consumer", events),
         ] {
-            if let Err(err) = task.await {
-                tracing::warn!(task = name, error = %err, "background task ended abnormally");
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Err(err)) => {
+                    tracing::warn!(task = name, error = %err, "background task ended abnormally");
+                }
+                Ok(Ok(())) => {}
+                Err(_) => {
+                    task.abort();
+                    tracing::error!(
+                        task = name,
+                        "background task abandoned at the stop deadline"
+                    );
+                }
             }
             note_slow_stop(name, stopping);
         }
-        consumer_store.close().await;
+        let deadline = tokio::time::Instant::now() + STOP_CLOSING_BOUND;
+        bounded_stop("consumers' store", deadline, consumer_store.close()).await;
         drop(consumers);
-        self.context.flush_batches().await;
+        bounded_stop("batch flush", deadline, self.context.flush_batches()).await;
         note_slow_stop("batch flush", stopping);
-        self.context.pipeline.close().await;
+        bounded_stop("log", deadline, self.context.pipeline.close()).await;
         note_slow_stop("log", stopping);
-        self.context.store.close().await;
+        bounded_stop("store", deadline, self.context.store.close()).await;
         note_slow_stop("store", stopping);
         tracing::info!("wa-gateway stopped");
         Ok(())
+    }
+}
+
+/// How long the background tasks may take to stop after the HTTP drain: the delivery drain's
+/// 10 s and a little more.
+const STOP_TASKS_BOUND: Duration = Duration::from_secs(12);
+/// How long the closing steps after them (final batch flush, log, store) may take together;
+/// milliseconds when the disks answer.
+const STOP_CLOSING_BOUND: Duration = Duration::from_secs(5);
+
+/// Runs a shutdown step until `deadline`; past it the step is dropped, with an error naming it.
+async fn bounded_stop(step: &str, deadline: tokio::time::Instant, work: impl Future<Output = ()>) {
+    if tokio::time::timeout_at(deadline, work).await.is_err() {
+        tracing::error!(step, "shutdown step abandoned at the stop deadline");
     }
 }
 
@@ -322,7 +353,10 @@ fn note_slow_stop(step: &str, since: std::time::Instant) {
 async fn run_flusher(context: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(context.config.flush_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    // Stop is looked at before every select: after a slow flush the ticker is ready too, and
+    // the select picks one of two ready branches at random, so it would start another flush
+    // half the time (with a store that cannot write, each waits out SQLite's busy timeout).
+    while !*stop.borrow() {
         tokio::select! {
             _ = ticker.tick() => context.flush_batches().await,
             _ = stop.changed() => return,
@@ -376,6 +410,10 @@ async fn run_fleet_monitor(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     loop {
+        // As in `run_flusher`: slow steps leave the tickers ready, so look at stop first.
+        if *stop.borrow() {
+            return;
+        }
         let result = tokio::select! {
             _ = liveness.tick() => fleet.check_liveness().await.map(|_| ()),
             _ = probes.tick() => fleet.probe_workers().await,

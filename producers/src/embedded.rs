@@ -685,6 +685,18 @@ impl Writer {
                     tracing::error!(%error, records, "embedded log group commit failed");
                     stale = true;
                     fail_all(batch, commits, error);
+                    // Dropping the failed transaction rolled it back (rusqlite asks SQLite, it
+                    // keeps no counter that could drift). Should that rollback itself have
+                    // failed (an I/O error), the transaction would hold the write lock and
+                    // every later BEGIN would fail: start on a fresh connection instead.
+                    if !connection.is_autocommit() {
+                        match self.connect() {
+                            Ok(fresh) => connection = fresh,
+                            Err(error) => {
+                                tracing::error!(%error, "embedded log cannot reopen its file");
+                            }
+                        }
+                    }
                 }
             }
         }

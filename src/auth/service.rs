@@ -38,6 +38,9 @@ pub enum AuthError {
     /// Registering an e-mail that already has an account.
     #[error("an account with this email already exists")]
     EmailTaken,
+    /// The store cannot write (or answer) now; retrying later can succeed.
+    #[error("store unavailable: {0:#}")]
+    StoreUnavailable(anyhow::Error),
     /// Store failure or bug.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -48,6 +51,7 @@ impl From<StoreError> for AuthError {
         match err {
             StoreError::Conflict(_) => AuthError::EmailTaken,
             StoreError::NotFound => AuthError::InvalidCredentials,
+            StoreError::Unavailable(e) => AuthError::StoreUnavailable(e),
             StoreError::Unexpected(e) => AuthError::Unexpected(e),
         }
     }

@@ -53,6 +53,12 @@ const RETRY_BACKOFF: Backoff = Backoff::new(
     Duration::from_secs(15),
     BackoffJitter::Equal,
 );
+/// Pause before recording a fetched batch again after the store refused it.
+const RECORD_RETRY: Duration = Duration::from_millis(500);
+/// Pause before writing outcomes again after a failed flush: 100 ms doubling to 2 s. A full
+/// disk fails every write at once; retrying without a pause would spin.
+const FLUSH_RETRY_FIRST: Duration = Duration::from_millis(100);
+const FLUSH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What the delivery consumer needs besides the context.
 #[derive(Debug, Clone)]
@@ -159,8 +165,11 @@ pub async fn run_delivery(
         recording: false,
         pending: FlushBatch::default(),
         flushing: false,
+        flush_failures: 0,
+        flush_not_before: Instant::now(),
         reports: reports_tx,
         commits: commits_tx,
+        stop: stop.clone(),
     };
     let mut connected = context.fleet.events().subscribe_connected();
     let mut hearing_connects = true;
@@ -184,6 +193,8 @@ pub async fn run_delivery(
         } else {
             lanes_wakeup
         };
+        // Outcomes waiting out a failed flush's pause are written when it ends.
+        let wakeup = state.flush_retry_at().map_or(wakeup, |at| wakeup.min(at));
         let wakeup = tokio::time::Instant::from_std(wakeup);
         // One batch is recorded at a time, so batches reach the lanes in log order. During an
         // ingress burst only a small backlog is read ahead (recording costs store writes).
@@ -231,12 +242,19 @@ pub async fn run_delivery(
         }
     }
     // Drain: no new dispatches; wait (bounded) for what is in flight and write its outcomes.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while state.in_flight > 0 || state.flushing || !state.pending.is_empty() {
         state.flush();
-        match tokio::time::timeout_at(deadline, reports_rx.recv()).await {
+        // Wake for a flush waiting out its retry pause too, not only for reports.
+        let wake = state
+            .flush_retry_at()
+            .map_or(deadline, |at| at.min(deadline));
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(wake), reports_rx.recv()).await
+        {
             Ok(Some(report)) => state.on_report(report),
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
+            Err(_) if Instant::now() >= deadline => break,
+            Err(_) => {}
         }
     }
     // The reader may be parked on a full channel; closing it is what lets it see the stop.
@@ -337,8 +355,13 @@ struct DeliveryState {
     pending: FlushBatch,
     /// Whether a flush is being written (one at a time keeps the log's order of outcomes).
     flushing: bool,
+    /// Flushes that failed in a row, and when the next may start (retries back off).
+    flush_failures: u32,
+    flush_not_before: Instant,
     reports: mpsc::UnboundedSender<Report>,
     commits: mpsc::UnboundedSender<Vec<(String, i32, i64)>>,
+    /// Shutdown: ends the recording task's retries.
+    stop: watch::Receiver<bool>,
 }
 
 impl DeliveryState {
@@ -429,6 +452,7 @@ impl DeliveryState {
         let store = self.store.clone();
         let reports = self.reports.clone();
         let metrics = self.context.metrics.clone();
+        let mut stop = self.stop.clone();
         tokio::spawn(async move {
             let recorded = loop {
                 match record(&store, &rows).await {
@@ -440,7 +464,12 @@ impl DeliveryState {
                             error = format!("{err:#}"),
                             "recording outbound messages failed; retrying"
                         );
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(RECORD_RETRY) => {}
+                            // Shutting down: none of the batch's offsets is completed, so the
+                            // next reader of the partitions gets it again.
+                            _ = stop.wait_for(|stopped| *stopped) => return,
+                        }
                     }
                 }
             };
@@ -587,10 +616,17 @@ impl DeliveryState {
                         if !committable.is_empty() {
                             let _ = self.commits.send(committable);
                         }
+                        self.flush_failures = 0;
                     }
                     Err(err) => {
-                        tracing::error!(error = %err, "writing delivery outcomes failed; retrying");
-                        // Put them back in front of newer outcomes and try again on the next turn.
+                        self.flush_failures = self.flush_failures.saturating_add(1);
+                        let pause = FLUSH_RETRY_FIRST
+                            .saturating_mul(1 << self.flush_failures.min(8).saturating_sub(1))
+                            .min(FLUSH_RETRY_MAX);
+                        self.flush_not_before = Instant::now() + pause;
+                        tracing::error!(error = %err, retry_in_ms = pause.as_millis() as u64,
+                            "writing delivery outcomes failed; retrying");
+                        // Put them back in front of newer outcomes and try again after the pause.
                         let newer = std::mem::take(&mut self.pending);
                         self.pending = batch;
                         self.pending.extend(newer);
@@ -691,9 +727,15 @@ impl DeliveryState {
         self.pending.sent_heads.push(ticket);
     }
 
-    /// Hands pending outcomes to a background append (one at a time).
+    /// When a flush waiting out its retry pause may go (`None`: none waits).
+    fn flush_retry_at(&self) -> Option<Instant> {
+        (!self.flushing && !self.pending.is_empty() && self.flush_failures > 0)
+            .then_some(self.flush_not_before)
+    }
+
+    /// Hands pending outcomes to a background append (one at a time, pausing after failures).
     fn flush(&mut self) {
-        if self.flushing || self.pending.is_empty() {
+        if self.flushing || self.pending.is_empty() || Instant::now() < self.flush_not_before {
             return;
         }
         let batch = std::mem::take(&mut self.pending);

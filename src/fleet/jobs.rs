@@ -98,6 +98,9 @@ impl MigrationQueue {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // apalis runs its fetches and acks in transactions: the store's guard against a
+            // connection wedged in one by a failed commit (full disk) applies here too.
+            .after_release(crate::store::release_outside_transaction)
             .connect_with(options)
             .await
             .with_context(|| format!("opening job store {}", path.display()))?;

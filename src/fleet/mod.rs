@@ -59,6 +59,9 @@ pub enum FleetError {
         /// Session.
         session_id: String,
     },
+    /// The store cannot write (or answer) now; retrying later can succeed.
+    #[error("store unavailable: {0:#}")]
+    StoreUnavailable(anyhow::Error),
     /// Store failure or bug.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -72,6 +75,7 @@ impl From<StoreError> for FleetError {
                 code: "CONFLICT",
                 message: what.to_owned(),
             },
+            StoreError::Unavailable(e) => FleetError::StoreUnavailable(e),
             StoreError::Unexpected(e) => FleetError::Unexpected(e),
         }
     }

@@ -96,7 +96,19 @@ pub enum ApiError {
     },
     /// A bug or an unexpected failure (500); details go to the log, not the client.
     #[error(transparent)]
-    Unexpected(#[from] anyhow::Error),
+    Unexpected(anyhow::Error),
+}
+
+/// An error a handler did not classify is a `500`, unless a database that cannot work now is
+/// in its chain (a full disk under a store method that only added context): that is a `503`.
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        if crate::store::chain_is_unavailable(&err) {
+            ApiError::store_unavailable(&err)
+        } else {
+            ApiError::Unexpected(err)
+        }
+    }
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -111,6 +123,16 @@ impl ApiError {
             code: "VALIDATION_ERROR",
             message: invalid.to_string(),
             details: Some(json!({ "field": invalid.field })),
+        }
+    }
+
+    /// The `503` of a store that cannot take the request now (disk full, lock held, connection
+    /// lost); the cause goes to the log.
+    pub fn store_unavailable(cause: &anyhow::Error) -> Self {
+        tracing::error!(error = format!("{cause:#}"), "the store is unavailable");
+        ApiError::ServiceUnavailable {
+            code: "STORE_UNAVAILABLE",
+            message: "the store cannot take this request right now; retry later".to_owned(),
         }
     }
 
@@ -194,7 +216,8 @@ impl From<StoreError> for ApiError {
                 code: "CONFLICT",
                 message: what.to_owned(),
             },
-            StoreError::Unexpected(e) => ApiError::Unexpected(e),
+            StoreError::Unavailable(e) => ApiError::store_unavailable(&e),
+            StoreError::Unexpected(e) => ApiError::from(e),
         }
     }
 }
@@ -223,7 +246,8 @@ impl From<AuthError> for ApiError {
                 code: "EMAIL_TAKEN",
                 message: "an account with this email already exists".to_owned(),
             },
-            AuthError::Unexpected(e) => ApiError::Unexpected(e),
+            AuthError::StoreUnavailable(e) => ApiError::store_unavailable(&e),
+            AuthError::Unexpected(e) => ApiError::from(e),
         }
     }
 }
@@ -262,7 +286,8 @@ impl From<crate::fleet::FleetError> for ApiError {
                 code: "WORKER_UNAVAILABLE",
                 message: other.to_string(),
             },
-            FleetError::Unexpected(e) => ApiError::Unexpected(e),
+            FleetError::StoreUnavailable(e) => ApiError::store_unavailable(&e),
+            FleetError::Unexpected(e) => ApiError::from(e),
         }
     }
 }

@@ -207,7 +207,7 @@ async fn charge_api_call(context: &AppContext, user: &User) -> Result<(), Reject
         .quotas
         .charge(&user.id, user.tier, QuotaKind::ApiCalls, 1)
         .await
-        .map_err(|e| warp::reject::custom(ApiError::Unexpected(e)))?;
+        .map_err(|e| warp::reject::custom(ApiError::from(e)))?;
     if decision.allowed {
         Ok(())
     } else {

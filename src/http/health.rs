@@ -29,7 +29,8 @@ pub struct BackendHealth {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthReport {
-    /// `ok`, `degraded` (an optional backend is down) or `unavailable` (the store is down).
+    /// `ok`, `degraded` (an optional backend is down) or `unavailable` (the store is down, or
+    /// `DATA_DIR` is full so the store and log files in it cannot write).
     pub status: &'static str,
     /// Gateway version.
     pub version: &'static str,
@@ -47,7 +48,16 @@ pub struct Backends {
     pub store: BackendHealth,
     /// Quota and routing cache.
     pub cache: BackendHealth,
+    /// Free space in `DATA_DIR` (`filesystem`), when the SQLite store or the embedded log
+    /// lives there. A full disk leaves reads working, so the store's ping alone would say
+    /// `up` while every write fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<BackendHealth>,
 }
+
+/// Below this much free space in `DATA_DIR` the disk counts as full: SQLite's next WAL growth
+/// or checkpoint, and with it a send's append, may fail any moment.
+pub const DATA_DIR_MIN_FREE_BYTES: u64 = 1024 * 1024;
 
 /// Health and metrics routes.
 pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
@@ -88,9 +98,21 @@ fn probe(result: anyhow::Result<std::time::Duration>, backend: &'static str) -> 
 /// Overall and per-backend status; `503` when the store is unreachable.
 #[utoipa::path(get, path = "/api/v1/health", tag = "health",
     responses((status = 200, body = super::views::Envelope<HealthReport>),
-              (status = 503, description = "store unreachable", body = super::views::Envelope<HealthReport>)))]
+              (status = 503, description = "store unreachable, or DATA_DIR full", body = super::views::Envelope<HealthReport>)))]
 pub async fn health(context: Ctx) -> ApiResult {
-    let (store, cache) = tokio::join!(context.store.ping(), context.counters.ping());
+    let config = &context.config;
+    let data_dir_in_use = config.database_url.is_none() || config.kafka_brokers.is_none();
+    let disk = async {
+        if data_dir_in_use {
+            Some(probe(
+                free_space(config.data_dir.clone()).await,
+                "filesystem",
+            ))
+        } else {
+            None
+        }
+    };
+    let (store, cache, disk) = tokio::join!(context.store.ping(), context.counters.ping(), disk);
     let store = probe(store, context.store.backend().as_str());
     let cache = probe(
         cache,
@@ -99,31 +121,68 @@ pub async fn health(context: Ctx) -> ApiResult {
             Counters::Redis(_) => "redis",
         },
     );
-    let (status, code) = match (store.status, cache.status) {
-        ("up", "up") => ("ok", StatusCode::OK),
-        ("up", _) => ("degraded", StatusCode::OK),
+    let disk_up = disk.as_ref().is_none_or(|disk| disk.status == "up");
+    let (status, code) = match (store.status, cache.status, disk_up) {
+        ("up", "up", true) => ("ok", StatusCode::OK),
+        ("up", _, true) => ("degraded", StatusCode::OK),
         _ => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    };
+    let error = if store.status != "up" {
+        Some(("STORE_UNAVAILABLE", "the store is unreachable"))
+    } else if !disk_up {
+        Some((
+            "DISK_FULL",
+            "DATA_DIR is full: the store and the message log cannot write",
+        ))
+    } else {
+        None
     };
     let report = HealthReport {
         status,
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: context.started_at.elapsed().as_secs(),
-        backends: Backends { store, cache },
+        backends: Backends { store, cache, disk },
     };
     let mut response = success(code, &report);
-    if code != StatusCode::OK {
+    if let Some((error_code, message)) = error {
         // Still the envelope, but `success: false` so clients that only read the flag notice.
         response = warp::reply::with_status(
             warp::reply::json(&serde_json::json!({
                 "success": false,
                 "data": report,
-                "error": { "code": "STORE_UNAVAILABLE", "message": "the store is unreachable", "details": null },
+                "error": { "code": error_code, "message": message, "details": null },
             })),
             code,
         )
         .into_response();
     }
     Ok(response)
+}
+
+/// The free space of the file system holding `dir`, as a probe result: down below
+/// [`DATA_DIR_MIN_FREE_BYTES`]. `statvfs` is a system call that may touch the disk, so it runs
+/// on the blocking pool.
+#[cfg(target_os = "linux")]
+async fn free_space(dir: std::path::PathBuf) -> anyhow::Result<std::time::Duration> {
+    use anyhow::Context;
+    let started = std::time::Instant::now();
+    let stats = tokio::task::spawn_blocking(move || rustix::fs::statvfs(&dir))
+        .await
+        .context("the free-space probe did not finish")?
+        .context("reading the free space of DATA_DIR")?;
+    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    anyhow::ensure!(
+        free >= DATA_DIR_MIN_FREE_BYTES,
+        "DATA_DIR has {free} bytes free (below {DATA_DIR_MIN_FREE_BYTES}): writes fail"
+    );
+    Ok(started.elapsed())
+}
+
+/// Free space is read through rustix, a Linux-only dependency here; elsewhere the probe has
+/// nothing to say.
+#[cfg(not(target_os = "linux"))]
+async fn free_space(_dir: std::path::PathBuf) -> anyhow::Result<std::time::Duration> {
+    Ok(std::time::Duration::ZERO)
 }
 
 /// Prometheus text exposition.

@@ -22,8 +22,11 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::future::BoxFuture;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::error::DatabaseError;
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnectionMetadata;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AnyPool, ConnectOptions, Connection};
 
@@ -69,9 +72,14 @@ pub enum StoreError {
     /// The row does not exist (or is not visible to the caller).
     #[error("not found")]
     NotFound,
-    /// Anything else: the database is down, a row is corrupt, a bug.
+    /// The database cannot do the work now but may shortly: disk full, I/O error, a lock held
+    /// too long, the connection lost, the pool exhausted or closed (see [`is_unavailable`]).
+    /// Callers answer `503` or retry later; nothing is wrong with the request.
+    #[error("store unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+    /// Anything else: a row is corrupt, a constraint the code should have kept, a bug.
     #[error(transparent)]
-    Unexpected(#[from] anyhow::Error),
+    Unexpected(anyhow::Error),
 }
 
 impl StoreError {
@@ -80,6 +88,7 @@ impl StoreError {
         match &err {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(conflict),
             sqlx::Error::RowNotFound => StoreError::NotFound,
+            _ if is_unavailable(&err) => StoreError::Unavailable(anyhow::Error::new(err)),
             _ => StoreError::Unexpected(anyhow::Error::new(err)),
         }
     }
@@ -89,6 +98,72 @@ impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         Self::from_sqlx(err, "duplicate")
     }
+}
+
+/// Context added with `anyhow` keeps the cause: a database that cannot work now stays
+/// [`StoreError::Unavailable`] however it was wrapped.
+impl From<anyhow::Error> for StoreError {
+    fn from(err: anyhow::Error) -> Self {
+        if chain_is_unavailable(&err) {
+            StoreError::Unavailable(err)
+        } else {
+            StoreError::Unexpected(err)
+        }
+    }
+}
+
+/// Whether a database error is the database's momentary state rather than the statement's
+/// fault: retrying the same work later can succeed, so it is a `503`, not a `500`.
+///
+/// sqlx's `Any` driver passes the backend's own error through unchanged, so it downcasts to
+/// `SqliteError` (whose code is SQLite's extended result code, in decimal) or to
+/// `PgDatabaseError` (whose code is the SQLSTATE).
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                sqlite
+                    .code()
+                    .and_then(|code| code.parse::<u32>().ok())
+                    .is_some_and(sqlite_code_is_unavailable)
+            } else if let Some(postgres) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            {
+                sqlstate_is_unavailable(postgres.code())
+            } else {
+                false
+            }
+        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// [`is_unavailable`] for any cause in an `anyhow` chain.
+pub fn chain_is_unavailable(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(is_unavailable)
+    })
+}
+
+/// SQLite primary result codes (an extended code carries its primary code in the low byte):
+/// BUSY (5), LOCKED (6), IOERR (10), FULL (13), CANTOPEN (14).
+fn sqlite_code_is_unavailable(code: u32) -> bool {
+    matches!(code & 0xff, 5 | 6 | 10 | 13 | 14)
+}
+
+/// PostgreSQL SQLSTATE classes 53 (insufficient resources; `53100` is a full disk), 08
+/// (connection exception), 58 (system error, e.g. `58030` I/O error) and `57P01`..`57P03` (the
+/// server is shutting down, crashed, or not yet accepting connections).
+fn sqlstate_is_unavailable(code: &str) -> bool {
+    code.starts_with("53")
+        || code.starts_with("08")
+        || code.starts_with("58")
+        || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 /// Where to connect.
@@ -153,6 +228,7 @@ impl Store {
                             Ok(())
                         })
                     })
+                    .after_release(release_outside_transaction)
                     .connect(&url)
                     .await
                     .with_context(|| format!("opening SQLite pool on {}", path.display()))?;
@@ -237,6 +313,39 @@ impl Store {
     }
 }
 
+/// The release check of every SQLite pool: a connection goes back to the pool only if sqlx's
+/// transaction bookkeeping says it is outside any transaction; otherwise it is closed, which
+/// rolls back whatever SQLite still holds open and releases the write lock.
+///
+/// Why: when a `COMMIT` fails with `SQLITE_FULL` or `SQLITE_IOERR`, SQLite has already rolled
+/// the transaction back, so the `ROLLBACK` sqlx then issues fails and its depth counter stays
+/// at 1. On that connection's next transaction sqlx issues `SAVEPOINT` instead of `BEGIN`
+/// (a real transaction all the same); when its release fails too and sqlx rolls back to the
+/// savepoint, SQLite keeps the transaction, and its write lock, open for good: every later
+/// "commit" on that connection only releases a nested savepoint (writes reported done, never
+/// durable) and every other connection gets `database is locked` until the process dies.
+///
+/// A transaction dropped without commit queues its rollback on the connection; the ping runs it
+/// before the depth is read, so a rollback that worked keeps the connection.
+pub(crate) fn release_outside_transaction<C: Connection>(
+    conn: &mut C,
+    _meta: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if conn.is_in_transaction() {
+            conn.ping().await?;
+        }
+        let keep = !conn.is_in_transaction();
+        if !keep {
+            tracing::warn!(
+                "closing an SQLite connection left inside a transaction (a failed commit or \
+                 rollback); its transaction is rolled back"
+            );
+        }
+        Ok(keep)
+    })
+}
+
 /// Parses a stored enumeration, reporting corruption as an unexpected error.
 pub(crate) fn parse_column<T: FromStr<Err = String>>(
     column: &'static str,
@@ -245,4 +354,44 @@ pub(crate) fn parse_column<T: FromStr<Err = String>>(
     raw.parse().map_err(|problem| {
         StoreError::Unexpected(anyhow::anyhow!("corrupt column {column}: {problem}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_codes_of_a_database_that_cannot_work_now_are_unavailable() {
+        // BUSY, BUSY_TIMEOUT, LOCKED, IOERR_WRITE, IOERR_FSYNC, FULL, CANTOPEN.
+        for code in [5, 773, 6, 778, 1034, 13, 14] {
+            assert!(sqlite_code_is_unavailable(code), "{code}");
+        }
+        // ERROR, CONSTRAINT_UNIQUE, READONLY, CORRUPT, MISMATCH.
+        for code in [1, 2067, 8, 11, 20] {
+            assert!(!sqlite_code_is_unavailable(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn sqlstates_of_a_server_that_cannot_work_now_are_unavailable() {
+        for code in [
+            "53100", "53300", "08006", "08001", "57P01", "57P03", "58030",
+        ] {
+            assert!(sqlstate_is_unavailable(code), "{code}");
+        }
+        for code in ["23505", "40001", "42P01", "57014", "22P02"] {
+            assert!(!sqlstate_is_unavailable(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn context_keeps_a_store_that_cannot_work_now_unavailable() {
+        let wrapped = anyhow::Error::new(sqlx::Error::PoolTimedOut).context("flushing usage");
+        assert!(matches!(
+            StoreError::from(wrapped),
+            StoreError::Unavailable(_)
+        ));
+        let bug = anyhow::Error::new(sqlx::Error::ColumnNotFound("x".into())).context("reading");
+        assert!(matches!(StoreError::from(bug), StoreError::Unexpected(_)));
+    }
 }

@@ -11,6 +11,7 @@ mod auth;
 mod cli;
 mod crash;
 mod fleet;
+mod full_disk;
 mod http_basics;
 mod repository;
 mod send;
