@@ -48,16 +48,20 @@ pub enum DeliveryStage {
     Route,
     /// The worker call, from sending it until the worker's answer was read.
     Worker,
+    /// From the worker's `2xx` until that outcome is durable in the store: the session's next
+    /// message waits for it.
+    Durable,
 }
 
 impl DeliveryStage {
     /// Every stage, in a message's order.
-    pub const ALL: [DeliveryStage; 5] = [
+    pub const ALL: [DeliveryStage; 6] = [
         Self::Read,
         Self::Record,
         Self::Queue,
         Self::Route,
         Self::Worker,
+        Self::Durable,
     ];
 
     /// The `stage` label.
@@ -68,6 +72,7 @@ impl DeliveryStage {
             Self::Queue => "queue",
             Self::Route => "route",
             Self::Worker => "worker",
+            Self::Durable => "durable",
         }
     }
 }

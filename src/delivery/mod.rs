@@ -110,7 +110,7 @@ struct FlushBatch {
     /// The lane heads whose `2xx` is in `sent`: their lanes stay blocked until it is durable,
     /// so a crash can only resend a call whose answer had not arrived, never one answered
     /// before the next message of its session went out.
-    sent_heads: Vec<consumers::DispatchTicket>,
+    sent_heads: Vec<(consumers::DispatchTicket, Instant)>,
     events: Vec<(String, Vec<u8>)>,
     dead_letters: Vec<(String, Vec<u8>)>,
     offsets: Vec<(Arc<str>, i32, i64)>,
@@ -353,7 +353,8 @@ struct DeliveryState {
     recording: bool,
     /// Outcomes not yet handed to a flush.
     pending: FlushBatch,
-    /// Whether a flush is being written (one at a time keeps the log's order of outcomes).
+    /// Whether a flush is being written (one at a time keeps the log's order of outcomes;
+    /// overlapping flushes of `2xx` outcomes were tried and only queued on SQLite's writer).
     flushing: bool,
     /// Flushes that failed in a row, and when the next may start (retries back off).
     flush_failures: u32,
@@ -594,7 +595,10 @@ impl DeliveryState {
                 match result {
                     Ok(()) => {
                         let now = Instant::now();
-                        for ticket in batch.sent_heads {
+                        for (ticket, answered_at) in batch.sent_heads {
+                            self.context
+                                .metrics
+                                .delivery_stage(DeliveryStage::Durable, answered_at.elapsed());
                             // A lane dropped meanwhile (partition revoked) has a stale ticket.
                             match self.lanes.finish(ticket, LaneOutcome::Done, now) {
                                 Ok(FinishedHead::Completed(queued)) => {
@@ -724,7 +728,7 @@ impl DeliveryState {
         } else {
             self.next_send_at.remove(&session_id);
         }
-        self.pending.sent_heads.push(ticket);
+        self.pending.sent_heads.push((ticket, now));
     }
 
     /// When a flush waiting out its retry pause may go (`None`: none waits).
