@@ -779,6 +779,20 @@ async fn broker_restart_mid_stream() {
         statuses.clone(),
     )
     .await;
+    // Mid-stream: the consumer groups have formed and delivery runs before the broker dies.
+    let warm_up = Instant::now() + Duration::from_secs(60);
+    while arrivals(&fleet.workers)
+        .values()
+        .map(Vec::len)
+        .sum::<usize>()
+        < SESSIONS
+    {
+        assert!(
+            Instant::now() < warm_up,
+            "the warm-up messages did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let sender = tokio::spawn(send_all(
         gateway.base_url(),
         fleet.key.clone(),
