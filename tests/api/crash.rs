@@ -418,6 +418,91 @@ async fn send_all(
     all
 }
 
+/// A stream of sends in progress: one warm-up message per session was delivered (delivery
+/// runs; on Kafka the groups have formed), then `send_all` goes on in the background with
+/// messages `1..per_session`; returns the warm-up's acceptances and the running clients.
+struct Stream {
+    warm_up: Vec<Accepted>,
+    clients: tokio::task::JoinHandle<Vec<Accepted>>,
+    accepted: Arc<AtomicUsize>,
+    statuses: Arc<std::sync::Mutex<HashMap<u16, usize>>>,
+}
+
+async fn start_stream(
+    base: String,
+    key: String,
+    sessions: Vec<String>,
+    workers: &[SimWorker],
+    per_session: usize,
+) -> Stream {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let statuses = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let warm_up = send_all(
+        base.clone(),
+        key.clone(),
+        sessions.clone(),
+        0..1,
+        accepted.clone(),
+        statuses.clone(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals(workers).values().map(Vec::len).sum::<usize>() < sessions.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the warm-up messages did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let clients = tokio::spawn(send_all(
+        base,
+        key,
+        sessions,
+        1..per_session,
+        accepted.clone(),
+        statuses.clone(),
+    ));
+    Stream {
+        warm_up,
+        clients,
+        accepted,
+        statuses,
+    }
+}
+
+impl Stream {
+    /// Waits until `count` messages are accepted.
+    async fn until_accepted(&self, count: usize) {
+        while self.accepted.load(Ordering::Relaxed) < count {
+            assert!(!self.clients.is_finished(), "the clients stopped early");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Waits until every expected message reached a worker (or fails with the gateway's log).
+async fn wait_delivered(
+    workers: &[SimWorker],
+    expected: &HashMap<String, Vec<String>>,
+    gateway: &GatewayProcess,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let missing = missing(expected, &arrivals(workers));
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} accepted messages never reached a worker (stranded); gateway log:\n{}",
+            gateway.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A duplicate gets its chance to show up.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+}
+
 /// What arrived at the workers, by session: `(message id, received at µs)` in arrival order.
 fn arrivals(workers: &[SimWorker]) -> HashMap<String, Vec<(String, i64)>> {
     let mut by_session: HashMap<String, Vec<(String, i64)>> = HashMap::new();
@@ -530,46 +615,18 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backen
     let mut gateway = GatewayProcess::start(vars, dir.join("gateway.log")).await;
     let fleet = fleet(&gateway, 2, SESSIONS).await;
 
-    let accepted_count = Arc::new(AtomicUsize::new(0));
-    let statuses = Arc::new(std::sync::Mutex::new(HashMap::new()));
-    // Warm-up: delivery runs (on Kafka the group has formed) before the kill.
-    let mut accepted = send_all(
+    let stream = start_stream(
         gateway.base_url(),
         fleet.key.clone(),
         fleet.sessions.clone(),
-        0..1,
-        accepted_count.clone(),
-        statuses.clone(),
+        &fleet.workers,
+        PER_SESSION,
     )
     .await;
-    let warm_up = Instant::now() + Duration::from_secs(60);
-    while arrivals(&fleet.workers)
-        .values()
-        .map(Vec::len)
-        .sum::<usize>()
-        < SESSIONS
-    {
-        assert!(
-            Instant::now() < warm_up,
-            "the warm-up messages did not arrive"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let sender = tokio::spawn(send_all(
-        gateway.base_url(),
-        fleet.key.clone(),
-        fleet.sessions.clone(),
-        1..PER_SESSION,
-        accepted_count.clone(),
-        statuses.clone(),
-    ));
-    while accepted_count.load(Ordering::Relaxed) < KILL_AFTER {
-        assert!(!sender.is_finished(), "the clients stopped early");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    stream.until_accepted(KILL_AFTER).await;
     let killed_at = Instant::now();
     gateway.kill().await;
-    let accepted_at_kill = accepted_count.load(Ordering::Relaxed);
+    let accepted_at_kill = stream.accepted.load(Ordering::Relaxed);
     let delivered_at_kill: usize = arrivals(&fleet.workers).values().map(Vec::len).sum();
     tokio::time::sleep(DOWN_FOR).await;
     let restart_began = Instant::now();
@@ -577,26 +634,13 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backen
     let restarted_at = Instant::now();
     let restarted_at_us = unix_micros();
 
-    accepted.extend(sender.await.unwrap());
+    let mut accepted = stream.warm_up;
+    accepted.extend(stream.clients.await.unwrap());
     assert_eq!(accepted.len(), SESSIONS * PER_SESSION);
 
     // Everything accepted reaches the workers.
     let expected = by_session(&accepted);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let missing = missing(&expected, &arrivals(&fleet.workers));
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} accepted messages never reached a worker (stranded); gateway log:\n{}",
-            gateway.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // A duplicate gets its chance to show up.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    wait_delivered(&fleet.workers, &expected, &gateway).await;
     let got = arrivals(&fleet.workers);
     let duplicates = check_order(&expected, &got);
     assert!(
@@ -650,7 +694,7 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backen
          slowest cut-off retry answered {slowest_retry:?} after it, answers {:?}",
         accepted.len(),
         restarted_at - restart_began,
-        statuses.lock().unwrap()
+        stream.statuses.lock().unwrap()
     );
     for worker in fleet.workers {
         worker.kill().await;
@@ -768,43 +812,15 @@ async fn broker_restart_mid_stream() {
     let (streams, probe_session) = fleet.sessions.split_at(SESSIONS);
     let probe_session = probe_session[0].clone();
 
-    let accepted_count = Arc::new(AtomicUsize::new(0));
-    let statuses = Arc::new(std::sync::Mutex::new(HashMap::new()));
-    let mut accepted = send_all(
+    let stream = start_stream(
         gateway.base_url(),
         fleet.key.clone(),
         streams.to_vec(),
-        0..1,
-        accepted_count.clone(),
-        statuses.clone(),
+        &fleet.workers,
+        PER_SESSION,
     )
     .await;
-    // Mid-stream: the consumer groups have formed and delivery runs before the broker dies.
-    let warm_up = Instant::now() + Duration::from_secs(60);
-    while arrivals(&fleet.workers)
-        .values()
-        .map(Vec::len)
-        .sum::<usize>()
-        < SESSIONS
-    {
-        assert!(
-            Instant::now() < warm_up,
-            "the warm-up messages did not arrive"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let sender = tokio::spawn(send_all(
-        gateway.base_url(),
-        fleet.key.clone(),
-        streams.to_vec(),
-        1..PER_SESSION,
-        accepted_count.clone(),
-        statuses.clone(),
-    ));
-    while accepted_count.load(Ordering::Relaxed) < KILL_AFTER {
-        assert!(!sender.is_finished(), "the clients stopped early");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    stream.until_accepted(KILL_AFTER).await;
     broker.kill().await;
     let killed_at = Instant::now();
 
@@ -848,7 +864,8 @@ async fn broker_restart_mid_stream() {
     assert!(refused > 0, "no send was refused during the outage");
     broker.spawn().await;
     let back_at = Instant::now();
-    accepted.extend(sender.await.unwrap());
+    let mut accepted = stream.warm_up;
+    accepted.extend(stream.clients.await.unwrap());
     assert_eq!(accepted.len(), SESSIONS * PER_SESSION);
     // What was answered 202 while the broker was down would not be in the log.
     let grace = Duration::from_millis(200);
@@ -862,20 +879,7 @@ async fn broker_restart_mid_stream() {
     );
 
     let expected = by_session(&accepted);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let missing = missing(&expected, &arrivals(&fleet.workers));
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} accepted messages never reached a worker after the broker came back; gateway log:\n{}",
-            gateway.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    wait_delivered(&fleet.workers, &expected, &gateway).await;
     let got = arrivals(&fleet.workers);
     let duplicates = check_order(&expected, &got);
     assert!(
@@ -886,7 +890,7 @@ async fn broker_restart_mid_stream() {
         "broker restart: accepted {}, stranded 0, duplicates {duplicates}, probes refused \
          {refused} of {probe}, answers {:?}",
         accepted.len(),
-        statuses.lock().unwrap()
+        stream.statuses.lock().unwrap()
     );
     for worker in fleet.workers {
         worker.kill().await;

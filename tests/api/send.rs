@@ -765,17 +765,18 @@ async fn a_retry_takes_over_a_dead_claim_and_sends_once(backend: Backend) {
 
     let retried_at = Instant::now();
     let mut waits = 0;
+    let retry = || {
+        app.send(
+            app.client
+                .post(app.url("/api/v1/external/send"))
+                .header("X-API-Key", key)
+                .header("Idempotency-Key", "order-cut")
+                .header("content-type", "application/json")
+                .body(body.clone()),
+        )
+    };
     let answer = loop {
-        let answer = app
-            .send(
-                app.client
-                    .post(app.url("/api/v1/external/send"))
-                    .header("X-API-Key", key)
-                    .header("Idempotency-Key", "order-cut")
-                    .header("content-type", "application/json")
-                    .body(body.clone()),
-            )
-            .await;
+        let answer = retry().await;
         if answer.status.as_u16() != 409 {
             break answer;
         }
@@ -790,16 +791,7 @@ async fn a_retry_takes_over_a_dead_claim_and_sends_once(backend: Backend) {
     assert!(waits > 0, "the live claim did not hold the retry back");
     assert_eq!(answer.assert_ok(202)["messageId"], first_id.as_str());
     // The answer is stored now: a further retry replays it.
-    let replay = app
-        .send(
-            app.client
-                .post(app.url("/api/v1/external/send"))
-                .header("X-API-Key", key)
-                .header("Idempotency-Key", "order-cut")
-                .header("content-type", "application/json")
-                .body(body.clone()),
-        )
-        .await;
+    let replay = retry().await;
     assert_eq!(replay.assert_ok(202)["messageId"], first_id.as_str());
     assert_eq!(replay.headers["idempotent-replayed"], "true");
 
