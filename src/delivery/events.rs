@@ -18,6 +18,8 @@ use crate::store::{MessageStatusChange, Store};
 
 /// Events applied per transaction at most.
 const BATCH: usize = 2_000;
+/// Status changes written in one transaction at most (see [`apply`]).
+const STATUS_CHUNK: usize = 128;
 
 /// Runs until `stop` flips.
 pub async fn run_events(
@@ -151,8 +153,11 @@ async fn apply(
     changes: &[MessageStatusChange],
     inbound: &[Inbound],
 ) -> anyhow::Result<()> {
-    if !changes.is_empty() {
-        store.apply_message_statuses(changes).await?;
+    // In turns of at most STATUS_CHUNK changes: on SQLite each turn holds the one write lock,
+    // and delivery's own outcomes (each session's next message waits for its previous one to
+    // be durable) wait for at most one turn rather than for a whole batch of receipts.
+    for chunk in changes.chunks(STATUS_CHUNK) {
+        store.apply_message_statuses(chunk).await?;
     }
     for message in inbound {
         let session = match store.session_by_id(&message.session_id).await {
