@@ -11,7 +11,7 @@
 //! (at most one per session), each counted by `wa_gateway_delivery_redelivered_total`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,12 +19,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
-use wa_gateway::sim::{SimWorker, SimWorkerConfig};
+use wa_gateway::sim::SimWorker;
 
-use crate::common::{Backend, gateway_vars, kafka_brokers};
+use crate::common::process::{GatewayProcess, child_vars, fleet, free_port};
+use crate::common::{Backend, kafka_brokers};
 use crate::pipeline_tests;
-
-const BIN: &str = env!("CARGO_BIN_EXE_wa-gateway");
 
 pipeline_tests!(kill_9_mid_stream_loses_nothing_and_sends_nothing_twice);
 
@@ -50,267 +49,12 @@ const GATEWAY_ENV: &[(&str, &str)] = &[
     ("LOG_FORMAT", "json"),
 ];
 
+/// How long a worker call takes, so calls are in flight when the gateway dies.
+const WORKER_CALL: Duration = Duration::from_millis(15);
+
 /// How long the gateway stays dead: shorter than the consumer group's session timeout (10 s),
 /// so on Kafka the new member joins while the dead one is still in the group.
 const DOWN_FOR: Duration = Duration::from_secs(2);
-
-/// A `wa-gateway serve` child process on a fixed port, restartable on the same store and log.
-struct GatewayProcess {
-    child: Option<Child>,
-    port: u16,
-    vars: HashMap<String, String>,
-    log: PathBuf,
-}
-
-impl GatewayProcess {
-    async fn start(vars: HashMap<String, String>, log: PathBuf) -> Self {
-        let port = vars["PORT"].parse().unwrap();
-        let mut gateway = Self {
-            child: None,
-            port,
-            vars,
-            log,
-        };
-        gateway.spawn().await;
-        gateway
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the process and waits until it answers its health check.
-    async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut command = Command::new(BIN);
-        command
-            .arg("serve")
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env_remove("KAFKA_BROKERS")
-            .envs(&self.vars)
-            .current_dir(Path::new(&self.vars["DATA_DIR"]))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true);
-        self.child = Some(command.spawn().unwrap());
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let healthy = client
-                .get(format!("{}/api/v1/health", self.base_url()))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|answer| answer.status().is_success());
-            if healthy {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "the gateway exited during start ({status}); its log:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not become healthy; its log:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// `kill -9`: no drain, no flush, no goodbye to the consumer group.
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.start_kill().unwrap();
-            child.wait().await.unwrap();
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(child) = self.child.take() {
-            let pid = child.id().unwrap();
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-            let mut child = child;
-            if tokio::time::timeout(Duration::from_secs(30), child.wait())
-                .await
-                .is_err()
-            {
-                panic!("the gateway did not stop on SIGTERM within 30 s");
-            }
-        }
-    }
-
-    /// The gateway's log without the request lines (what is left is what went wrong).
-    fn log_text(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text
-            .lines()
-            .filter(|line| !line.contains("request finished"))
-            .collect();
-        lines[lines.len().saturating_sub(200)..].join("\n")
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The environment of a gateway child of `backend` in `dir`.
-async fn child_vars(backend: Backend, dir: &Path, kafka: Option<&str>) -> HashMap<String, String> {
-    let mut vars = gateway_vars(backend, dir).await;
-    vars.insert("PORT".into(), free_port().to_string());
-    vars.insert("JWT_SECRET".into(), random_secret());
-    vars.insert("WORKER_AUTH_TOKEN".into(), random_secret());
-    for (key, value) in GATEWAY_ENV {
-        vars.insert((*key).to_owned(), (*value).to_owned());
-    }
-    if let Some(brokers) = kafka {
-        vars.insert("KAFKA_BROKERS".into(), brokers.to_owned());
-    }
-    vars
-}
-
-fn random_secret() -> String {
-    format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
-}
-
-/// A customer with an API key and `sessions` CONNECTED sessions on `workers` simulated workers.
-struct Fleet {
-    key: String,
-    sessions: Vec<String>,
-    workers: Vec<SimWorker>,
-}
-
-async fn fleet(gateway: &GatewayProcess, workers: usize, sessions: usize) -> Fleet {
-    let client = reqwest::Client::new();
-    let base = gateway.base_url();
-    let email = format!("c{}@example.com", uuid::Uuid::new_v4().simple());
-    let registered: Value = client
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"name": "Customer", "email": email, "password": "customer-pass-1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = registered["data"]["accessToken"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{registered}"))
-        .to_owned();
-    let created: Value = client
-        .post(format!("{base}/api/v1/users/api-keys"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "integration"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["data"]["key"].as_str().unwrap().to_owned();
-    let mut started = Vec::new();
-    for index in 0..workers {
-        let mut config = SimWorkerConfig::new(
-            base.clone(),
-            format!("w{index}-{}", uuid::Uuid::new_v4().simple()),
-            gateway.vars["WORKER_AUTH_TOKEN"].clone(),
-        );
-        config.heartbeat_interval = Duration::from_millis(500);
-        config.auto_connect = Duration::from_millis(50);
-        config.register_delay = Duration::ZERO;
-        config.register_retry_interval = Duration::from_millis(200);
-        // A call takes a moment at the worker, so calls are in flight when the gateway dies.
-        config.send_latency = Duration::from_millis(15);
-        started.push(SimWorker::start(config).await.unwrap());
-    }
-    let ids: Vec<String> = (0..sessions)
-        .map(|i| format!("s{i}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for id in &ids {
-        // Until every worker registered, a session may find no worker: try again.
-        loop {
-            let answer = client
-                .post(format!("{base}/api/v1/sessions"))
-                .bearer_auth(&token)
-                .json(&json!({"name": id, "sessionId": id}))
-                .send()
-                .await
-                .unwrap();
-            if answer.status().as_u16() == 201 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "creating {id}: {}",
-                answer.status()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        loop {
-            let connected = client
-                .post(format!("{base}/api/v1/sessions/{id}/connect"))
-                .bearer_auth(&token)
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap();
-            if connected.status().as_u16() == 200 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "connecting {id}: {}",
-                connected.status()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    loop {
-        let listed: Value = client
-            .get(format!("{base}/api/v1/sessions"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let all = listed["data"].as_array().unwrap();
-        if all.len() == ids.len() && all.iter().all(|s| s["status"] == "CONNECTED") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sessions not CONNECTED: {listed}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Fleet {
-        key,
-        sessions: ids,
-        workers: started,
-    }
-}
 
 /// What the clients saw of one message.
 #[derive(Debug, Clone)]
@@ -611,9 +355,12 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backen
     let dir = tempfile::tempdir().unwrap().keep();
     eprintln!("crash {backend:?}: data and log in {}", dir.display());
     let kafka = (backend == Backend::Kafka).then(kafka_brokers);
-    let vars = child_vars(backend, &dir, kafka.as_deref()).await;
+    let mut vars = child_vars(backend, &dir, GATEWAY_ENV).await;
+    if let Some(brokers) = kafka {
+        vars.insert("KAFKA_BROKERS".into(), brokers);
+    }
     let mut gateway = GatewayProcess::start(vars, dir.join("gateway.log")).await;
-    let fleet = fleet(&gateway, 2, SESSIONS).await;
+    let fleet = fleet(&gateway, 2, SESSIONS, WORKER_CALL).await;
 
     let stream = start_stream(
         gateway.base_url(),
@@ -699,7 +446,7 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backen
     for worker in fleet.workers {
         worker.kill().await;
     }
-    gateway.stop().await;
+    gateway.terminate(Duration::from_secs(30)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -805,10 +552,11 @@ async fn broker_restart_mid_stream() {
     let broker_dir = dir.join("broker");
     std::fs::create_dir_all(&broker_dir).unwrap();
     let mut broker = Broker::start(broker_dir).await;
-    let vars = child_vars(Backend::Kafka, &dir, Some(&broker.address())).await;
+    let mut vars = child_vars(Backend::Kafka, &dir, GATEWAY_ENV).await;
+    vars.insert("KAFKA_BROKERS".into(), broker.address());
     let gateway = GatewayProcess::start(vars, dir.join("gateway.log")).await;
     // The last session is only for the probes sent during the outage.
-    let fleet = fleet(&gateway, 2, SESSIONS + 1).await;
+    let fleet = fleet(&gateway, 2, SESSIONS + 1, WORKER_CALL).await;
     let (streams, probe_session) = fleet.sessions.split_at(SESSIONS);
     let probe_session = probe_session[0].clone();
 
@@ -895,7 +643,7 @@ async fn broker_restart_mid_stream() {
     for worker in fleet.workers {
         worker.kill().await;
     }
-    gateway.stop().await;
+    gateway.terminate(Duration::from_secs(30)).await;
     broker.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

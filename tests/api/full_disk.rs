@@ -14,19 +14,15 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sqlx::Connection;
-use tokio::process::{Child, Command};
-use wa_gateway::sim::{SimWorker, SimWorkerConfig};
 use wa_gateway::store::{Store, StoreLocation};
 
 use crate::backend_tests;
-use crate::common::{Backend, gateway_vars};
-
-const BIN: &str = env!("CARGO_BIN_EXE_wa-gateway");
+use crate::common::Backend;
+use crate::common::process::{Fleet, GatewayProcess, child_vars, fleet};
 
 backend_tests!(a_full_data_dir_is_503_then_recovers_by_itself_and_stops_on_sigterm);
 
@@ -116,196 +112,6 @@ impl Drop for SmallDisk {
     }
 }
 
-/// `wa-gateway serve` as a child process; killed if the test ends before it stopped.
-struct Gateway {
-    child: Child,
-    base: String,
-    worker_token: String,
-    log: PathBuf,
-}
-
-impl Gateway {
-    /// Serves from `data_dir`, logging to `log` (keep it off a disk that will be full).
-    async fn start(backend: Backend, data_dir: &Path, log: PathBuf) -> Self {
-        let mut vars = gateway_vars(backend, data_dir).await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        vars.insert("PORT".into(), port.to_string());
-        vars.insert("JWT_SECRET".into(), secret());
-        let worker_token = secret();
-        vars.insert("WORKER_AUTH_TOKEN".into(), worker_token.clone());
-        for (key, value) in GATEWAY_ENV {
-            vars.insert((*key).to_owned(), (*value).to_owned());
-        }
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .arg("serve")
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env_remove("KAFKA_BROKERS")
-            .envs(&vars)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut gateway = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            worker_token,
-            log,
-        };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let healthy = client
-                .get(format!("{}/health", gateway.base))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|answer| answer.status().is_success());
-            if healthy {
-                return gateway;
-            }
-            if let Some(status) = gateway.child.try_wait().unwrap() {
-                panic!("the gateway exited ({status}):\n{}", gateway.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not become healthy:\n{}",
-                gateway.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// SIGTERM, then how long the process took to exit (panics past `bound`).
-    async fn terminate(mut self, bound: Duration) -> Duration {
-        let pid = self.child.id().unwrap();
-        let started = Instant::now();
-        let signalled = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(signalled.success());
-        let exit = match tokio::time::timeout(bound, self.child.wait()).await {
-            Ok(exit) => exit.unwrap(),
-            Err(_) => panic!(
-                "the gateway did not stop within {bound:?} of SIGTERM:\n{}",
-                self.log_text()
-            ),
-        };
-        assert!(exit.success(), "exit {exit:?}:\n{}", self.log_text());
-        started.elapsed()
-    }
-
-    /// The gateway's log without request lines (what is left is what went wrong).
-    fn log_text(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text
-            .lines()
-            .filter(|line| !line.contains("request finished"))
-            .collect();
-        lines[lines.len().saturating_sub(80)..].join("\n")
-    }
-}
-
-fn secret() -> String {
-    format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
-}
-
-/// A customer's API key and one CONNECTED session on a simulated worker.
-struct Customer {
-    key: String,
-    session: String,
-    worker: SimWorker,
-}
-
-async fn customer(gateway: &Gateway, client: &reqwest::Client) -> Customer {
-    let base = &gateway.base;
-    let registered: Value = client
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"name": "Customer", "email": "c@example.com", "password": "customer-pass-1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = registered["data"]["accessToken"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{registered}"))
-        .to_owned();
-    let created: Value = client
-        .post(format!("{base}/api/v1/users/api-keys"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "integration"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["data"]["key"].as_str().unwrap().to_owned();
-    let mut config = SimWorkerConfig::new(base.clone(), "w-full-disk", &gateway.worker_token);
-    config.heartbeat_interval = Duration::from_millis(500);
-    config.auto_connect = Duration::from_millis(50);
-    config.register_retry_interval = Duration::from_millis(200);
-    let worker = SimWorker::start(config).await.unwrap();
-    let session = "full-disk-1".to_owned();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    // Until the worker registered, a session may find no worker: try again.
-    for path in [
-        "/api/v1/sessions".to_owned(),
-        format!("/api/v1/sessions/{session}/connect"),
-    ] {
-        loop {
-            let answer = client
-                .post(format!("{base}{path}"))
-                .bearer_auth(&token)
-                .json(&json!({"name": session, "sessionId": session}))
-                .send()
-                .await
-                .unwrap();
-            if answer.status().is_success() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{path}: {}", answer.status());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    loop {
-        let listed: Value = client
-            .get(format!("{base}/api/v1/sessions"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if listed["data"][0]["status"] == "CONNECTED" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not CONNECTED: {listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Customer {
-        key,
-        session,
-        worker,
-    }
-}
-
-/// How one send was answered.
 #[derive(Debug)]
 enum Sent {
     Accepted(String),
@@ -315,13 +121,18 @@ enum Sent {
 /// One text send, every other one under an `Idempotency-Key` (which claims the key in the
 /// store before the log append, so the store's failures show too). Anything but `202` or a
 /// `503` with `Retry-After` fails the test.
-async fn send(client: &reqwest::Client, gateway: &Gateway, customer: &Customer, n: usize) -> Sent {
+async fn send(
+    client: &reqwest::Client,
+    gateway: &GatewayProcess,
+    customer: &Fleet,
+    n: usize,
+) -> Sent {
     let mut request = client
-        .post(format!("{}/api/v1/external/send", gateway.base))
+        .post(format!("{}/api/v1/external/send", gateway.base_url()))
         .header("X-API-Key", &customer.key)
         .timeout(Duration::from_secs(10))
         .json(&json!({
-            "sessionId": customer.session,
+            "sessionId": customer.sessions[0],
             "to": "6281234567890",
             // About 2 KiB, so a full disk shows at the first append that needs a new page.
             "message": format!("message {n} {}", "x".repeat(2000)),
@@ -355,9 +166,9 @@ async fn send(client: &reqwest::Client, gateway: &Gateway, customer: &Customer, 
 }
 
 /// `/health`: its status code and body; it must answer within 5 s whatever the disk does.
-async fn health(client: &reqwest::Client, gateway: &Gateway) -> (u16, Value) {
+async fn health(client: &reqwest::Client, gateway: &GatewayProcess) -> (u16, Value) {
     let answer = client
-        .get(format!("{}/health", gateway.base))
+        .get(format!("{}/health", gateway.base_url()))
         .timeout(Duration::from_secs(5))
         .send()
         .await
@@ -367,9 +178,13 @@ async fn health(client: &reqwest::Client, gateway: &Gateway) -> (u16, Value) {
 
 async fn a_full_data_dir_is_503_then_recovers_by_itself_and_stops_on_sigterm(backend: Backend) {
     let disk = SmallDisk::mount("16m");
-    let gateway = Gateway::start(backend, disk.path(), disk.log_path()).await;
+    let gateway = GatewayProcess::start(
+        child_vars(backend, disk.path(), GATEWAY_ENV).await,
+        disk.log_path(),
+    )
+    .await;
     let client = reqwest::Client::new();
-    let customer = customer(&gateway, &client).await;
+    let customer = fleet(&gateway, 1, 1, Duration::ZERO).await;
     let mut accepted = Vec::new();
     let mut n = 0;
     for _ in 0..4 {
@@ -447,8 +262,7 @@ async fn a_full_data_dir_is_503_then_recovers_by_itself_and_stops_on_sigterm(bac
     // Every accepted message reaches the worker, once, in acceptance order.
     let deadline = Instant::now() + Duration::from_secs(20);
     let delivered = loop {
-        let delivered: Vec<String> = customer
-            .worker
+        let delivered: Vec<String> = customer.workers[0]
             .messages()
             .into_iter()
             .filter_map(|message| message.message_id)
@@ -479,7 +293,9 @@ async fn a_full_data_dir_is_503_then_recovers_by_itself_and_stops_on_sigterm(bac
          stopped in {took:?}",
         accepted.len(),
     );
-    customer.worker.kill().await;
+    for worker in customer.workers {
+        worker.kill().await;
+    }
 }
 
 /// The root cause of the wedge, at the store: a `COMMIT` that fails on a full disk must not leave
@@ -551,9 +367,13 @@ async fn sigterm_stops_the_gateway_in_bounded_time_while_store_writes_hang() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     std::fs::create_dir(&data_dir).unwrap();
-    let gateway = Gateway::start(Backend::Sqlite, &data_dir, dir.path().join("gateway.log")).await;
+    let gateway = GatewayProcess::start(
+        child_vars(Backend::Sqlite, &data_dir, GATEWAY_ENV).await,
+        dir.path().join("gateway.log"),
+    )
+    .await;
     let client = reqwest::Client::new();
-    let customer = customer(&gateway, &client).await;
+    let customer = fleet(&gateway, 1, 1, Duration::ZERO).await;
     for n in 0..2 {
         assert!(matches!(
             send(&client, &gateway, &customer, n).await,
@@ -575,11 +395,11 @@ async fn sigterm_stops_the_gateway_in_bounded_time_while_store_writes_hang() {
     let stuck: Vec<_> = (0..4)
         .map(|n| {
             let request = client
-                .post(format!("{}/api/v1/external/send", gateway.base))
+                .post(format!("{}/api/v1/external/send", gateway.base_url()))
                 .header("X-API-Key", &customer.key)
                 .header("Idempotency-Key", format!("locked-{n}"))
                 .json(
-                    &json!({"sessionId": customer.session, "to": "6281234567890", "message": "m"}),
+                    &json!({"sessionId": customer.sessions[0], "to": "6281234567890", "message": "m"}),
                 );
             tokio::spawn(async move {
                 let answer = request.send().await?;
@@ -601,5 +421,7 @@ async fn sigterm_stops_the_gateway_in_bounded_time_while_store_writes_hang() {
         assert_eq!(body["error"]["code"], "STORE_UNAVAILABLE", "{body}");
     }
     sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
-    customer.worker.kill().await;
+    for worker in customer.workers {
+        worker.kill().await;
+    }
 }

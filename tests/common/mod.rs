@@ -8,6 +8,8 @@
 //! test fails loudly with the variable to set: nothing is skipped.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod process;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
