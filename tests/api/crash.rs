@@ -22,7 +22,7 @@ use tokio::process::{Child, Command};
 use wa_gateway::sim::SimWorker;
 
 use crate::common::process::{GatewayProcess, child_vars, fleet, free_port};
-use crate::common::{Backend, kafka_brokers};
+use crate::common::{Backend, PIPELINE_ENV, kafka_brokers};
 use crate::pipeline_tests;
 
 pipeline_tests!(kill_9_mid_stream_loses_nothing_and_sends_nothing_twice);
@@ -32,22 +32,15 @@ async fn kafka_broker_restart_mid_stream_loses_nothing() {
     broker_restart_mid_stream().await;
 }
 
-/// The gateway's settings in these tests: pacing off, limits out of the way, a worker declared
-/// dead 3 s after its last sign of life (shorter than the outage would be a fleet failure
-/// without the restart grace), consumer-group session timeout as in production.
-const GATEWAY_ENV: &[(&str, &str)] = &[
-    ("WORKER_HEARTBEAT_TIMEOUT_MS", "3000"),
-    ("WORKER_MONITOR_INTERVAL_MS", "200"),
-    ("WORKER_PROBE_INTERVAL_MS", "500"),
-    ("WORKER_REQUEST_TIMEOUT_MS", "2000"),
-    ("BASIC_TIER_MAX_SESSIONS", "20"),
-    ("BASIC_TIER_MAX_MESSAGES_PER_HOUR", "100000"),
-    ("BASIC_TIER_MAX_API_CALLS_PER_HOUR", "100000"),
-    ("BASIC_TIER_SEND_INTERVAL_MS", "0"),
-    ("BASIC_TIER_SEND_JITTER_MS", "0"),
-    ("LOG_LEVEL", "info"),
-    ("LOG_FORMAT", "json"),
-];
+/// The gateway's settings in these tests: the send-pipeline tests' (a worker declared dead
+/// 3 s after its last sign of life: shorter than the outage, so without the restart grace it
+/// would be a fleet failure), and a log the failure messages can quote.
+async fn crash_vars(backend: Backend, dir: &std::path::Path) -> HashMap<String, String> {
+    let mut vars = child_vars(backend, dir, PIPELINE_ENV).await;
+    vars.insert("LOG_LEVEL".into(), "info".into());
+    vars.insert("LOG_FORMAT".into(), "json".into());
+    vars
+}
 
 /// How long a worker call takes, so calls are in flight when the gateway dies.
 const WORKER_CALL: Duration = Duration::from_millis(15);
@@ -355,7 +348,7 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backen
     let dir = tempfile::tempdir().unwrap().keep();
     eprintln!("crash {backend:?}: data and log in {}", dir.display());
     let kafka = (backend == Backend::Kafka).then(kafka_brokers);
-    let mut vars = child_vars(backend, &dir, GATEWAY_ENV).await;
+    let mut vars = crash_vars(backend, &dir).await;
     if let Some(brokers) = kafka {
         vars.insert("KAFKA_BROKERS".into(), brokers);
     }
@@ -552,7 +545,7 @@ async fn broker_restart_mid_stream() {
     let broker_dir = dir.join("broker");
     std::fs::create_dir_all(&broker_dir).unwrap();
     let mut broker = Broker::start(broker_dir).await;
-    let mut vars = child_vars(Backend::Kafka, &dir, GATEWAY_ENV).await;
+    let mut vars = crash_vars(Backend::Kafka, &dir).await;
     vars.insert("KAFKA_BROKERS".into(), broker.address());
     let gateway = GatewayProcess::start(vars, dir.join("gateway.log")).await;
     // The last session is only for the probes sent during the outage.

@@ -11,7 +11,7 @@ use wa_gateway::send::{MessageIds, SendRequest};
 use wa_gateway::sim::{SimWorker, SimWorkerConfig};
 use wa_gateway::store::IdempotencyClaim;
 
-use crate::common::{Answer, Backend, Login, TestApp};
+use crate::common::{Answer, Backend, Login, PIPELINE_ENV, TestApp};
 use crate::pipeline_tests;
 
 pipeline_tests!(
@@ -119,19 +119,6 @@ async fn delivery_steps_aside_during_an_ingress_burst_and_catches_up() {
     }
     setup.app.stop().await;
 }
-
-/// Fast fleet timings, pacing off, limits wide enough for the tests (quota tests set their own).
-const PIPELINE_ENV: &[(&str, &str)] = &[
-    ("WORKER_HEARTBEAT_TIMEOUT_MS", "3000"),
-    ("WORKER_MONITOR_INTERVAL_MS", "200"),
-    ("WORKER_PROBE_INTERVAL_MS", "500"),
-    ("WORKER_REQUEST_TIMEOUT_MS", "2000"),
-    ("BASIC_TIER_MAX_SESSIONS", "20"),
-    ("BASIC_TIER_MAX_MESSAGES_PER_HOUR", "100000"),
-    ("BASIC_TIER_MAX_API_CALLS_PER_HOUR", "100000"),
-    ("BASIC_TIER_SEND_INTERVAL_MS", "0"),
-    ("BASIC_TIER_SEND_JITTER_MS", "0"),
-];
 
 /// A gateway, a customer with an API key, and connected sessions on simulated workers.
 struct Setup {

@@ -21,6 +21,21 @@ use wa_gateway::app::{AppContext, Application};
 use wa_gateway::config::Config;
 use wa_gateway::store::{Store, StoreLocation};
 
+/// The send-pipeline tests' gateway settings: fast fleet timings (a worker is dead 3 s after
+/// its last sign of life), pacing off, limits wide enough for the tests (quota tests set their
+/// own).
+pub const PIPELINE_ENV: &[(&str, &str)] = &[
+    ("WORKER_HEARTBEAT_TIMEOUT_MS", "3000"),
+    ("WORKER_MONITOR_INTERVAL_MS", "200"),
+    ("WORKER_PROBE_INTERVAL_MS", "500"),
+    ("WORKER_REQUEST_TIMEOUT_MS", "2000"),
+    ("BASIC_TIER_MAX_SESSIONS", "20"),
+    ("BASIC_TIER_MAX_MESSAGES_PER_HOUR", "100000"),
+    ("BASIC_TIER_MAX_API_CALLS_PER_HOUR", "100000"),
+    ("BASIC_TIER_SEND_INTERVAL_MS", "0"),
+    ("BASIC_TIER_SEND_JITTER_MS", "0"),
+];
+
 /// Which deployment flavour a test runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -226,41 +226,27 @@ pub async fn fleet(
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in &ids {
         // Until every worker registered, a session may find no worker: try again.
-        loop {
-            let answer = client
-                .post(format!("{base}/api/v1/sessions"))
-                .bearer_auth(&token)
-                .json(&json!({"name": id, "sessionId": id}))
-                .send()
-                .await
-                .unwrap();
-            if answer.status().as_u16() == 201 {
-                break;
+        for (path, body) in [
+            (
+                "/api/v1/sessions".to_owned(),
+                json!({"name": id, "sessionId": id}),
+            ),
+            (format!("/api/v1/sessions/{id}/connect"), json!({})),
+        ] {
+            loop {
+                let answer = client
+                    .post(format!("{base}{path}"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                if answer.status().is_success() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{path}: {}", answer.status());
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            assert!(
-                Instant::now() < deadline,
-                "creating {id}: {}",
-                answer.status()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        loop {
-            let connected = client
-                .post(format!("{base}/api/v1/sessions/{id}/connect"))
-                .bearer_auth(&token)
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap();
-            if connected.status().as_u16() == 200 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "connecting {id}: {}",
-                connected.status()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     loop {
