@@ -167,6 +167,9 @@ pub fn parse_reported_status(raw: &str) -> Result<(SessionStatus, bool), Invalid
     }
 }
 
+/// [`Fleet::hearing_since_ms`] while heartbeats cannot be recorded: every worker counts as heard.
+const DEAF: i64 = i64::MAX;
+
 /// The fleet: shared by the HTTP handlers, the monitor and the migration jobs.
 #[derive(Debug)]
 pub struct Fleet {
@@ -179,9 +182,10 @@ pub struct Fleet {
     /// Per stuck worker, the job window in which its sessions were last re-enqueued.
     reevacuated: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// When this process started hearing heartbeats (Unix ms; 0 until
-    /// [`Fleet::start_hearing`]). Silence before it says nothing about a worker: a gateway
-    /// that was down longer than the timeout must not take its own outage for a fleet failure,
-    /// so no worker goes OFFLINE before a full timeout has passed since then.
+    /// [`Fleet::start_hearing`], [`DEAF`] while the store cannot record them). Silence before
+    /// it says nothing about a worker: a gateway that was down (or could not write) longer
+    /// than the timeout must not take its own outage for a fleet failure, so no worker goes
+    /// OFFLINE before a full timeout has passed since then.
     hearing_since_ms: std::sync::atomic::AtomicI64,
 }
 
@@ -211,6 +215,24 @@ impl Fleet {
     pub fn start_hearing(&self) {
         self.hearing_since_ms
             .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A heartbeat could not be recorded because the store is unavailable (a full disk, a lost
+    /// database): until one is recorded again, this process hears nobody, so it judges nobody.
+    fn lose_hearing(&self) {
+        self.hearing_since_ms
+            .store(DEAF, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A heartbeat was recorded: if the store had been unavailable, hearing starts again now,
+    /// and every worker gets a full timeout from here to be heard.
+    fn heard(&self) {
+        let _ = self.hearing_since_ms.compare_exchange(
+            DEAF,
+            now_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Whether `worker` has shown life within the timeout, where this process cannot have
@@ -326,7 +348,19 @@ impl Fleet {
         sample: &WorkerMetricsSample,
         sessions: &[ReportedSession],
     ) -> Result<(), FleetError> {
-        if !self.store.record_heartbeat(worker_id, sample).await? {
+        let recorded = match self.store.record_heartbeat(worker_id, sample).await {
+            Ok(recorded) => {
+                self.heard();
+                recorded
+            }
+            Err(err) => {
+                if matches!(err, StoreError::Unavailable(_)) {
+                    self.lose_hearing();
+                }
+                return Err(err.into());
+            }
+        };
+        if !recorded {
             return Err(FleetError::NotFound("worker"));
         }
         let worker = self.store.worker_by_id(worker_id).await?;

@@ -33,11 +33,14 @@ const STOP_BOUND: Duration = Duration::from_secs(15);
 /// After the filler is gone, sends are `202` again within this.
 const RECOVERY_BOUND: Duration = Duration::from_secs(10);
 
-/// Pacing off, limits out of the way, fast fleet timings; the heartbeat timeout outlasts the
-/// full disk (heartbeats cannot be recorded meanwhile, and a worker not seen for longer than
-/// the timeout is failed over once the store writes again).
+/// How long the disk stays full: longer than the heartbeat timeout, so a gateway that took
+/// heartbeats it could not record for silence would fail the fleet over once it writes again.
+const FULL_FOR: Duration = Duration::from_secs(4);
+
+/// Pacing off, limits out of the way, fast fleet timings; the heartbeat timeout (heartbeats
+/// every 500 ms) is shorter than the time the disk stays full.
 const GATEWAY_ENV: &[(&str, &str)] = &[
-    ("WORKER_HEARTBEAT_TIMEOUT_MS", "10000"),
+    ("WORKER_HEARTBEAT_TIMEOUT_MS", "2500"),
     ("WORKER_MONITOR_INTERVAL_MS", "200"),
     ("WORKER_PROBE_INTERVAL_MS", "500"),
     ("WORKER_REQUEST_TIMEOUT_MS", "2000"),
@@ -184,7 +187,8 @@ async fn a_full_data_dir_is_503_then_recovers_by_itself_and_stops_on_sigterm(bac
     )
     .await;
     let client = reqwest::Client::new();
-    let customer = fleet(&gateway, 1, 1, Duration::ZERO).await;
+    // Two workers: a failover would move the session to the other one.
+    let customer = fleet(&gateway, 2, 1, Duration::ZERO).await;
     let mut accepted = Vec::new();
     let mut n = 0;
     for _ in 0..4 {
@@ -225,8 +229,9 @@ async fn a_full_data_dir_is_503_then_recovers_by_itself_and_stops_on_sigterm(bac
     }
 
     // Long enough for the batch flusher (every 500 ms here) and the heartbeats to fail a few
-    // commits in a row on the same pooled connections, which is what wedged SQLite for good.
-    tokio::time::sleep(Duration::from_secs(3).saturating_sub(filled_at.elapsed())).await;
+    // commits in a row on the same pooled connections, which is what wedged SQLite for good,
+    // and longer than the heartbeat timeout.
+    tokio::time::sleep(FULL_FOR.saturating_sub(filled_at.elapsed())).await;
 
     // Space again: no restart, no operator; within seconds sends are 202 for good.
     std::fs::remove_file(&filler).unwrap();
@@ -259,15 +264,31 @@ async fn a_full_data_dir_is_503_then_recovers_by_itself_and_stops_on_sigterm(bac
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["status"], "ok", "{body}");
 
-    // Every accepted message reaches the worker, once, in acceptance order.
+    // Every accepted message reaches the worker, once, in acceptance order, and all reach the
+    // same worker: the outage of the store was not taken for the fleet's.
     let deadline = Instant::now() + Duration::from_secs(20);
     let delivered = loop {
-        let delivered: Vec<String> = customer.workers[0]
-            .messages()
-            .into_iter()
-            .filter_map(|message| message.message_id)
+        let per_worker: Vec<Vec<String>> = customer
+            .workers
+            .iter()
+            .map(|worker| {
+                worker
+                    .messages()
+                    .into_iter()
+                    .filter_map(|message| message.message_id)
+                    .collect()
+            })
             .collect();
+        let delivered = per_worker.concat();
         if delivered.len() >= accepted.len() {
+            assert!(
+                per_worker
+                    .iter()
+                    .any(|messages| messages.len() == delivered.len()),
+                "the session moved to another worker while the disk was full: {:?}\n{}",
+                per_worker.iter().map(Vec::len).collect::<Vec<_>>(),
+                gateway.log_text()
+            );
             break delivered;
         }
         assert!(
