@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::app::AppContext;
 use crate::domain::{MessageStatus, now_ms};
 use crate::metrics::DeliveryStage;
-use crate::store::{MessageStatusChange, NewOutboundMessage, Store};
+use crate::store::{NewOutboundMessage, SentAnswer, Store};
 use outcome::{Attempt, Verdict};
 use sessions::SessionDirectory;
 
@@ -106,7 +106,7 @@ enum Report {
 /// through `wa.events.v1`); failures go to the log as events (`message.failed`) and to the DLQ.
 #[derive(Default)]
 struct FlushBatch {
-    sent: Vec<MessageStatusChange>,
+    sent: Vec<SentAnswer>,
     /// The lane heads whose `2xx` is in `sent`: their lanes stay blocked until it is durable,
     /// so a crash can only resend a call whose answer had not arrived, never one answered
     /// before the next message of its session went out.
@@ -710,13 +710,10 @@ impl DeliveryState {
             .metrics
             .delivery_latency_seconds
             .observe(envelope.age_at(now_ms()).as_secs_f64());
-        self.pending.sent.push(MessageStatusChange {
-            session_id: envelope.session_id.clone(),
+        self.pending.sent.push(SentAnswer {
             message_id: envelope.message_id.clone(),
-            status: MessageStatus::Sent,
-            error_message: None,
             worker_message_id: whatsapp_id,
-            attempts: Some(i64::from(ticket.failed_attempts().saturating_add(1))),
+            attempts: i64::from(ticket.failed_attempts().saturating_add(1)),
             at: now_ms(),
         });
         self.pending
@@ -753,7 +750,7 @@ impl DeliveryState {
             let result = async {
                 if !batch.sent.is_empty() {
                     store
-                        .apply_delivery_outcomes(&batch.sent)
+                        .record_sent(&batch.sent)
                         .await
                         .map_err(|err| format!("writing SENT outcomes: {err}"))?;
                 }

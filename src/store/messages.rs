@@ -45,6 +45,19 @@ pub struct MessageStatusChange {
     pub at: i64,
 }
 
+/// A worker's `2xx` to a send, for [`Store::record_sent`].
+#[derive(Debug, Clone)]
+pub struct SentAnswer {
+    /// The gateway's id of the message.
+    pub message_id: String,
+    /// WhatsApp's id of the message, when the worker gave one.
+    pub worker_message_id: Option<String>,
+    /// Delivery attempts, this one included.
+    pub attempts: i64,
+    /// When the answer arrived (ms).
+    pub at: i64,
+}
+
 /// Filters and page of [`Store::list_messages`].
 #[derive(Debug, Clone)]
 pub struct MessageListQuery {
@@ -311,30 +324,7 @@ impl Store {
         if changes.is_empty() {
             return Ok(0);
         }
-        let turn = self.write_turn().await;
-        self.apply_message_statuses_in_turn(changes, turn).await
-    }
-
-    /// [`apply_message_statuses`](Self::apply_message_statuses) for the delivery's own
-    /// outcomes: a session's next message waits until its previous worker answer is durable,
-    /// so these go ahead of the queued status writes (worker receipts).
-    pub async fn apply_delivery_outcomes(
-        &self,
-        changes: &[MessageStatusChange],
-    ) -> Result<u64, StoreError> {
-        if changes.is_empty() {
-            return Ok(0);
-        }
-        let turn = self.urgent_write_turn().await;
-        self.apply_message_statuses_in_turn(changes, turn).await
-    }
-
-    async fn apply_message_statuses_in_turn(
-        &self,
-        changes: &[MessageStatusChange],
-        _turn: Option<super::write_gate::WriteTurn>,
-    ) -> Result<u64, StoreError> {
-        let mut changed = 0;
+        let _turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
         // WhatsApp's id and the attempt count of delivery outcomes, whatever the status does
         // (the outcome may lose the race to the worker's own SENT receipt).
@@ -454,6 +444,11 @@ impl Store {
                 events.push((id, change.status, change.error_message.clone(), change.at));
             }
         }
+        let changed = events.len() as u64;
+        // The SENT step of the timeline is the row's `sent_at` (as PENDING is its
+        // `created_at`): the delivery's own `2xx` records it in one statement, see
+        // [`record_sent`](Self::record_sent).
+        events.retain(|(_, status, _, _)| *status != MessageStatus::Sent);
         for chunk in events.chunks(RECORD_CHUNK) {
             let mut sql =
                 String::from("INSERT INTO message_events (message_id, status, detail, at) VALUES ");
@@ -479,10 +474,57 @@ impl Store {
                     .bind(*at);
             }
             query.execute(&mut *tx).await?;
-            changed += chunk.len() as u64;
         }
         tx.commit().await?;
         Ok(changed)
+    }
+
+    /// Records workers' `2xx` answers: PENDING becomes SENT (with `sent_at`, the timeline's SENT
+    /// step), and WhatsApp's id and the attempt count are kept whatever the status is (the
+    /// answer may lose the race to the worker's own receipts). A session's next message waits
+    /// until its previous answer is durable, so this is one statement per
+    /// [`RECORD_CHUNK`] answers, each atomic on its own (no BEGIN and COMMIT round trips),
+    /// ahead of the queued status writes (worker receipts). Each answer stands alone, so a
+    /// failure part-way leaves the earlier chunks recorded and a retry of the whole is harmless.
+    pub async fn record_sent(&self, answers: &[SentAnswer]) -> Result<(), StoreError> {
+        if answers.is_empty() {
+            return Ok(());
+        }
+        let _turn = self.urgent_write_turn().await;
+        for chunk in answers.chunks(RECORD_CHUNK) {
+            let mut ids = String::new();
+            let mut worker_ids = String::from("CASE id");
+            let mut attempts = String::from("CASE id");
+            for index in 0..chunk.len() {
+                let base = 1 + index * 3;
+                if index > 0 {
+                    ids.push(',');
+                }
+                ids.push_str(&format!("${}", base + 1));
+                worker_ids.push_str(&format!(" WHEN ${} THEN ${}", base + 1, base + 2));
+                attempts.push_str(&format!(" WHEN ${} THEN ${}", base + 1, base + 3));
+            }
+            // Every right-hand side reads the row as it was before this statement.
+            let sql = format!(
+                "UPDATE messages SET \
+                 status = CASE WHEN status = 'PENDING' THEN 'SENT' ELSE status END, \
+                 sent_at = CASE WHEN status = 'PENDING' THEN $1 ELSE sent_at END, \
+                 updated_at = CASE WHEN status = 'PENDING' THEN $1 ELSE updated_at END, \
+                 worker_message_id = COALESCE(worker_message_id, {worker_ids} END), \
+                 attempts = COALESCE({attempts} END, attempts) \
+                 WHERE id IN ({ids})"
+            );
+            let at = chunk.iter().map(|a| a.at).max().unwrap_or_else(now_ms);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);
+            for answer in chunk {
+                query = query
+                    .bind(&answer.message_id)
+                    .bind(answer.worker_message_id.as_deref())
+                    .bind(answer.attempts);
+            }
+            query.execute(self.pool()).await?;
+        }
+        Ok(())
     }
 
     /// A page of the user's messages, newest first, after `cursor` (the last row of the previous
@@ -558,10 +600,12 @@ impl Store {
     pub async fn message_timeline(&self, id: &str) -> Result<Vec<MessageEvent>, StoreError> {
         let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
             "SELECT status, detail, at FROM (\
-               SELECT 'PENDING' AS status, CAST(NULL AS TEXT) AS detail, created_at AS at, 0 AS seq \
+               SELECT 'PENDING' AS status, CAST(NULL AS TEXT) AS detail, created_at AS at, 0 AS step, 0 AS seq \
                FROM messages WHERE id = $1 AND direction = 'OUTBOUND' \
-               UNION ALL SELECT status, detail, at, id AS seq FROM message_events WHERE message_id = $1) steps \
-             ORDER BY at, seq",
+               UNION ALL SELECT 'SENT', CAST(NULL AS TEXT), sent_at, 1, 0 \
+               FROM messages WHERE id = $1 AND sent_at IS NOT NULL \
+               UNION ALL SELECT status, detail, at, 2, id FROM message_events WHERE message_id = $1) steps \
+             ORDER BY at, step, seq",
         )
         .bind(id)
         .fetch_all(self.pool())

@@ -34,6 +34,7 @@ pub use api_keys::{ApiKeyRecord, NewApiKey};
 pub use idempotency::{IdempotencyClaim, request_fingerprint};
 pub use messages::{
     MessageEvent, MessageListQuery, MessageRecord, MessageStatusChange, NewOutboundMessage,
+    SentAnswer,
 };
 pub use refresh_tokens::{NewRefreshToken, RefreshOutcome, RefreshTokenRecord};
 pub use sessions::{Session, SessionReport};
