@@ -26,6 +26,180 @@ impl InvalidInput {
     }
 }
 
+/// What a text field may hold besides printable characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextKind {
+    /// An identifier or opaque token (ids, cursors, refresh tokens, worker message ids):
+    /// printable ASCII only, no space.
+    Token,
+    /// One line (names, labels, search terms, idempotency keys): no control character at all,
+    /// no line or paragraph separator, no bidirectional override, embedding or isolate.
+    Line,
+    /// Free text (message bodies, captions, descriptions): like [`TextKind::Line`], but `\n`,
+    /// `\r` and `\t` are allowed and so are bidirectional controls (pasted right-to-left text
+    /// carries them; they cannot break storage or logs).
+    Multiline,
+}
+
+/// The one rule for every string that enters the gateway from outside: client bodies, query
+/// parameters, path ids and cursors, worker callbacks and heartbeats. It bounds the length (in
+/// characters) and refuses the characters the field's [`TextKind`] does not allow; NUL is
+/// never allowed anywhere (PostgreSQL cannot store it in `TEXT`, and a NUL that reaches a
+/// shared pipeline is a poison pill). A refusal names the field, so the client gets `400`
+/// with `details.field`.
+///
+/// ```
+/// use wa_gateway::domain::TextRule;
+/// assert!(TextRule::line(100).check("name", "Ann").is_ok());
+/// assert!(TextRule::line(100).check("name", "A\u{0}nn").is_err());
+/// assert!(TextRule::multiline(4096).check("message", "hi\nthere").is_ok());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextRule {
+    kind: TextKind,
+    max_chars: usize,
+    non_empty: bool,
+}
+
+impl TextRule {
+    /// An id the gateway issued (users, API keys, messages, workers) as it arrives in a path,
+    /// a query parameter or a cursor: 1 to 128 printable ASCII characters.
+    pub const ID: TextRule = TextRule::token(128).non_empty();
+
+    /// An identifier or token of at most `max_chars` printable ASCII characters, no space.
+    pub const fn token(max_chars: usize) -> Self {
+        Self {
+            kind: TextKind::Token,
+            max_chars,
+            non_empty: false,
+        }
+    }
+
+    /// One line of at most `max_chars` characters.
+    pub const fn line(max_chars: usize) -> Self {
+        Self {
+            kind: TextKind::Line,
+            max_chars,
+            non_empty: false,
+        }
+    }
+
+    /// Free text of at most `max_chars` characters; line breaks and tabs allowed.
+    pub const fn multiline(max_chars: usize) -> Self {
+        Self {
+            kind: TextKind::Multiline,
+            max_chars,
+            non_empty: false,
+        }
+    }
+
+    /// The same rule, also refusing an empty (or, for text, all-blank) value.
+    pub const fn non_empty(self) -> Self {
+        Self {
+            non_empty: true,
+            ..self
+        }
+    }
+
+    /// The longest value accepted, in characters.
+    pub const fn max_chars(self) -> usize {
+        self.max_chars
+    }
+
+    /// Checks `raw`, given for `field`; answers it unchanged when it passes.
+    pub fn check<'raw>(
+        self,
+        field: &'static str,
+        raw: &'raw str,
+    ) -> Result<&'raw str, InvalidInput> {
+        if let Some(bad) = raw.chars().find(|&c| !self.allows(c)) {
+            return Err(InvalidInput::new(field, self.refusal(bad)));
+        }
+        // Cheap first: a string of at most `max_chars` bytes has at most that many characters.
+        if raw.len() > self.max_chars && raw.chars().count() > self.max_chars {
+            return Err(InvalidInput::new(
+                field,
+                format!("must be at most {} characters", self.max_chars),
+            ));
+        }
+        if self.non_empty && raw.trim().is_empty() {
+            return Err(InvalidInput::new(field, "must not be empty"));
+        }
+        Ok(raw)
+    }
+
+    /// [`TextRule::check`] for an owned value.
+    pub fn check_owned(self, field: &'static str, raw: String) -> Result<String, InvalidInput> {
+        self.check(field, &raw)?;
+        Ok(raw)
+    }
+
+    /// [`TextRule::check`] for an optional value (absent passes).
+    pub fn check_optional<'raw>(
+        self,
+        field: &'static str,
+        raw: Option<&'raw str>,
+    ) -> Result<Option<&'raw str>, InvalidInput> {
+        raw.map(|raw| self.check(field, raw)).transpose()
+    }
+
+    fn allows(self, c: char) -> bool {
+        match self.kind {
+            TextKind::Token => c.is_ascii_graphic(),
+            TextKind::Line => !c.is_control() && !is_line_break(c) && !is_bidi_control(c),
+            TextKind::Multiline => matches!(c, '\n' | '\r' | '\t') || !c.is_control(),
+        }
+    }
+
+    fn refusal(self, bad: char) -> String {
+        let what = match self.kind {
+            TextKind::Token => "must be printable ASCII without spaces",
+            TextKind::Line => {
+                "must be one line without control, line-separator or bidirectional-override characters"
+            }
+            TextKind::Multiline => {
+                "must not contain control characters other than \\n, \\r and \\t"
+            }
+        };
+        format!("{what} (found U+{:04X})", u32::from(bad))
+    }
+}
+
+/// Line and paragraph separators (besides the control characters `\n` and `\r`).
+fn is_line_break(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}')
+}
+
+/// Bidirectional embeddings, overrides and isolates (and the Arabic letter mark): they make
+/// text display differently from what it is ("Trojan source" spoofing).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that print as nothing: zero-width spaces and joiners, direction marks, the soft
+/// hyphen, word joiners, variation selectors, fillers, tags, the byte-order mark. Refused in
+/// e-mail addresses, where they make two addresses look the same.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -114,22 +288,41 @@ string_enum! {
 pub struct Email(String);
 
 impl Email {
-    /// Accepts `local@domain.tld` of at most 254 characters.
+    /// The longest address accepted (RFC 5321's path limit).
+    pub const MAX_CHARS: usize = 254;
+
+    /// Accepts `local@domain.tld` of at most 254 characters: one line (see [`TextRule`]), no
+    /// whitespace, no invisible character (zero-width, direction marks, soft hyphen, …), a
+    /// local part of letters, digits and `!#$%&'*+/=?^_`{|}~.-`, a domain of dot-separated
+    /// labels of letters, digits and `-`.
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        let email = raw.trim().to_lowercase();
+        let checked = TextRule::line(Self::MAX_CHARS + 64).check("email", raw)?;
+        let email = checked.trim().to_lowercase();
         let invalid =
             || InvalidInput::new("email", "must be an e-mail address like name@example.com");
-        if email.len() > 254 || email.chars().any(char::is_whitespace) {
+        if email.chars().count() > Self::MAX_CHARS
+            || email
+                .chars()
+                .any(|c| c.is_whitespace() || is_invisible(c) || is_bidi_control(c))
+        {
             return Err(invalid());
         }
         let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
-        if local.is_empty()
-            || domain.contains('@')
-            || !domain.contains('.')
-            || domain.starts_with('.')
-            || domain.ends_with('.')
-            || domain.contains("..")
-        {
+        let local_ok = !local.is_empty()
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..")
+            && local
+                .chars()
+                .all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+        let domain_ok = domain.contains('.')
+            && domain.split('.').all(|label| {
+                !label.is_empty()
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+            });
+        if !local_ok || !domain_ok {
             return Err(invalid());
         }
         Ok(Self(email))
@@ -141,8 +334,8 @@ impl Email {
     }
 }
 
-/// A password that satisfies the policy: 8 to 128 characters with a letter and a digit.
-/// Never printed (no `Debug` of the content).
+/// A password that satisfies the policy: 8 to 128 characters with a letter and a digit, one
+/// line (no control characters). Never printed (no `Debug` of the content).
 #[derive(Clone)]
 pub struct Password(String);
 
@@ -153,14 +346,18 @@ impl fmt::Debug for Password {
 }
 
 impl Password {
+    /// The rule for a password presented to be checked (login, current password): bounded so
+    /// nobody makes the gateway hash megabytes, no NUL or control character other than a tab
+    /// or line break (looser than [`Password::parse`], so no older password is refused
+    /// unread).
+    pub const PRESENTED: TextRule = TextRule::multiline(1024);
+
     /// Applies the password policy to a new password.
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, InvalidInput> {
+        TextRule::line(128).check(field, raw)?;
         let length = raw.chars().count();
         if length < 8 {
             return Err(InvalidInput::new(field, "must be at least 8 characters"));
-        }
-        if length > 128 {
-            return Err(InvalidInput::new(field, "must be at most 128 characters"));
         }
         if !raw.chars().any(char::is_alphabetic) || !raw.chars().any(|c| c.is_ascii_digit()) {
             return Err(InvalidInput::new(
@@ -177,26 +374,20 @@ impl Password {
     }
 }
 
-/// A display name: 1 to 100 characters after trimming, no control characters.
+/// A display name: 1 to 100 characters after trimming, one line (see [`TextRule::line`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DisplayName(String);
 
 impl DisplayName {
+    /// The rule of a name (before trimming).
+    pub const RULE: TextRule = TextRule::line(100);
+
     /// Validates a name given for `field`.
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, InvalidInput> {
-        let name = raw.trim();
-        if name.is_empty() {
-            return Err(InvalidInput::new(field, "must not be empty"));
-        }
-        if name.chars().count() > 100 {
-            return Err(InvalidInput::new(field, "must be at most 100 characters"));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(InvalidInput::new(
-                field,
-                "must not contain control characters",
-            ));
-        }
+        // Characters are checked on what was sent (a trailing line break is refused, not
+        // trimmed away), the length on the trimmed name.
+        TextRule::line(usize::MAX).check(field, raw)?;
+        let name = Self::RULE.non_empty().check(field, raw.trim())?;
         Ok(Self(name.to_owned()))
     }
 
@@ -333,6 +524,97 @@ mod tests {
         ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn text_rule_refuses_nul_and_controls_where_the_kind_does_not_allow_them() {
+        let line = TextRule::line(10);
+        assert_eq!(line.check("name", "Ann Lee").unwrap(), "Ann Lee");
+        for bad in [
+            "a\u{0}b",
+            "a\nb",
+            "a\tb",
+            "a\u{7f}",
+            "a\u{85}",
+            "a\u{2028}",
+            "a\u{202E}b",
+        ] {
+            let refused = line.check("name", bad).unwrap_err();
+            assert_eq!(refused.field, "name", "{bad:?}");
+        }
+        assert!(
+            line.check("name", "ann\u{200D}x").is_ok(),
+            "joiners make emoji"
+        );
+        assert!(line.check("name", &"x".repeat(11)).is_err());
+        assert!(
+            line.check("name", &"é".repeat(10)).is_ok(),
+            "characters, not bytes"
+        );
+        assert!(line.check("name", "").is_ok());
+        assert!(line.non_empty().check("name", "  ").is_err());
+
+        let text = TextRule::multiline(100);
+        assert!(text.check("message", "one\r\ntwo\tthree \u{202B}x").is_ok());
+        for bad in ["a\u{0}", "a\u{1b}[31m", "a\u{8}", "\u{9f}"] {
+            assert_eq!(text.check("message", bad).unwrap_err().field, "message");
+        }
+
+        let token = TextRule::ID;
+        assert!(
+            token
+                .check("id", "0192f0c1-8d3e-7a7b-9c1d-3f4e5a6b7c8d")
+                .is_ok()
+        );
+        for bad in ["", "has space", "é", "a\u{0}", &"x".repeat(129)] {
+            assert!(token.check("id", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn emails_with_hidden_characters_are_refused() {
+        for bad in [
+            "ann\u{0}@example.com",
+            "ann@example.com\u{0}",
+            "ann\u{1}@example.com",
+            "ann\n@example.com",
+            "ann@example.com\n",
+            "a\u{200B}nn@example.com",
+            "ann@exa\u{200D}mple.com",
+            "\u{202E}moc.elpmaxe@nna",
+            "ann\u{FEFF}@example.com",
+            "ann@example..com",
+            "ann@-example.com",
+            ".ann@example.com",
+            "ann\"@example.com",
+            "ann@exam_ple.com",
+        ] {
+            let refused = Email::parse(bad).unwrap_err();
+            assert_eq!(refused.field, "email", "{bad:?}");
+        }
+        assert!(Email::parse("ann.lee+tag@mail.example.com").is_ok());
+        assert!(Email::parse("josé@example.com").is_ok());
+    }
+
+    #[test]
+    fn names_and_passwords_follow_the_text_rule() {
+        assert_eq!(
+            DisplayName::parse("name", "  Ann  ").unwrap().as_str(),
+            "Ann"
+        );
+        assert!(DisplayName::parse("name", "Ann\n").is_err());
+        assert!(DisplayName::parse("name", "A\u{0}nn").is_err());
+        assert!(DisplayName::parse("name", "   ").is_err());
+        assert!(DisplayName::parse("name", &"x".repeat(101)).is_err());
+        assert!(DisplayName::parse("name", &format!(" {} ", "x".repeat(100))).is_ok());
+        assert!(Password::parse("password", "secret123\u{0}").is_err());
+        assert!(Password::PRESENTED.check("password", "old\tpass1").is_ok());
+        assert!(Password::PRESENTED.check("password", "pass\u{0}1").is_err());
+        assert!(
+            Password::PRESENTED
+                .check("password", &"x".repeat(1025))
+                .is_err()
+        );
     }
 
     #[test]
