@@ -174,6 +174,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {addr} (HOST/PORT)"))?;
         let local_addr = listener.local_addr().context("reading bound address")?;
+        context.fleet.listening_on(local_addr);
         Ok(Self {
             context,
             listener,

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub delivery_latency_seconds: Histogram,
     /// Worker events applied to the store.
     pub events_applied_total: IntCounter,
+    /// `dead_letters_total{consumer, reason}`: records a consumer set aside on a dead-letter
+    /// topic instead of applying them (see [`Metrics::dead_lettered`]).
+    pub dead_letters_total: IntCounterVec,
     /// `delivery_stage_seconds{stage}`: where a message's delivery time goes, one child per
     /// [`DeliveryStage`], resolved once (indexed by the stage).
     delivery_stages: [Histogram; DeliveryStage::ALL.len()],
@@ -123,6 +126,13 @@ impl Metrics {
         )?;
         let events_applied_total =
             IntCounter::new("events_applied_total", "Worker events applied to the store")?;
+        let dead_letters_total = IntCounterVec::new(
+            Opts::new(
+                "dead_letters_total",
+                "Log records a consumer set aside on its dead-letter topic, by consumer (events, delivery) and reason (undecodable, invalid, rejected: the store refused the values, unapplicable: failed alone again and again)",
+            ),
+            &["consumer", "reason"],
+        )?;
         let delivery_stage_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "delivery_stage_seconds",
@@ -141,6 +151,7 @@ impl Metrics {
         registry.register(Box::new(delivery_redelivered_total.clone()))?;
         registry.register(Box::new(delivery_latency_seconds.clone()))?;
         registry.register(Box::new(events_applied_total.clone()))?;
+        registry.register(Box::new(dead_letters_total.clone()))?;
         registry.register(Box::new(delivery_stage_seconds.clone()))?;
         let delivery_stages = DeliveryStage::ALL
             .map(|stage| delivery_stage_seconds.with_label_values(&[stage.label()]));
@@ -153,6 +164,7 @@ impl Metrics {
             delivery_redelivered_total,
             delivery_latency_seconds,
             events_applied_total,
+            dead_letters_total,
             delivery_stages,
         })
     }
@@ -166,6 +178,14 @@ impl Metrics {
     pub fn delivery_outcome(&self, outcome: &'static str) {
         self.delivery_outcomes_total
             .with_label_values(&[outcome])
+            .inc();
+    }
+
+    /// Counts one record set aside by `consumer` (`events`, `delivery`) for `reason`
+    /// (`undecodable`, `invalid`, `rejected`, `unapplicable`).
+    pub fn dead_lettered(&self, consumer: &'static str, reason: &'static str) {
+        self.dead_letters_total
+            .with_label_values(&[consumer, reason])
             .inc();
     }
 

@@ -6,7 +6,8 @@ use anyhow::Context;
 use consumers::{EmbeddedSource, KafkaSource, LogSource};
 use producers::kafka::{KafkaProducer, create_topics};
 use producers::{
-    EVENTS_TOPIC, EmbeddedLog, LogProducer, OUTBOUND_DLQ_TOPIC, OUTBOUND_TOPIC, TopicCatalog,
+    EVENTS_DLQ_TOPIC, EVENTS_TOPIC, EmbeddedLog, LogProducer, OUTBOUND_DLQ_TOPIC, OUTBOUND_TOPIC,
+    TopicCatalog,
 };
 
 use crate::config::Config;
@@ -88,6 +89,7 @@ impl Pipeline {
             outbound: wire(OUTBOUND_TOPIC),
             events: wire(EVENTS_TOPIC),
             dead_letters: wire(OUTBOUND_DLQ_TOPIC),
+            event_dead_letters: wire(EVENTS_DLQ_TOPIC),
         }
     }
 

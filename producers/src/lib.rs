@@ -34,6 +34,6 @@ pub use kafka::{KafkaError, KafkaProducer};
 pub use log::{AppendError, LogProducer};
 pub use partitioner::{RDKAFKA_PARTITIONER, murmur2, partition_for_key, to_positive};
 pub use topics::{
-    CleanupPolicy, EVENTS_TOPIC, OUTBOUND_DLQ_TOPIC, OUTBOUND_TOPIC, REQUIRED_TOPICS, TopicCatalog,
-    TopicError, TopicSpec,
+    CleanupPolicy, EVENTS_DLQ_TOPIC, EVENTS_TOPIC, OUTBOUND_DLQ_TOPIC, OUTBOUND_TOPIC,
+    REQUIRED_TOPICS, TopicCatalog, TopicError, TopicSpec,
 };

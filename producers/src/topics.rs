@@ -20,8 +20,16 @@ pub const EVENTS_TOPIC: &str = "wa.events.v1";
 /// Dead letters of [`OUTBOUND_TOPIC`].
 pub const OUTBOUND_DLQ_TOPIC: &str = "wa.outbound.dlq.v1";
 
+/// Dead letters of [`EVENTS_TOPIC`]: events the events consumer could not apply.
+pub const EVENTS_DLQ_TOPIC: &str = "wa.events.dlq.v1";
+
 /// Topics the gateway cannot run without; [`TopicCatalog::builtin`] fails if one is missing.
-pub const REQUIRED_TOPICS: [&str; 3] = [OUTBOUND_TOPIC, EVENTS_TOPIC, OUTBOUND_DLQ_TOPIC];
+pub const REQUIRED_TOPICS: [&str; 4] = [
+    OUTBOUND_TOPIC,
+    EVENTS_TOPIC,
+    OUTBOUND_DLQ_TOPIC,
+    EVENTS_DLQ_TOPIC,
+];
 
 /// The embedded definitions, so the binary never depends on a file at run time.
 const BUILTIN_TOML: &str = include_str!("../../kafka/topics.toml");
@@ -421,7 +429,7 @@ purpose = "test""#;
     fn builtin_catalog_matches_the_design() {
         let catalog = TopicCatalog::builtin().unwrap();
         assert_eq!(catalog.prefix(), "");
-        assert_eq!(catalog.len(), 3);
+        assert_eq!(catalog.len(), 4);
         assert!(!catalog.is_empty());
 
         let outbound = catalog.require(OUTBOUND_TOPIC).unwrap();

@@ -1,25 +1,43 @@
 //! The events consumer: applies `wa.events.v1` (delivery outcomes and the workers' receipts) to
-//! the `messages` table, a whole fetched batch per transaction, then commits the batch's
-//! positions. Events of one session share a partition and are applied in log order; a status
-//! never moves backwards (see `Store::apply_message_statuses`), so a replay after a crash is
-//! harmless.
+//! the `messages` table in turns of a few statements, then commits the batch's positions. Events
+//! of one session share a partition and are applied in log order; a status never moves
+//! backwards (see `Store::apply_message_statuses`), so a replay after a crash is harmless.
+//!
+//! No poison pills: an event that cannot be decoded, fails validation, or that the store refuses
+//! on its own (a permanent failure: a constraint, a value it cannot encode, see
+//! [`FailureClass`]) is set aside on `wa.events.dlq.v1` with the reason, counted in
+//! `wa_gateway_dead_letters_total{consumer="events"}` and logged once; the partition moves on.
+//! A turn the store refuses is applied again one event at a time, so only the events that fail
+//! alone are set aside. A store that cannot work now (connection lost, disk full) is waited
+//! for: nothing is committed past an event that was neither applied nor set aside.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consumers::{LogSource, SourceEvent};
+use consumers::{LogSource, SourceEvent, SourceRecord};
 use producers::{EventEnvelope, WorkerEvent};
 use tokio::sync::watch;
 
 use crate::app::AppContext;
-use crate::domain::MessageStatus;
-use crate::store::{MessageStatusChange, Store};
+use crate::domain::{InvalidInput, MessageStatus, SessionId, TextRule};
+use crate::store::{FailureClass, MessageStatusChange, Store, StoreError};
 
 /// Events applied per transaction at most.
 const BATCH: usize = 2_000;
-/// Status changes written in one transaction at most (see [`apply`]).
+/// Status changes written in one transaction at most (see [`Applier::apply_changes`]).
 const STATUS_CHUNK: usize = 128;
+/// A message id in an event: the gateway's UUID or WhatsApp's id (printable ASCII).
+pub(crate) const MESSAGE_ID_RULE: TextRule = TextRule::token(256).non_empty();
+/// Pause after a store that cannot work now, doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Tries of one event alone that failed neither transiently nor permanently (an error the
+/// store does not classify) before it is set aside.
+const UNKNOWN_TRIES: u32 = 3;
+
+/// The events consumer's label in `wa_gateway_dead_letters_total`.
+const CONSUMER: &str = "events";
 
 /// Runs until `stop` flips.
 pub async fn run_events(
@@ -28,6 +46,7 @@ pub async fn run_events(
     mut source: LogSource,
     mut stop: watch::Receiver<bool>,
 ) {
+    let dead_letter_topic = context.pipeline.topics().event_dead_letters;
     let mut failures = 0_u32;
     loop {
         if *stop.borrow() {
@@ -51,34 +70,32 @@ pub async fn run_events(
             continue;
         }
         let mut positions: HashMap<(String, i32), i64> = HashMap::new();
-        let mut changes = Vec::with_capacity(records.len());
-        let mut inbound = Vec::new();
-        for record in &records {
+        let mut applier = Applier {
+            store: &store,
+            records: &records,
+            changes: Vec::with_capacity(records.len()),
+            inbound: Vec::new(),
+            set_aside: Vec::new(),
+            stop: stop.clone(),
+        };
+        for (index, record) in records.iter().enumerate() {
             let slot = positions
                 .entry((record.topic.clone(), record.partition))
                 .or_insert(record.offset + 1);
             *slot = (*slot).max(record.offset + 1);
-            match EventEnvelope::decode(&record.value) {
-                Ok(envelope) => collect(envelope, &mut changes, &mut inbound),
-                Err(err) => tracing::error!(error = %err, partition = record.partition,
-                    offset = record.offset, "undecodable event; skipped"),
-            }
+            applier.collect(index, record);
         }
-        // Apply until it works: committing past events that were not applied would lose them.
-        loop {
-            match apply(&store, &changes, &inbound).await {
-                Ok(()) => break,
-                Err(err) => {
-                    tracing::error!(
-                        error = format!("{err:#}"),
-                        "applying events failed; retrying"
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        _ = stop.changed() => return,
-                    }
-                }
-            }
+        // Committing past events that were neither applied nor set aside would lose them.
+        if applier.apply().await.is_err() {
+            return;
+        }
+        let set_aside = std::mem::take(&mut applier.set_aside);
+        if !set_aside.is_empty()
+            && set_aside_all(&context, &dead_letter_topic, &records, set_aside, &mut stop)
+                .await
+                .is_err()
+        {
+            return;
         }
         failures = 0;
         context
@@ -95,8 +112,28 @@ pub async fn run_events(
     }
 }
 
-/// An inbound message waiting to be stored.
+/// The consumer is stopping: whatever was not done is read again by the next reader.
+struct Stopped;
+
+/// Why an event was set aside: the metric's `reason` label and the words for the DLQ record.
+#[derive(Debug)]
+struct SetAside {
+    /// Index of the record in the fetched batch.
+    record: usize,
+    /// `undecodable`, `invalid`, `rejected` or `unapplicable`.
+    label: &'static str,
+    reason: String,
+}
+
+/// A status change waiting to be written, and the record it came from.
+struct Change {
+    record: usize,
+    change: MessageStatusChange,
+}
+
+/// An inbound message waiting to be stored, and the record it came from.
 struct Inbound {
+    record: usize,
     session_id: String,
     message_id: String,
     from: String,
@@ -104,11 +141,254 @@ struct Inbound {
     body: serde_json::Value,
 }
 
-fn collect(
-    envelope: EventEnvelope,
-    changes: &mut Vec<MessageStatusChange>,
-    inbound: &mut Vec<Inbound>,
-) {
+/// One fetched batch on its way to the store.
+struct Applier<'a> {
+    store: &'a Store,
+    records: &'a [SourceRecord],
+    changes: Vec<Change>,
+    inbound: Vec<Inbound>,
+    set_aside: Vec<SetAside>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Applier<'_> {
+    /// Decodes and validates one record; what cannot be applied is set aside.
+    fn collect(&mut self, index: usize, record: &SourceRecord) {
+        let envelope = match EventEnvelope::decode(&record.value) {
+            Ok(envelope) => envelope,
+            Err(err) => return self.set_aside(index, "undecodable", err.to_string()),
+        };
+        match validated(envelope) {
+            Ok(Some(Valid::Change(change))) => self.changes.push(Change {
+                record: index,
+                change,
+            }),
+            Ok(Some(Valid::Inbound {
+                session_id,
+                message_id,
+                from,
+                message_type,
+                body,
+            })) => self.inbound.push(Inbound {
+                record: index,
+                session_id,
+                message_id,
+                from,
+                message_type,
+                body,
+            }),
+            Ok(None) => {}
+            Err(invalid) => self.set_aside(index, "invalid", invalid.to_string()),
+        }
+    }
+
+    fn set_aside(&mut self, record: usize, label: &'static str, reason: String) {
+        let source = &self.records[record];
+        tracing::warn!(
+            topic = %source.topic,
+            partition = source.partition,
+            offset = source.offset,
+            reason = %reason,
+            "event set aside on the dead-letter topic"
+        );
+        self.set_aside.push(SetAside {
+            record,
+            label,
+            reason,
+        });
+    }
+
+    async fn apply(&mut self) -> Result<(), Stopped> {
+        self.apply_changes().await?;
+        self.apply_inbound().await
+    }
+
+    /// Status changes in turns of at most [`STATUS_CHUNK`]: on SQLite each turn holds the one
+    /// write lock, and delivery's own outcomes (each session's next message waits for its
+    /// previous one to be durable) wait for at most one turn rather than for a whole batch of
+    /// receipts. A turn the store refuses is applied one change at a time, in order.
+    async fn apply_changes(&mut self) -> Result<(), Stopped> {
+        let changes = std::mem::take(&mut self.changes);
+        for chunk in changes.chunks(STATUS_CHUNK) {
+            let batch: Vec<MessageStatusChange> = chunk.iter().map(|c| c.change.clone()).collect();
+            let store = self.store;
+            let refused = self
+                .until_not_transient(|| store.apply_message_statuses(&batch))
+                .await?
+                .err();
+            let Some(err) = refused else {
+                continue;
+            };
+            tracing::warn!(
+                error = format!("{err:#}"),
+                changes = chunk.len(),
+                "the store refused a turn of status changes; applying them one by one"
+            );
+            for change in chunk {
+                let one = std::slice::from_ref(&change.change);
+                self.apply_alone(change.record, || store.apply_message_statuses(one))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_inbound(&mut self) -> Result<(), Stopped> {
+        let inbound = std::mem::take(&mut self.inbound);
+        let store = self.store;
+        for message in &inbound {
+            self.apply_alone(message.record, || store_inbound(store, message))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one event's work alone: a transient failure is waited out, a permanent one sets
+    /// the event aside, an unclassified one is tried [`UNKNOWN_TRIES`] times first.
+    async fn apply_alone<T, F, Fut>(&mut self, record: usize, work: F) -> Result<(), Stopped>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut tries = 0;
+        loop {
+            let err = match self.until_not_transient(&work).await? {
+                Ok(_) => return Ok(()),
+                Err(err) => err,
+            };
+            tries += 1;
+            let (label, retry) = match err.class() {
+                FailureClass::Permanent => ("rejected", false),
+                _ => ("unapplicable", tries < UNKNOWN_TRIES),
+            };
+            if !retry {
+                self.set_aside(record, label, format!("the store refused it: {err:#}"));
+                return Ok(());
+            }
+            self.pause(tries).await?;
+        }
+    }
+
+    /// Runs `work` until it succeeds or fails with anything but a transient failure (which is
+    /// retried with backoff while the consumer runs).
+    async fn until_not_transient<T, F, Fut>(
+        &mut self,
+        work: F,
+    ) -> Result<Result<T, StoreError>, Stopped>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut failures = 0_u32;
+        loop {
+            match work().await {
+                Err(err) if err.class() == FailureClass::Transient => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(20) {
+                        tracing::error!(
+                            error = format!("{err:#}"),
+                            failures,
+                            "applying events failed: the store cannot work now; retrying"
+                        );
+                    }
+                    self.pause(failures).await?;
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    async fn pause(&mut self, failures: u32) -> Result<(), Stopped> {
+        pause(failures, &mut self.stop).await
+    }
+}
+
+/// Waits before try `failures + 1`: [`RETRY_FIRST`] doubling to [`RETRY_MAX`]; `Stopped` when
+/// the consumer stops meanwhile.
+async fn pause(failures: u32, stop: &mut watch::Receiver<bool>) -> Result<(), Stopped> {
+    let delay = RETRY_FIRST
+        .saturating_mul(1 << failures.clamp(1, 8).saturating_sub(1))
+        .min(RETRY_MAX);
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(()),
+        _ = stop.wait_for(|stopped| *stopped) => Err(Stopped),
+    }
+}
+
+async fn store_inbound(store: &Store, message: &Inbound) -> Result<(), StoreError> {
+    let session = match store.session_by_id(&message.session_id).await {
+        Ok(session) => session,
+        // A message for a session deleted meanwhile: nothing to keep it for.
+        Err(StoreError::NotFound) => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    store
+        .insert_inbound_message(
+            &session.user_id,
+            &session.id,
+            &message.message_id,
+            &message.from,
+            &message.message_type,
+            &message.body,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Appends the set-aside records to the events DLQ (retried while the log refuses: they must
+/// be there before the batch is committed), then counts them.
+async fn set_aside_all(
+    context: &AppContext,
+    topic: &str,
+    records: &[SourceRecord],
+    set_aside: Vec<SetAside>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), Stopped> {
+    let letters: Vec<(String, Vec<u8>)> = set_aside
+        .iter()
+        .map(|aside| {
+            let record = &records[aside.record];
+            (
+                record.key.clone(),
+                super::dead_letter_value_raw(record, &aside.reason),
+            )
+        })
+        .collect();
+    let mut failures = 0;
+    while let Err(err) = context
+        .pipeline
+        .producer()
+        .append_batch(topic, letters.clone())
+        .await
+    {
+        failures += 1;
+        tracing::error!(error = %err, failures, "appending to the events dead-letter topic failed; retrying");
+        pause(failures, stop).await?;
+    }
+    for aside in &set_aside {
+        context.metrics.dead_lettered(CONSUMER, aside.label);
+    }
+    Ok(())
+}
+
+/// What a valid event asks of the store.
+#[derive(Debug)]
+enum Valid {
+    Change(MessageStatusChange),
+    Inbound {
+        session_id: String,
+        message_id: String,
+        from: String,
+        message_type: String,
+        body: serde_json::Value,
+    },
+}
+
+/// Checks what the consumer interprets in an event: the session id, the message id and the
+/// status. `Ok(None)`: nothing to apply here (session events are applied by the fleet).
+/// Free text (reasons, senders, bodies) is the store's to refuse.
+fn validated(envelope: EventEnvelope) -> Result<Option<Valid>, InvalidInput> {
+    SessionId::parse("sessionId", &envelope.session_id)?;
     match envelope.event {
         WorkerEvent::MessageStatus {
             message_id,
@@ -118,11 +398,15 @@ fn collect(
             attempts,
             ..
         } => {
-            let Ok(status) = status.to_ascii_uppercase().parse::<MessageStatus>() else {
-                tracing::warn!(status, "event with an unknown message status; skipped");
-                return;
-            };
-            changes.push(MessageStatusChange {
+            MESSAGE_ID_RULE.check("messageId", &message_id)?;
+            if let Some(id) = &whatsapp_message_id {
+                MESSAGE_ID_RULE.check("whatsappMessageId", id)?;
+            }
+            let status = status
+                .to_ascii_uppercase()
+                .parse::<MessageStatus>()
+                .map_err(|problem| InvalidInput::new("status", problem))?;
+            Ok(Some(Valid::Change(MessageStatusChange {
                 session_id: envelope.session_id,
                 message_id,
                 status,
@@ -130,51 +414,65 @@ fn collect(
                 worker_message_id: whatsapp_message_id,
                 attempts: attempts.map(i64::from),
                 at: envelope.received_at_ms,
-            });
+            })))
         }
         WorkerEvent::MessageReceived {
             message_id,
             from,
             message_type,
             body,
-        } => inbound.push(Inbound {
-            session_id: envelope.session_id,
-            message_id,
-            from,
-            message_type,
-            body,
-        }),
-        WorkerEvent::SessionStatus { .. } => {}
+        } => {
+            MESSAGE_ID_RULE.check("messageId", &message_id)?;
+            Ok(Some(Valid::Inbound {
+                session_id: envelope.session_id,
+                message_id,
+                from,
+                message_type,
+                body,
+            }))
+        }
+        WorkerEvent::SessionStatus { .. } => Ok(None),
     }
 }
 
-async fn apply(
-    store: &Store,
-    changes: &[MessageStatusChange],
-    inbound: &[Inbound],
-) -> anyhow::Result<()> {
-    // In turns of at most STATUS_CHUNK changes: on SQLite each turn holds the one write lock,
-    // and delivery's own outcomes (each session's next message waits for its previous one to
-    // be durable) wait for at most one turn rather than for a whole batch of receipts.
-    for chunk in changes.chunks(STATUS_CHUNK) {
-        store.apply_message_statuses(chunk).await?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_event(session: &str, message_id: &str, status: &str) -> EventEnvelope {
+        EventEnvelope::new(
+            session,
+            1,
+            WorkerEvent::MessageStatus {
+                message_id: message_id.to_owned(),
+                status: status.to_owned(),
+                error_message: None,
+                delivered_at: None,
+                read_at: None,
+                whatsapp_message_id: None,
+                attempts: None,
+            },
+        )
     }
-    for message in inbound {
-        let session = match store.session_by_id(&message.session_id).await {
-            Ok(session) => session,
-            Err(crate::store::StoreError::NotFound) => continue,
-            Err(err) => return Err(err.into()),
-        };
-        store
-            .insert_inbound_message(
-                &session.user_id,
-                &session.id,
-                &message.message_id,
-                &message.from,
-                &message.message_type,
-                &message.body,
-            )
-            .await?;
+
+    #[test]
+    fn events_with_ids_or_statuses_the_store_cannot_take_are_invalid() {
+        assert!(matches!(
+            validated(status_event("sess-1", "3EB0C767D0A1", "delivered")),
+            Ok(Some(Valid::Change(_)))
+        ));
+        for (event, field) in [
+            (status_event("sess-1", "poison\u{0}id", "READ"), "messageId"),
+            (status_event("sess-1", "", "READ"), "messageId"),
+            (
+                status_event("sess-1", &"x".repeat(257), "READ"),
+                "messageId",
+            ),
+            (status_event("sess-1", "m1", "EXPLODED"), "status"),
+            (status_event("se\u{0}ss", "m1", "READ"), "sessionId"),
+        ] {
+            let refused = validated(event).unwrap_err();
+            assert_eq!(refused.field, field);
+        }
     }
-    Ok(())
 }

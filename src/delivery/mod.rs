@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::app::AppContext;
 use crate::domain::{MessageStatus, now_ms};
 use crate::metrics::DeliveryStage;
-use crate::store::{NewOutboundMessage, SentAnswer, Store};
+use crate::store::{FailureClass, NewOutboundMessage, SentAnswer, Store, StoreError};
 use outcome::{Attempt, Verdict};
 use sessions::SessionDirectory;
 
@@ -67,8 +67,10 @@ pub struct LogTopics {
     pub outbound: String,
     /// Wire name of the events topic.
     pub events: String,
-    /// Wire name of the dead-letter topic.
+    /// Wire name of the outbound dead-letter topic.
     pub dead_letters: String,
+    /// Wire name of the events dead-letter topic.
+    pub event_dead_letters: String,
 }
 
 /// A message waiting on its session's lane.
@@ -414,7 +416,13 @@ impl DeliveryState {
                 tracing::warn!(error = %err, "delivery: offset already tracked; skipping record");
                 continue;
             }
-            match OutboundEnvelope::decode(&record.value) {
+            match OutboundEnvelope::decode(&record.value)
+                .map_err(|err| ("undecodable", err.to_string()))
+                .and_then(|envelope| {
+                    valid_envelope(&envelope)
+                        .map(|()| envelope)
+                        .map_err(|invalid| ("invalid", invalid.to_string()))
+                }) {
                 Ok(envelope) => {
                     self.context
                         .metrics
@@ -427,18 +435,18 @@ impl DeliveryState {
                         queued_at: read_at,
                     })
                 }
-                Err(err) => {
+                Err((label, reason)) => {
                     // Not ours to interpret: park it on the DLQ as it was.
-                    tracing::error!(error = %err, partition = record.partition, offset = record.offset,
-                        "undecodable outbound record; dead-lettering it");
-                    self.pending.dead_letters.push((
-                        record.key.clone(),
-                        dead_letter_value_raw(&record, &err.to_string()),
-                    ));
+                    tracing::warn!(reason = %reason, partition = record.partition, offset = record.offset,
+                        "{label} outbound record; set aside on the dead-letter topic");
+                    self.pending
+                        .dead_letters
+                        .push((record.key.clone(), dead_letter_value_raw(&record, &reason)));
                     self.pending
                         .offsets
                         .push((topic, record.partition, record.offset));
                     self.context.metrics.delivery_outcome("dead_lettered");
+                    self.context.metrics.dead_lettered(CONSUMER, label);
                 }
             }
         }
@@ -455,24 +463,10 @@ impl DeliveryState {
         let metrics = self.context.metrics.clone();
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
-            let recorded = loop {
-                match record(&store, &rows).await {
-                    Ok(recorded) => break recorded,
-                    Err(err) => {
-                        // Delivering before the row exists would let the outcome event miss
-                        // it, so wait for the store instead.
-                        tracing::error!(
-                            error = format!("{err:#}"),
-                            "recording outbound messages failed; retrying"
-                        );
-                        tokio::select! {
-                            _ = tokio::time::sleep(RECORD_RETRY) => {}
-                            // Shutting down: none of the batch's offsets is completed, so the
-                            // next reader of the partitions gets it again.
-                            _ = stop.wait_for(|stopped| *stopped) => return,
-                        }
-                    }
-                }
+            // Shutting down: none of the batch's offsets is completed, so the next reader of
+            // the partitions gets it again.
+            let Ok(recorded) = record_batch(&store, &rows, &mut stop).await else {
+                return;
             };
             let took = read_at.elapsed();
             for _ in &decoded {
@@ -498,6 +492,21 @@ impl DeliveryState {
                 continue;
             }
             let message_id = &queued.envelope.message_id;
+            if let Some((label, reason)) = recorded.rejected.get(message_id) {
+                // The store refused this message's row: set it aside, the partition moves on.
+                tracing::warn!(message_id = %message_id, reason = %reason,
+                    "outbound message set aside on the dead-letter topic");
+                self.context.metrics.delivery_outcome("dead_lettered");
+                self.context.metrics.dead_lettered(CONSUMER, label);
+                self.pending.dead_letters.push((
+                    queued.envelope.session_id.clone(),
+                    dead_letter_value(&queued.envelope, reason),
+                ));
+                self.pending
+                    .offsets
+                    .push((queued.topic.clone(), queued.partition, queued.offset));
+                continue;
+            }
             let duplicate = self.held.contains(message_id);
             if duplicate || recorded.settled.contains(message_id) {
                 self.context.metrics.delivery_outcome(if duplicate {
@@ -780,10 +789,117 @@ struct Recorded {
     /// Ids recorded before (by an earlier reader, or an earlier append of the same id) and
     /// still without an outcome.
     seen_before: HashSet<String>,
+    /// Ids whose row the store refused on its own (a permanent failure), with the metric's
+    /// reason label and the words: they go to the dead-letter topic, not to a worker.
+    rejected: HashMap<String, (&'static str, String)>,
+}
+
+/// The shutdown flipped while recording waited for the store.
+struct Stopped;
+
+/// [`record`] until it is done: a store that cannot work now is waited for (delivering before
+/// the row exists would let the outcome miss it); a batch it refuses for anything else is
+/// recorded again one message at a time, and a message refused on its own (permanently, or
+/// [`RECORD_UNKNOWN_TRIES`] times for an unclassified failure) is reported in
+/// [`Recorded::rejected`] instead of holding up the partition.
+async fn record_batch(
+    store: &Store,
+    rows: &[NewOutboundMessage],
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Recorded, Stopped> {
+    let refused = match record_until_not_transient(store, rows, stop).await? {
+        Ok(recorded) => return Ok(recorded),
+        Err(err) => err,
+    };
+    tracing::warn!(
+        error = format!("{refused:#}"),
+        messages = rows.len(),
+        "the store refused a batch of outbound messages; recording them one by one"
+    );
+    let mut all = Recorded::default();
+    for row in rows {
+        let mut tries = 0;
+        loop {
+            match record_until_not_transient(store, std::slice::from_ref(row), stop).await? {
+                Ok(one) => {
+                    all.settled.extend(one.settled);
+                    all.seen_before.extend(one.seen_before);
+                    break;
+                }
+                Err(err) => {
+                    tries += 1;
+                    let label = match err.class() {
+                        FailureClass::Permanent => "rejected",
+                        _ if tries < RECORD_UNKNOWN_TRIES => {
+                            pause(RECORD_RETRY, stop).await?;
+                            continue;
+                        }
+                        _ => "unapplicable",
+                    };
+                    all.rejected.insert(
+                        row.id.clone(),
+                        (label, format!("the store refused it: {err:#}")),
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Tries of one message alone that failed neither transiently nor permanently before it is
+/// set aside.
+const RECORD_UNKNOWN_TRIES: u32 = 3;
+
+/// The delivery consumer's label in `wa_gateway_dead_letters_total`.
+const CONSUMER: &str = "delivery";
+
+/// [`record`], retried while the store cannot work now.
+async fn record_until_not_transient(
+    store: &Store,
+    rows: &[NewOutboundMessage],
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Result<Recorded, StoreError>, Stopped> {
+    let mut failures = 0_u32;
+    loop {
+        match record(store, rows).await {
+            Err(err) if err.class() == FailureClass::Transient => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::error!(
+                        error = format!("{err:#}"),
+                        failures,
+                        "recording outbound messages failed: the store cannot work now; retrying"
+                    );
+                }
+                pause(RECORD_RETRY, stop).await?;
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+async fn pause(delay: Duration, stop: &mut watch::Receiver<bool>) -> Result<(), Stopped> {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(()),
+        _ = stop.wait_for(|stopped| *stopped) => Err(Stopped),
+    }
+}
+
+/// What the delivery consumer interprets in an outbound record: its ids (they become a row's
+/// keys and travel to the worker in headers).
+fn valid_envelope(envelope: &OutboundEnvelope) -> Result<(), crate::domain::InvalidInput> {
+    crate::domain::SessionId::parse("sessionId", &envelope.session_id)?;
+    events::MESSAGE_ID_RULE.check("messageId", &envelope.message_id)?;
+    crate::domain::TextRule::token(256)
+        .non_empty()
+        .check("userId", &envelope.user_id)?;
+    Ok(())
 }
 
 /// Records a batch (idempotently) and reports which of its messages were there before.
-async fn record(store: &Store, rows: &[NewOutboundMessage]) -> anyhow::Result<Recorded> {
+async fn record(store: &Store, rows: &[NewOutboundMessage]) -> Result<Recorded, StoreError> {
     let inserted = store.insert_outbound_messages(rows).await?;
     if inserted.len() == rows.len() {
         // All new: none can have an outcome yet.
@@ -803,6 +919,7 @@ async fn record(store: &Store, rows: &[NewOutboundMessage]) -> anyhow::Result<Re
     Ok(Recorded {
         settled,
         seen_before,
+        rejected: HashMap::new(),
     })
 }
 

@@ -125,9 +125,16 @@ impl Attempt {
         metrics.delivery_stage(DeliveryStage::Worker, calling.elapsed());
         match answer {
             Ok(body) => Verdict::Sent {
+                // WhatsApp's id is kept only when it is one (a NUL in it would make the SENT
+                // outcome a write the store refuses, again and again).
                 whatsapp_id: body
                     .pointer("/data/messageId")
                     .and_then(Value::as_str)
+                    .filter(|id| {
+                        super::events::MESSAGE_ID_RULE
+                            .check("messageId", id)
+                            .is_ok()
+                    })
                     .map(str::to_owned),
                 pace: pace(&self.context, &entry),
             },
@@ -183,7 +190,7 @@ impl Attempt {
             .pointer("/error/message")
             .or_else(|| body.pointer("/message"))
             .and_then(Value::as_str)
-            .unwrap_or("no reason given");
+            .map_or_else(|| "no reason given".to_owned(), printable);
         if matches!(status, 404 | 409) {
             // "Session not found / not connected" from the owner we believe in: ownership is
             // settling (a restart or migration in progress). Wait for it, within the bounds.
@@ -196,6 +203,18 @@ impl Attempt {
         }
     }
 }
+
+/// A worker's words as they may travel on: control characters become spaces (a NUL in a
+/// reason would be a status the store cannot hold), at most [`MAX_REASON_CHARS`] characters.
+fn printable(raw: &str) -> String {
+    raw.chars()
+        .take(MAX_REASON_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The longest worker reason kept in a message's status.
+const MAX_REASON_CHARS: usize = 500;
 
 fn session_gone() -> Verdict {
     Verdict::Failed {

@@ -187,6 +187,8 @@ pub struct Fleet {
     /// than the timeout must not take its own outage for a fleet failure, so no worker goes
     /// OFFLINE before a full timeout has passed since then.
     hearing_since_ms: std::sync::atomic::AtomicI64,
+    /// This gateway's listen address, once bound (see [`Fleet::listening_on`]).
+    listen_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Fleet {
@@ -207,6 +209,7 @@ impl Fleet {
             settings,
             reevacuated: Default::default(),
             hearing_since_ms: std::sync::atomic::AtomicI64::new(0),
+            listen_addr: std::sync::OnceLock::new(),
         }
     }
 
@@ -306,13 +309,7 @@ impl Fleet {
             Ok(_) | Err(StoreError::NotFound) => {}
             Err(err) => return Err(err.into()),
         }
-        self.client
-            .health(&endpoint)
-            .await
-            .map_err(|err| FleetError::Conflict {
-                code: "WORKER_UNREACHABLE",
-                message: format!("GET {endpoint}/health failed: {err}"),
-            })?;
+        self.probe(&endpoint).await?;
         // A dead worker's endpoint may still be recorded under its old id: free it.
         if let Some(stale) = self.store.worker_by_endpoint(&endpoint).await?
             && stale.id != registration.worker_id
@@ -337,6 +334,66 @@ impl Fleet {
             recovery_required: !assigned.is_empty(),
             assigned_session_count: assigned.len(),
             worker,
+        })
+    }
+
+    /// The gateway's own listen address (set once it is bound): an endpoint there is refused,
+    /// so a token holder cannot make the gateway call itself.
+    pub fn listening_on(&self, addr: std::net::SocketAddr) {
+        let _ = self.listen_addr.set(addr);
+    }
+
+    /// Probes `GET {endpoint}/health` of a would-be worker (`endpoint` as
+    /// [`normalize_endpoint`] made it): `400` for the gateway's own address, `409
+    /// WORKER_UNREACHABLE` when it does not answer. Why it did not answer goes to the log, not
+    /// to the caller: the answer must not make the gateway a port scanner for token holders.
+    pub async fn probe(&self, endpoint: &str) -> Result<Value, FleetError> {
+        if self.is_own_address(endpoint).await {
+            return Err(
+                InvalidInput::new("endpoint", "must not be the gateway's own address").into(),
+            );
+        }
+        self.client.health(endpoint).await.map_err(|err| {
+            tracing::warn!(endpoint, error = %err, "a would-be worker did not answer its health probe");
+            FleetError::Conflict {
+                code: "WORKER_UNREACHABLE",
+                message: "the worker did not answer GET /health at its endpoint".to_owned(),
+            }
+        })
+    }
+
+    /// Whether `endpoint` (normalised) names this gateway's listener: same port, and a host that
+    /// resolves to a loopback or unspecified address, to the listen address, or (listening on
+    /// every interface) to an address of this machine.
+    async fn is_own_address(&self, endpoint: &str) -> bool {
+        let Some(own) = self.listen_addr.get().copied() else {
+            return false;
+        };
+        let Some((host, port)) = endpoint_host_port(endpoint) else {
+            return false;
+        };
+        if port != own.port() {
+            return false;
+        }
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let resolved = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await;
+        let Ok(Ok(addresses)) = resolved else {
+            // Unresolvable: the probe cannot reach it either.
+            return false;
+        };
+        addresses.into_iter().any(|address| {
+            let ip = address.ip();
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip == own.ip()
+                || (own.ip().is_unspecified() && std::net::UdpSocket::bind((ip, 0)).is_ok())
         })
     }
 
@@ -511,9 +568,13 @@ impl Fleet {
             status: Some(status),
             phone_number: report.phone_number.filter(|p| !p.is_empty()),
             display_name: report.display_name.filter(|n| !n.is_empty()),
+            // A QR only from the session's owner: the callback must name it (the real worker
+            // names itself exactly on QR_REQUIRED; a report that names another worker was
+            // fenced above). Anyone else holding the worker token could otherwise show a
+            // customer a QR of their own to scan.
             qr_code: report
                 .qr_code
-                .filter(|_| status == SessionStatus::QrRequired),
+                .filter(|_| status == SessionStatus::QrRequired && report.worker_id.is_some()),
             logged_out: logged_out || report.logged_out,
         };
         let updated = self
@@ -961,19 +1022,84 @@ fn validate_worker_id(id: &str) -> Result<(), InvalidInput> {
     }
 }
 
-/// `http(s)://host[:port][/path]` without a trailing slash.
+/// A worker's base URL as `scheme://host[:port]`: `http` or `https`, a host, an optional port,
+/// nothing else (no user info, path, query or fragment; a lone trailing `/` is dropped). The
+/// gateway appends its own paths to it, so anything more would let a caller steer its calls.
 pub fn normalize_endpoint(raw: &str) -> Result<String, InvalidInput> {
-    let trimmed = raw.trim().trim_end_matches('/');
-    let valid = (trimmed.starts_with("http://") || trimmed.starts_with("https://"))
-        && trimmed.len() > "https://".len()
-        && trimmed.len() <= 500
-        && !trimmed.chars().any(|c| c.is_whitespace() || c.is_control());
-    if valid {
-        Ok(trimmed.to_owned())
-    } else {
-        Err(InvalidInput::new(
-            "endpoint",
-            "must be an http(s) URL such as http://10.0.0.5:3001",
-        ))
+    const EXPECTED: &str = "must be scheme://host:port (http or https), such as http://10.0.0.5:3001, \
+         without user info, path, query or fragment";
+    let refuse = || InvalidInput::new("endpoint", EXPECTED);
+    let trimmed = raw.trim();
+    if trimmed.is_empty()
+        || trimmed.len() > 500
+        || trimmed.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(refuse());
+    }
+    let url = reqwest::Url::parse(trimmed).map_err(|_| refuse())?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.path() == "/"
+        // `Url` drops an empty `?`/`#` and a `/` it adds itself: look at what was written.
+        && !trimmed.contains(['?', '#', '@'])
+        && trimmed
+            .split_once("://")
+            .is_some_and(|(_, rest)| !rest.trim_end_matches('/').contains('/'));
+    let Some(host) = url.host_str().filter(|_| plain) else {
+        return Err(refuse());
+    };
+    Ok(match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    })
+}
+
+/// Host and port (the scheme's default when none is written) of a normalised endpoint.
+fn endpoint_host_port(endpoint: &str) -> Option<(String, u16)> {
+    let url = reqwest::Url::parse(endpoint).ok()?;
+    Some((url.host_str()?.to_owned(), url.port_or_known_default()?))
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::normalize_endpoint;
+
+    #[test]
+    fn endpoints_are_scheme_host_and_port_only() {
+        for (raw, normal) in [
+            ("http://10.0.0.5:3001", "http://10.0.0.5:3001"),
+            ("http://10.0.0.5:3001/", "http://10.0.0.5:3001"),
+            (
+                " https://Worker.Example:8443 ",
+                "https://worker.example:8443",
+            ),
+            ("http://worker.internal", "http://worker.internal"),
+            ("http://[::1]:3001", "http://[::1]:3001"),
+        ] {
+            assert_eq!(normalize_endpoint(raw).unwrap(), normal, "{raw}");
+        }
+        for raw in [
+            "",
+            "10.0.0.5:3001",
+            "ftp://10.0.0.5:3001",
+            "file:///etc/passwd",
+            "http://10.0.0.5:3001/api",
+            "http://10.0.0.5:3001/health?x=1",
+            "http://10.0.0.5:3001?",
+            "http://10.0.0.5:3001#frag",
+            "http://user:secret@10.0.0.5:3001",
+            "http://user@10.0.0.5:3001",
+            "http://10.0.0.5:3001//",
+            "http://10.0.0.5:99999",
+            "http://",
+            "http://10.0.0.5:3001\u{0}",
+            "http://10.0.0.5 :3001",
+        ] {
+            let refused = normalize_endpoint(raw).unwrap_err();
+            assert_eq!(refused.field, "endpoint", "{raw}");
+        }
     }
 }

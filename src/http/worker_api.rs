@@ -4,6 +4,12 @@
 //!
 //! Bodies are parsed liberally: unknown fields are ignored, optional fields may be missing or
 //! `null`, numbers may be integers or floats. A malformed body is a `400` and changes nothing.
+//!
+//! Every string a worker sends passes the gateway's one text rule ([`TextRule`]: no NUL, no
+//! control character the field does not allow, a length bound) or the request is a `400`
+//! naming the field: nothing a worker sends reaches the store or the event log unchecked.
+//! Heartbeat metrics are optional; one that is not a number is a `400` naming it, one out of
+//! its range is clamped into it (see [`HeartbeatMetrics`]).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -16,7 +22,7 @@ use warp::{Filter, Rejection};
 use super::error::{ApiError, ApiResult, finish, success};
 use super::extract::{Ctx, json_body, with_context};
 use super::views::WorkerView;
-use crate::domain::{MessageStatus, SessionId, now_ms};
+use crate::domain::{InvalidInput, MessageStatus, SessionId, TextRule, now_ms};
 use crate::fleet::{RegisterWorker, ReportedSession, StatusReport};
 use crate::store::WorkerMetricsSample;
 use producers::{EventEnvelope, WorkerEvent};
@@ -52,15 +58,23 @@ struct HeartbeatSession {
     display_name: Option<String>,
 }
 
+/// A heartbeat's metrics, each optional (missing or `null`). A metric that is not a number
+/// is a `400` naming it; a number out of its range is clamped into it (see [`Metric`]).
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct HeartbeatMetrics {
-    cpu_usage: Option<f64>,
-    memory_usage: Option<f64>,
-    uptime: Option<f64>,
-    message_count: Option<f64>,
-    total_sessions: Option<f64>,
-    active_sessions: Option<f64>,
+    #[serde(default)]
+    cpu_usage: Metric,
+    #[serde(default)]
+    memory_usage: Metric,
+    #[serde(default)]
+    uptime: Metric,
+    #[serde(default)]
+    message_count: Metric,
+    #[serde(default)]
+    total_sessions: Metric,
+    #[serde(default)]
+    active_sessions: Metric,
 }
 
 /// Old-style heartbeat body.
@@ -68,11 +82,56 @@ struct HeartbeatMetrics {
 #[serde(rename_all = "camelCase")]
 pub struct LegacyHeartbeatBody {
     worker_id: String,
-    session_count: Option<f64>,
-    cpu_usage: Option<f64>,
-    memory_usage: Option<f64>,
-    uptime: Option<f64>,
-    active_connections: Option<f64>,
+    #[serde(default)]
+    session_count: Metric,
+    #[serde(default)]
+    cpu_usage: Metric,
+    #[serde(default)]
+    memory_usage: Metric,
+    #[serde(default)]
+    uptime: Metric,
+    #[serde(default)]
+    active_connections: Metric,
+}
+
+/// One heartbeat metric as sent: checked by [`Metric::real`] and [`Metric::whole`].
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(transparent)]
+struct Metric(Value);
+
+/// CPU usage in percent: up to 100 per core.
+const CPU_MAX: f64 = 100_000.0;
+/// Memory usage, a ratio, a percentage or megabytes as the worker reports it.
+const MEMORY_MAX: f64 = 1e12;
+/// Uptime in seconds: a century.
+const UPTIME_MAX: i64 = 100 * 366 * 24 * 3600;
+/// Messages handled since the worker started.
+const MESSAGE_COUNT_MAX: i64 = 1_000_000_000_000_000;
+/// Sessions a worker reports (a worker registers for at most 100,000).
+const SESSIONS_MAX: i64 = 1_000_000;
+
+impl Metric {
+    /// The number, or `None` when missing or `null`; anything else is refused.
+    fn number(&self, field: &'static str) -> Result<Option<f64>, InvalidInput> {
+        match &self.0 {
+            Value::Null => Ok(None),
+            Value::Number(number) => Ok(number.as_f64().filter(|v| v.is_finite())),
+            _ => Err(InvalidInput::new(field, "must be a number")),
+        }
+    }
+
+    /// The number clamped into `0..=max`.
+    fn real(&self, field: &'static str, max: f64) -> Result<Option<f64>, InvalidInput> {
+        Ok(self.number(field)?.map(|v| v.clamp(0.0, max)))
+    }
+
+    /// The number rounded and clamped into `0..=max`.
+    fn whole(&self, field: &'static str, max: i64) -> Result<Option<i64>, InvalidInput> {
+        // `as` saturates, and the value is finite.
+        Ok(self
+            .number(field)?
+            .map(|v| (v.round() as i64).clamp(0, max)))
+    }
 }
 
 /// Recovery results body (counts flat or under `summary`; only the results matter).
@@ -284,7 +343,48 @@ fn whole(value: Option<f64>) -> Option<i64> {
     value.filter(|v| v.is_finite()).map(|v| v.round() as i64)
 }
 
+/// Worker ids: what [`crate::fleet`] registers (checked there again with its own words).
+const WORKER_ID: TextRule = TextRule::token(100).non_empty();
+/// A status word as a worker spells it.
+const STATUS: TextRule = TextRule::line(32).non_empty();
+/// WhatsApp's message ids and the gateway's.
+const MESSAGE_ID: TextRule = crate::delivery::events::MESSAGE_ID_RULE;
+/// Phone numbers and JIDs.
+const PHONE: TextRule = TextRule::line(128);
+/// A WhatsApp profile name (pasted right-to-left names carry direction marks).
+const DISPLAY_NAME: TextRule = TextRule::multiline(256);
+/// A QR string (Baileys' are about 240 characters).
+const QR_CODE: TextRule = TextRule::line(4096);
+/// Reasons and error messages.
+const REASON: TextRule = TextRule::multiline(2000);
+/// A registration's free text.
+const DESCRIPTION: TextRule = TextRule::multiline(500);
+/// A registration's version or environment.
+const LABEL: TextRule = TextRule::line(100);
+/// A URL a worker gives.
+const ENDPOINT: TextRule = TextRule::line(500).non_empty();
+/// Any string inside a received message's body.
+const BODY_TEXT: TextRule = TextRule::multiline(65_536);
+
+/// Checks every string (keys too) in a received message's body.
+fn check_body(value: &Value) -> Result<(), InvalidInput> {
+    match value {
+        Value::String(text) => BODY_TEXT.check("message", text).map(|_| ()),
+        Value::Array(items) => items.iter().try_for_each(check_body),
+        Value::Object(map) => map.iter().try_for_each(|(key, value)| {
+            LABEL.check("message", key)?;
+            check_body(value)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
 async fn register(context: Ctx, body: RegisterBody) -> ApiResult {
+    WORKER_ID.check("workerId", &body.worker_id)?;
+    ENDPOINT.check("endpoint", &body.endpoint)?;
+    DESCRIPTION.check_optional("description", body.description.as_deref())?;
+    LABEL.check_optional("version", body.version.as_deref())?;
+    LABEL.check_optional("environment", body.environment.as_deref())?;
     let environment = body
         .environment
         .map(|e| e.to_ascii_uppercase())
@@ -317,26 +417,39 @@ async fn register(context: Ctx, body: RegisterBody) -> ApiResult {
 }
 
 async fn heartbeat(worker_id: String, context: Ctx, body: HeartbeatBody) -> ApiResult {
+    WORKER_ID.check("workerId", &worker_id)?;
     let metrics = body.metrics.unwrap_or_default();
     let sample = WorkerMetricsSample {
-        cpu_usage: metrics.cpu_usage,
-        memory_usage: metrics.memory_usage,
-        uptime_seconds: whole(metrics.uptime),
-        message_count: whole(metrics.message_count),
-        total_sessions: whole(metrics.total_sessions),
-        active_sessions: whole(metrics.active_sessions),
+        cpu_usage: metrics.cpu_usage.real("cpuUsage", CPU_MAX)?,
+        memory_usage: metrics.memory_usage.real("memoryUsage", MEMORY_MAX)?,
+        uptime_seconds: metrics.uptime.whole("uptime", UPTIME_MAX)?,
+        message_count: metrics
+            .message_count
+            .whole("messageCount", MESSAGE_COUNT_MAX)?,
+        total_sessions: metrics
+            .total_sessions
+            .whole("totalSessions", SESSIONS_MAX)?,
+        active_sessions: metrics
+            .active_sessions
+            .whole("activeSessions", SESSIONS_MAX)?,
     };
     let sessions: Vec<ReportedSession> = body
         .sessions
         .unwrap_or_default()
         .into_iter()
-        .map(|s| ReportedSession {
-            session_id: s.session_id,
-            status: s.status,
-            phone_number: s.phone_number,
-            display_name: s.display_name,
+        .map(|s| {
+            SessionId::parse("sessionId", &s.session_id)?;
+            STATUS.check_optional("status", s.status.as_deref())?;
+            PHONE.check_optional("phoneNumber", s.phone_number.as_deref())?;
+            DISPLAY_NAME.check_optional("displayName", s.display_name.as_deref())?;
+            Ok(ReportedSession {
+                session_id: s.session_id,
+                status: s.status,
+                phone_number: s.phone_number,
+                display_name: s.display_name,
+            })
         })
-        .collect();
+        .collect::<Result<_, InvalidInput>>()?;
     context
         .fleet
         .heartbeat(&worker_id, &sample, &sessions)
@@ -348,13 +461,16 @@ async fn heartbeat(worker_id: String, context: Ctx, body: HeartbeatBody) -> ApiR
 }
 
 async fn legacy_heartbeat(context: Ctx, body: LegacyHeartbeatBody) -> ApiResult {
+    WORKER_ID.check("workerId", &body.worker_id)?;
     let sample = WorkerMetricsSample {
-        cpu_usage: body.cpu_usage,
-        memory_usage: body.memory_usage,
-        uptime_seconds: whole(body.uptime),
+        cpu_usage: body.cpu_usage.real("cpuUsage", CPU_MAX)?,
+        memory_usage: body.memory_usage.real("memoryUsage", MEMORY_MAX)?,
+        uptime_seconds: body.uptime.whole("uptime", UPTIME_MAX)?,
         message_count: None,
-        total_sessions: whole(body.session_count),
-        active_sessions: whole(body.active_connections),
+        total_sessions: body.session_count.whole("sessionCount", SESSIONS_MAX)?,
+        active_sessions: body
+            .active_connections
+            .whole("activeConnections", SESSIONS_MAX)?,
     };
     context
         .fleet
@@ -367,6 +483,7 @@ async fn legacy_heartbeat(context: Ctx, body: LegacyHeartbeatBody) -> ApiResult 
 }
 
 async fn assigned(worker_id: String, context: Ctx) -> ApiResult {
+    WORKER_ID.check("workerId", &worker_id)?;
     let sessions: Vec<Value> = context
         .fleet
         .assigned_sessions(&worker_id)
@@ -391,11 +508,16 @@ async fn assigned(worker_id: String, context: Ctx) -> ApiResult {
 }
 
 async fn recovery(worker_id: String, context: Ctx, body: RecoveryBody) -> ApiResult {
+    WORKER_ID.check("workerId", &worker_id)?;
     let results: Vec<(String, String)> = body
         .recovery_results
         .into_iter()
-        .map(|r| (r.session_id, r.status.to_ascii_uppercase()))
-        .collect();
+        .map(|r| {
+            SessionId::parse("sessionId", &r.session_id)?;
+            STATUS.check("status", &r.status)?;
+            Ok((r.session_id, r.status.to_ascii_uppercase()))
+        })
+        .collect::<Result<_, InvalidInput>>()?;
     let applied = context.fleet.recovery_results(&worker_id, &results).await?;
     Ok(success(
         StatusCode::OK,
@@ -404,6 +526,8 @@ async fn recovery(worker_id: String, context: Ctx, body: RecoveryBody) -> ApiRes
 }
 
 async fn unregister(context: Ctx, body: UnregisterBody) -> ApiResult {
+    WORKER_ID.check("workerId", &body.worker_id)?;
+    ENDPOINT.check_optional("endpoint", body.endpoint.as_deref())?;
     let migrating = context
         .fleet
         .unregister(&body.worker_id, body.endpoint.as_deref())
@@ -416,6 +540,12 @@ async fn unregister(context: Ctx, body: UnregisterBody) -> ApiResult {
 
 async fn session_status(context: Ctx, body: SessionStatusBody) -> ApiResult {
     SessionId::parse("sessionId", &body.session_id)?;
+    STATUS.check("status", &body.status)?;
+    QR_CODE.check_optional("qrCode", body.qr_code.as_deref())?;
+    PHONE.check_optional("phoneNumber", body.phone_number.as_deref())?;
+    DISPLAY_NAME.check_optional("displayName", body.display_name.as_deref())?;
+    WORKER_ID.check_optional("workerId", body.worker_id.as_deref())?;
+    REASON.check_optional("reason", body.reason.as_deref())?;
     let session = context
         .fleet
         .session_status(StatusReport {
@@ -437,6 +567,9 @@ async fn session_status(context: Ctx, body: SessionStatusBody) -> ApiResult {
 
 async fn message_status(context: Ctx, body: MessageStatusBody) -> ApiResult {
     SessionId::parse("sessionId", &body.session_id)?;
+    MESSAGE_ID.check("messageId", &body.message_id)?;
+    STATUS.check("status", &body.status)?;
+    REASON.check_optional("errorMessage", body.error_message.as_deref())?;
     let status: MessageStatus = body
         .status
         .to_ascii_uppercase()
@@ -484,6 +617,13 @@ async fn append_event(context: &Ctx, event: EventEnvelope) -> Result<(), ApiErro
 
 async fn message_received(context: Ctx, body: MessageReceivedBody) -> ApiResult {
     SessionId::parse("sessionId", &body.session_id)?;
+    MESSAGE_ID.check("messageId", &body.message_id)?;
+    PHONE.check("from", &body.from)?;
+    LABEL.check_optional("type", body.message_type.as_deref())?;
+    body.rest.iter().try_for_each(|(key, value)| {
+        LABEL.check("message", key)?;
+        check_body(value)
+    })?;
     let message_type = body
         .message_type
         .unwrap_or_else(|| "text".to_owned())

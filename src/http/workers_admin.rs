@@ -204,15 +204,7 @@ pub async fn fleet_stats(context: Ctx, _admin: User) -> ApiResult {
     security(("bearer" = [])))]
 pub async fn add_worker(context: Ctx, _admin: User, body: AddWorkerRequest) -> ApiResult {
     let endpoint = crate::fleet::normalize_endpoint(&body.endpoint)?;
-    let health = context
-        .fleet
-        .client()
-        .health(&endpoint)
-        .await
-        .map_err(|err| ApiError::Conflict {
-            code: "WORKER_UNREACHABLE",
-            message: format!("GET {endpoint}/health failed: {err}"),
-        })?;
+    let health = context.fleet.probe(&endpoint).await?;
     let health = health.get("data").cloned().unwrap_or(health);
     let worker_id = body
         .worker_id

@@ -142,6 +142,85 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
     }
 }
 
+/// How a failed store call should be treated by whoever retries work: the pipeline's consumers
+/// retry a [`Transient`](FailureClass::Transient) failure (the same work can succeed later) and
+/// set aside the piece of work behind a [`Permanent`](FailureClass::Permanent) one (the database
+/// refused these values: retrying them can only fail again and would hold up everything behind
+/// them). What is neither (a bug, a corrupt row) is [`Unknown`](FailureClass::Unknown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The database cannot work now: connection lost, pool exhausted, disk full, locked.
+    Transient,
+    /// The database refused the data: a constraint (integrity, class 23), a value it cannot
+    /// hold or encode (data exception, class 22, e.g. `22021` a NUL byte in UTF-8 text),
+    /// a value sqlx could not encode.
+    Permanent,
+    /// Anything else.
+    Unknown,
+}
+
+impl StoreError {
+    /// How a consumer should treat this failure (see [`FailureClass`]). `NotFound` and
+    /// `Conflict` are answers about the data, so permanent.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            StoreError::Unavailable(_) => FailureClass::Transient,
+            StoreError::Conflict(_) | StoreError::NotFound => FailureClass::Permanent,
+            StoreError::Unexpected(err) => chain_class(err),
+        }
+    }
+}
+
+/// [`FailureClass`] of one sqlx error.
+pub fn classify(err: &sqlx::Error) -> FailureClass {
+    if is_unavailable(err) {
+        return FailureClass::Transient;
+    }
+    match err {
+        sqlx::Error::Database(db) => {
+            let permanent = if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>()
+            {
+                sqlite
+                    .code()
+                    .and_then(|code| code.parse::<u32>().ok())
+                    .is_some_and(sqlite_code_is_permanent)
+            } else if let Some(postgres) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            {
+                sqlstate_is_permanent(postgres.code())
+            } else {
+                false
+            };
+            if permanent {
+                FailureClass::Permanent
+            } else {
+                FailureClass::Unknown
+            }
+        }
+        sqlx::Error::Encode(_) | sqlx::Error::RowNotFound => FailureClass::Permanent,
+        _ => FailureClass::Unknown,
+    }
+}
+
+/// [`classify`] over an `anyhow` chain: the first sqlx error in it decides.
+pub fn chain_class(err: &anyhow::Error) -> FailureClass {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
+        .map_or(FailureClass::Unknown, classify)
+}
+
+/// SQLite primary result codes of a statement the database refuses for its values:
+/// TOOBIG (18), CONSTRAINT (19, every `SQLITE_CONSTRAINT_*`), MISMATCH (20), RANGE (25).
+fn sqlite_code_is_permanent(code: u32) -> bool {
+    matches!(code & 0xff, 18 | 19 | 20 | 25)
+}
+
+/// PostgreSQL SQLSTATE classes 22 (data exception: `22021` invalid byte sequence, `22003`
+/// numeric value out of range, `22P02` invalid text representation, `22001` string too long)
+/// and 23 (integrity constraint violation: unique, foreign key, check, not null).
+fn sqlstate_is_permanent(code: &str) -> bool {
+    code.starts_with("22") || code.starts_with("23")
+}
+
 /// [`is_unavailable`] for any cause in an `anyhow` chain.
 pub fn chain_is_unavailable(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
@@ -383,6 +462,42 @@ mod tests {
         for code in ["23505", "40001", "42P01", "57014", "22P02"] {
             assert!(!sqlstate_is_unavailable(code), "{code}");
         }
+    }
+
+    #[test]
+    fn refused_values_are_permanent_and_outages_transient() {
+        // TOOBIG, CONSTRAINT_CHECK, CONSTRAINT_FOREIGNKEY, CONSTRAINT_NOTNULL, MISMATCH, RANGE.
+        for code in [18, 275, 787, 1299, 20, 25] {
+            assert!(sqlite_code_is_permanent(code), "{code}");
+        }
+        // BUSY, FULL, IOERR_WRITE, ERROR, CORRUPT.
+        for code in [5, 13, 778, 1, 11] {
+            assert!(!sqlite_code_is_permanent(code), "{code}");
+        }
+        for code in [
+            "22021", "22003", "22P02", "22P03", "23505", "23503", "23514",
+        ] {
+            assert!(sqlstate_is_permanent(code), "{code}");
+        }
+        for code in ["08006", "53100", "57P01", "40001", "42P01"] {
+            assert!(!sqlstate_is_permanent(code), "{code}");
+        }
+        assert_eq!(
+            classify(&sqlx::Error::PoolTimedOut),
+            FailureClass::Transient
+        );
+        assert_eq!(
+            StoreError::Unavailable(anyhow::anyhow!("disk full")).class(),
+            FailureClass::Transient
+        );
+        assert_eq!(
+            StoreError::Conflict("duplicate").class(),
+            FailureClass::Permanent
+        );
+        let bug = anyhow::Error::new(sqlx::Error::ColumnNotFound("x".into())).context("reading");
+        assert_eq!(StoreError::from(bug).class(), FailureClass::Unknown);
+        let encode = anyhow::Error::new(sqlx::Error::Encode("bad".into())).context("binding");
+        assert_eq!(StoreError::from(encode).class(), FailureClass::Permanent);
     }
 
     #[test]

@@ -142,6 +142,56 @@ pub struct WorkerMetricsSample {
     pub active_sessions: Option<i64>,
 }
 
+/// The metrics kept on the `workers` row as well as in `worker_metrics`.
+const WORKER_COLUMNS: [&str; 4] = [
+    "cpu_usage",
+    "memory_usage",
+    "uptime_seconds",
+    "active_sessions",
+];
+
+/// One metric value as it is bound.
+#[derive(Clone, Copy, Debug)]
+enum MetricValue {
+    Real(f64),
+    Whole(i64),
+}
+
+impl MetricValue {
+    fn bind_to<'q>(
+        self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+        match self {
+            MetricValue::Real(value) => query.bind(value),
+            MetricValue::Whole(value) => query.bind(value),
+        }
+    }
+}
+
+impl WorkerMetricsSample {
+    /// The metrics present, by column, in a fixed order.
+    fn present(&self) -> Vec<(&'static str, MetricValue)> {
+        let real = |column, value: Option<f64>| value.map(|v| (column, MetricValue::Real(v)));
+        let whole = |column, value: Option<i64>| value.map(|v| (column, MetricValue::Whole(v)));
+        // `total_sessions` and `active_sessions` are INTEGER columns (32 bits on PostgreSQL).
+        let count = |column, value: Option<i64>| {
+            value.map(|v| (column, MetricValue::Whole(v.clamp(0, i64::from(i32::MAX)))))
+        };
+        [
+            real("cpu_usage", self.cpu_usage),
+            real("memory_usage", self.memory_usage),
+            whole("uptime_seconds", self.uptime_seconds),
+            whole("message_count", self.message_count),
+            count("total_sessions", self.total_sessions),
+            count("active_sessions", self.active_sessions),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
 impl Store {
     /// All workers with their session counts, by id.
     pub async fn list_workers(&self) -> Result<Vec<Worker>, StoreError> {
@@ -208,44 +258,57 @@ impl Store {
 
     /// Records a heartbeat: liveness, metrics, and OFFLINE → ONLINE (never out of MAINTENANCE).
     /// Returns false when the worker is unknown (it must register).
+    ///
+    /// Only the metrics the worker sent are written, and each is bound as a value, never as a
+    /// NULL: through sqlx's `Any` driver a missing `f64` is bound as a `float4` NULL where a
+    /// present one is a `float8`, and PostgreSQL then refused the statement prepared for the
+    /// other shape on that pooled connection (`incorrect binary data format in bind
+    /// parameter 2`) for every later heartbeat. So each combination of present metrics is a
+    /// statement of its own, whose parameter types never change.
     pub async fn record_heartbeat(
         &self,
         id: &str,
         sample: &WorkerMetricsSample,
     ) -> Result<bool, StoreError> {
         let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE workers SET last_heartbeat_at = $1, updated_at = $1, \
-             status = CASE WHEN status = 'MAINTENANCE' THEN 'MAINTENANCE' ELSE 'ONLINE' END, \
-             cpu_usage = COALESCE($2, cpu_usage), memory_usage = COALESCE($3, memory_usage), \
-             uptime_seconds = COALESCE($4, uptime_seconds), active_sessions = COALESCE($5, active_sessions) \
-             WHERE id = $6",
-        )
-        .bind(now)
-        .bind(sample.cpu_usage)
-        .bind(sample.memory_usage)
-        .bind(sample.uptime_seconds)
-        .bind(sample.active_sessions)
-        .bind(id)
-        .execute(self.pool())
-        .await?;
+        let mut sql = String::from(
+            "UPDATE workers SET last_heartbeat_at = $2, updated_at = $2, \
+             status = CASE WHEN status = 'MAINTENANCE' THEN 'MAINTENANCE' ELSE 'ONLINE' END",
+        );
+        let present = sample.present();
+        for (index, (column, _)) in present
+            .iter()
+            .filter(|(column, _)| WORKER_COLUMNS.contains(column))
+            .enumerate()
+        {
+            sql.push_str(&format!(", {column} = ${}", index + 3));
+        }
+        sql.push_str(" WHERE id = $1");
+        let mut update = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(now);
+        for (column, value) in &present {
+            if WORKER_COLUMNS.contains(column) {
+                update = value.bind_to(update);
+            }
+        }
+        let done = update.execute(self.pool()).await?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        sqlx::query(
-            "INSERT INTO worker_metrics (worker_id, cpu_usage, memory_usage, uptime_seconds, message_count, \
-             total_sessions, active_sessions, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
+        let mut columns = String::from("worker_id, recorded_at");
+        let mut values = String::from("$1, $2");
+        for (index, (column, _)) in present.iter().enumerate() {
+            columns.push_str(&format!(", {column}"));
+            values.push_str(&format!(", ${}", index + 3));
+        }
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO worker_metrics ({columns}) VALUES ({values})"
+        )))
         .bind(id)
-        .bind(sample.cpu_usage)
-        .bind(sample.memory_usage)
-        .bind(sample.uptime_seconds)
-        .bind(sample.message_count)
-        .bind(sample.total_sessions)
-        .bind(sample.active_sessions)
-        .bind(now)
-        .execute(self.pool())
-        .await?;
+        .bind(now);
+        for (_, value) in &present {
+            insert = value.bind_to(insert);
+        }
+        insert.execute(self.pool()).await?;
         Ok(true)
     }
 

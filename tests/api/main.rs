@@ -13,5 +13,6 @@ mod crash;
 mod fleet;
 mod full_disk;
 mod http_basics;
+mod poison;
 mod repository;
 mod send;
