@@ -65,6 +65,19 @@ impl Counters {
         self.admit(key, amount, u64::MAX / 2, window).await
     }
 
+    /// Takes `amount` back from `key` (never below zero) and keeps its window: an admitted
+    /// unit that turned out not to count (a throttled attempt that succeeded, or that a later
+    /// gate refused before it did any work).
+    pub async fn release(&self, key: &str, amount: u64) -> anyhow::Result<()> {
+        match self {
+            Counters::InProcess(c) => {
+                c.release(key, amount, Instant::now());
+                Ok(())
+            }
+            Counters::Redis(c) => c.release(key, amount).await,
+        }
+    }
+
     /// Reads the current window without changing it.
     pub async fn peek(&self, key: &str) -> anyhow::Result<WindowState> {
         match self {
@@ -144,6 +157,14 @@ impl InProcessCounters {
         }
     }
 
+    fn release(&self, key: &str, amount: u64, now: Instant) {
+        if let Some((count, expires)) = self.lock().get_mut(key)
+            && *expires > now
+        {
+            *count = count.saturating_sub(amount);
+        }
+    }
+
     fn peek(&self, key: &str, now: Instant) -> WindowState {
         match self.lock().get(key) {
             Some((count, expires)) if *expires > now => WindowState {
@@ -181,11 +202,20 @@ end
 return {1, count, ttl}
 "#;
 
+/// Decrement that stops at zero and keeps the key's expiry. KEYS[1] = counter; ARGV = amount.
+const RELEASE_SCRIPT: &str = r#"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current <= 0 then return 0 end
+local amount = math.min(tonumber(ARGV[1]), current)
+return redis.call('DECRBY', KEYS[1], amount)
+"#;
+
 /// Counters in Redis.
 pub struct RedisCounters {
     conn: ConnectionManager,
     prefix: String,
     admit_script: redis::Script,
+    release_script: redis::Script,
 }
 
 /// Opens the process's one Redis connection (multiplexed, reconnecting); every Redis-backed
@@ -205,6 +235,7 @@ impl RedisCounters {
             conn,
             prefix: format!("{prefix}counter:"),
             admit_script: redis::Script::new(ADMIT_SCRIPT),
+            release_script: redis::Script::new(RELEASE_SCRIPT),
         }
     }
 
@@ -230,6 +261,18 @@ impl RedisCounters {
             count,
             resets_in: Duration::from_millis(ttl_ms.max(0) as u64),
         })
+    }
+
+    async fn release(&self, key: &str, amount: u64) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .release_script
+            .key(format!("{}{key}", self.prefix))
+            .arg(amount)
+            .invoke_async(&mut conn)
+            .await
+            .context("redis counter release script")?;
+        Ok(())
     }
 
     async fn peek(&self, key: &str) -> anyhow::Result<WindowState> {
@@ -279,5 +322,20 @@ mod tests {
         assert!(fresh.admitted);
         assert_eq!(fresh.count, 1);
         assert_eq!(counters.peek("other", later).count, 0);
+    }
+
+    #[test]
+    fn a_release_gives_back_within_the_window_and_never_goes_below_zero() {
+        let counters = InProcessCounters::default();
+        let start = Instant::now();
+        let window = Duration::from_secs(60);
+        assert!(counters.admit("k", 2, 2, window, start).admitted);
+        assert!(!counters.admit("k", 1, 2, window, start).admitted);
+        counters.release("k", 1, start);
+        assert!(counters.admit("k", 1, 2, window, start).admitted);
+        counters.release("k", 5, start);
+        assert_eq!(counters.peek("k", start).count, 0);
+        counters.release("absent", 1, start);
+        assert_eq!(counters.peek("absent", start).count, 0);
     }
 }

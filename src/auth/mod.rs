@@ -1,10 +1,12 @@
 //! Identity: password hashing, access and refresh tokens, API keys, and the account service that
-//! ties them to the store (register, login, refresh, logout, change password).
+//! ties them to the store (register, login, refresh, logout, change password), and the
+//! throttle in front of every credential check.
 
 pub mod api_keys;
 pub mod jwt;
 pub mod password;
 mod service;
+pub mod throttle;
 
 pub use service::{AuthError, AuthService, LoginAttempt, TokenPair};
 

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::jwt::JwtKeys;
+use super::throttle::Throttle;
 use super::{password, random_token, sha256_hex};
 use crate::config::LoginThrottle;
-use crate::domain::{DisplayName, Email, InvalidInput, Password, Role, Tier, now_ms};
+use crate::domain::{DisplayName, Email, InvalidInput, Password, Role, TextRule, Tier, now_ms};
 use crate::limits::Counters;
 use crate::store::{NewRefreshToken, NewUser, RefreshOutcome, Store, StoreError, User};
 
@@ -23,9 +24,14 @@ pub enum AuthError {
     /// The account was deactivated by an administrator.
     #[error("this account has been deactivated")]
     AccountDisabled,
-    /// Too many failed logins for this account or client address.
-    #[error("too many failed login attempts; retry later")]
+    /// Too many attempts at a credential check (login, registration, refresh, current
+    /// password) for this account or client address.
+    #[error("{message}")]
     Throttled {
+        /// Stable error code (`LOGIN_THROTTLED`, `REGISTRATION_THROTTLED`, …).
+        code: &'static str,
+        /// Explanation.
+        message: &'static str,
         /// When the client may try again.
         retry_after: Duration,
     },
@@ -68,6 +74,9 @@ pub struct TokenPair {
     pub expires_in: u64,
 }
 
+/// The text rule of a refresh token as presented (issued ones are 64 letters and digits).
+const REFRESH_TOKEN_RULE: TextRule = TextRule::token(256).non_empty();
+
 /// A login as received.
 #[derive(Debug)]
 pub struct LoginAttempt<'a> {
@@ -84,8 +93,7 @@ pub struct LoginAttempt<'a> {
 pub struct AuthService {
     store: Store,
     jwt: JwtKeys,
-    counters: Arc<Counters>,
-    throttle: LoginThrottle,
+    throttle: Throttle,
     refresh_ttl: Duration,
 }
 
@@ -101,22 +109,24 @@ impl AuthService {
         Self {
             store,
             jwt,
-            counters,
-            throttle,
+            throttle: Throttle::new(counters, throttle),
             refresh_ttl,
         }
     }
 
-    /// Creates a `USER` on the `BASIC` tier and logs it in.
+    /// Creates a `USER` on the `BASIC` tier and logs it in; registrations are throttled per
+    /// client address (after validation, before the password is hashed).
     pub async fn register(
         &self,
         name: &str,
         email: &str,
         password: &str,
+        client_ip: Option<IpAddr>,
     ) -> Result<(User, TokenPair), AuthError> {
         let name = DisplayName::parse("name", name)?;
         let email = Email::parse(email)?;
         let password = Password::parse("password", password)?;
+        self.throttle.admit_registration(client_ip).await?;
         let user = self
             .create_user(&email, name.as_str(), &password, Role::User, Tier::Basic)
             .await?;
@@ -146,27 +156,17 @@ impl AuthService {
             .await?)
     }
 
-    /// Checks credentials under throttling and issues a token pair.
+    /// Checks credentials under throttling (see `auth::throttle`) and issues a token pair.
+    /// Text that breaks the text rule is a `400`; a clean but malformed address cannot match
+    /// an account and is answered like a wrong password.
     pub async fn login(&self, attempt: LoginAttempt<'_>) -> Result<(User, TokenPair), AuthError> {
-        // An unparseable e-mail cannot match an account; treat it like a wrong password.
+        Email::RULE.check("email", attempt.email)?;
+        Password::PRESENTED.check("password", attempt.password)?;
         let email = Email::parse(attempt.email).map_err(|_| AuthError::InvalidCredentials)?;
-        let account_key = format!("login-fail:acct:{}", sha256_hex(email.as_str()));
-        let ip_key = attempt.client_ip.map(|ip| format!("login-fail:ip:{ip}"));
-
-        let account = self.counters.peek(&account_key).await?;
-        if account.count >= u64::from(self.throttle.max_failures_per_account) {
-            return Err(AuthError::Throttled {
-                retry_after: account.resets_in,
-            });
-        }
-        if let Some(ip_key) = &ip_key {
-            let ip = self.counters.peek(ip_key).await?;
-            if ip.count >= u64::from(self.throttle.max_failures_per_ip) {
-                return Err(AuthError::Throttled {
-                    retry_after: ip.resets_in,
-                });
-            }
-        }
+        let admission = self
+            .throttle
+            .admit_login(email.as_str(), attempt.client_ip)
+            .await?;
 
         let user = match self.store.user_by_email(&email).await {
             Ok(user) => Some(user),
@@ -178,26 +178,28 @@ impl AuthService {
             None => password::decoy_hash().await.to_owned(),
         };
         let password_ok = password::verify(attempt.password.to_owned(), stored_hash).await?;
+        // A failure keeps the slots it took: that is what the throttle counts.
         let Some(user) = user.filter(|_| password_ok) else {
-            self.counters
-                .hit(&account_key, 1, self.throttle.window)
-                .await?;
-            if let Some(ip_key) = &ip_key {
-                self.counters.hit(ip_key, 1, self.throttle.window).await?;
-            }
             return Err(AuthError::InvalidCredentials);
         };
+        self.throttle.succeeded(admission).await?;
         if !user.is_active() {
             return Err(AuthError::AccountDisabled);
         }
-        self.counters.clear(&account_key).await?;
         self.store.touch_user_login(&user.id).await?;
         let tokens = self.issue_tokens(&user, None).await?;
         Ok((user, tokens))
     }
 
     /// Exchanges a refresh token for a new pair (rotation); a replayed token revokes its family.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<(User, TokenPair), AuthError> {
+    /// Failed refreshes are throttled per client address.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<(User, TokenPair), AuthError> {
+        REFRESH_TOKEN_RULE.check("refreshToken", refresh_token)?;
+        let admission = self.throttle.admit_refresh(client_ip).await?;
         let record = match self
             .store
             .consume_refresh_token(&sha256_hex(refresh_token))
@@ -207,6 +209,7 @@ impl AuthService {
             RefreshOutcome::ReuseDetected => return Err(AuthError::RefreshTokenReused),
             RefreshOutcome::Invalid => return Err(AuthError::InvalidRefreshToken),
         };
+        self.throttle.succeeded(admission).await?;
         let user = match self.store.user_by_id(&record.user_id).await {
             Ok(user) => user,
             Err(StoreError::NotFound) => return Err(AuthError::InvalidRefreshToken),
@@ -223,6 +226,7 @@ impl AuthService {
     /// Ends a login. With a refresh token: revokes that login's family (it must be the user's).
     /// Without: revokes every refresh token of the user and every outstanding access token.
     pub async fn logout(&self, user: &User, refresh_token: Option<&str>) -> Result<(), AuthError> {
+        REFRESH_TOKEN_RULE.check_optional("refreshToken", refresh_token)?;
         match refresh_token {
             Some(token) => match self.store.refresh_token_by_hash(&sha256_hex(token)).await? {
                 Some(record) if record.user_id == user.id => {
@@ -239,17 +243,21 @@ impl AuthService {
         }
     }
 
-    /// Changes the password after checking the current one; every other login ends.
+    /// Changes the password after checking the current one (throttled per user); every
+    /// other login ends.
     pub async fn change_password(
         &self,
         user: &User,
         current: &str,
         new: &str,
     ) -> Result<TokenPair, AuthError> {
+        Password::PRESENTED.check("currentPassword", current)?;
         let new = Password::parse("newPassword", new)?;
+        let admission = self.throttle.admit_password_check(&user.id).await?;
         if !password::verify(current.to_owned(), user.password_hash.clone()).await? {
             return Err(AuthError::InvalidCredentials);
         }
+        self.throttle.succeeded(admission).await?;
         let hash = password::hash(new.expose().to_owned()).await?;
         self.store.update_user_password(&user.id, &hash).await?;
         self.store.revoke_user_refresh_tokens(&user.id).await?;

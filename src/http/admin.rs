@@ -8,9 +8,11 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::error::{ApiError, ApiResult, finish, not_found_as, success};
-use super::extract::{Ctx, administrator, json_body, with_context};
+use super::extract::{
+    Ctx, QueryParams, administrator, json_body, path_id, query_params, with_context,
+};
 use super::views::UserView;
-use crate::domain::{DisplayName, Role, Tier};
+use crate::domain::{DisplayName, Role, TextRule, Tier};
 use crate::store::{User, UserListQuery, UserUpdate};
 
 #[allow(unused_imports)]
@@ -25,8 +27,22 @@ pub struct ListUsersQuery {
     pub page: Option<u32>,
     /// Page size, 1..=100 (default 20).
     pub per_page: Option<u32>,
-    /// Case-insensitive substring of e-mail or name.
+    /// Case-insensitive substring of e-mail or name (one line, at most 100 characters).
     pub search: Option<String>,
+}
+
+impl ListUsersQuery {
+    /// Takes the parameters from the query string, each under its rule.
+    fn parse(query: &QueryParams) -> Result<Self, ApiError> {
+        query.only(&["page", "perPage", "search"])?;
+        Ok(Self {
+            page: query.number("page", 0..=u32::MAX)?,
+            per_page: query.number("perPage", 0..=u32::MAX)?,
+            search: query
+                .text("search", TextRule::line(100))?
+                .map(str::to_owned),
+        })
+    }
 }
 
 /// A page of users.
@@ -66,7 +82,7 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_context(context.clone()))
         .and(administrator(context.clone()))
-        .and(warp::query::<ListUsersQuery>())
+        .and(query_params())
         .then(list_users)
         .map(finish);
     // GET /api/v1/admin/users/{id}
@@ -93,7 +109,8 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
 #[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", params(ListUsersQuery),
     responses((status = 200, body = Envelope<UserPageView>), (status = 403, body = ErrorEnvelope)),
     security(("bearer" = [])))]
-pub async fn list_users(context: Ctx, _admin: User, query: ListUsersQuery) -> ApiResult {
+pub async fn list_users(context: Ctx, _admin: User, query: QueryParams) -> ApiResult {
+    let query = ListUsersQuery::parse(&query)?;
     let page = query.page.unwrap_or(1).max(1);
     let per_page = query.per_page.unwrap_or(20).clamp(1, 100);
     let search = query.search.filter(|s| !s.trim().is_empty());
@@ -122,6 +139,7 @@ pub async fn list_users(context: Ctx, _admin: User, query: ListUsersQuery) -> Ap
     responses((status = 200, body = Envelope<UserView>), (status = 404, body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn get_user(id: String, context: Ctx, _admin: User) -> ApiResult {
+    path_id("id", &id)?;
     let user = context
         .store
         .user_by_id(&id)
@@ -142,6 +160,7 @@ pub async fn update_user(
     admin: User,
     body: AdminUserUpdate,
 ) -> ApiResult {
+    path_id("id", &id)?;
     if id == admin.id && (body.active == Some(false) || body.role == Some(Role::User)) {
         return Err(ApiError::Conflict {
             code: "SELF_LOCKOUT",

@@ -63,6 +63,7 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::path!("register"))
         .and(warp::post())
         .and(with_context(context.clone()))
+        .and(client_ip(context.clone()))
         .and(json_body())
         .then(register)
         .map(finish);
@@ -80,6 +81,7 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::path!("refresh"))
         .and(warp::post())
         .and(with_context(context.clone()))
+        .and(client_ip(context.clone()))
         .and(json_body())
         .then(refresh)
         .map(finish);
@@ -141,14 +143,19 @@ fn optional_json_body()
     })
 }
 
-/// Creates an account (role USER, tier BASIC) and logs it in.
+/// Creates an account (role USER, tier BASIC) and logs it in; throttled per client address.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = Envelope<AuthTokens>), (status = 400, body = ErrorEnvelope),
-              (status = 409, description = "e-mail taken", body = ErrorEnvelope)))]
-pub async fn register(context: Ctx, body: RegisterRequest) -> ApiResult {
+              (status = 409, description = "e-mail taken", body = ErrorEnvelope),
+              (status = 429, description = "too many registrations from this address", body = ErrorEnvelope)))]
+pub async fn register(
+    context: Ctx,
+    client_ip: Option<std::net::IpAddr>,
+    body: RegisterRequest,
+) -> ApiResult {
     let (user, tokens) = context
         .auth
-        .register(&body.name, &body.email, &body.password)
+        .register(&body.name, &body.email, &body.password, client_ip)
         .await?;
     Ok(success(
         StatusCode::CREATED,
@@ -158,7 +165,8 @@ pub async fn register(context: Ctx, body: RegisterRequest) -> ApiResult {
 
 /// Exchanges e-mail and password for tokens; throttled per account and per client address.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = Envelope<AuthTokens>), (status = 401, body = ErrorEnvelope),
+    responses((status = 200, body = Envelope<AuthTokens>), (status = 400, body = ErrorEnvelope),
+              (status = 401, body = ErrorEnvelope),
               (status = 403, description = "account deactivated", body = ErrorEnvelope),
               (status = 429, description = "too many failures", body = ErrorEnvelope)))]
 pub async fn login(
@@ -177,11 +185,18 @@ pub async fn login(
     Ok(success(StatusCode::OK, &AuthTokens::new(&user, tokens)))
 }
 
-/// Rotates a refresh token; replaying a used one revokes its whole family.
+/// Rotates a refresh token; replaying a used one revokes its whole family. Failed refreshes
+/// are throttled per client address.
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = Envelope<AuthTokens>), (status = 401, body = ErrorEnvelope)))]
-pub async fn refresh(context: Ctx, body: RefreshRequest) -> ApiResult {
-    let (user, tokens) = context.auth.refresh(&body.refresh_token).await?;
+    responses((status = 200, body = Envelope<AuthTokens>), (status = 400, body = ErrorEnvelope),
+              (status = 401, body = ErrorEnvelope),
+              (status = 429, description = "too many failed refreshes", body = ErrorEnvelope)))]
+pub async fn refresh(
+    context: Ctx,
+    client_ip: Option<std::net::IpAddr>,
+    body: RefreshRequest,
+) -> ApiResult {
+    let (user, tokens) = context.auth.refresh(&body.refresh_token, client_ip).await?;
     Ok(success(StatusCode::OK, &AuthTokens::new(&user, tokens)))
 }
 
@@ -212,7 +227,8 @@ pub async fn me(principal: Principal) -> ApiResult {
 /// Changes the password; every other login ends, fresh tokens are returned.
 #[utoipa::path(post, path = "/api/v1/auth/change-password", tag = "auth", request_body = ChangePasswordRequest,
     responses((status = 200, body = Envelope<AuthTokens>), (status = 400, body = ErrorEnvelope),
-              (status = 401, body = ErrorEnvelope)),
+              (status = 401, body = ErrorEnvelope),
+              (status = 429, description = "too many wrong current passwords", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn change_password(context: Ctx, user: User, body: ChangePasswordRequest) -> ApiResult {
     let tokens = context

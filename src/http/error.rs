@@ -231,9 +231,13 @@ impl From<AuthError> for ApiError {
                 code: "ACCOUNT_DISABLED",
                 message: "this account has been deactivated",
             },
-            AuthError::Throttled { retry_after } => ApiError::TooManyRequests {
-                code: "LOGIN_THROTTLED",
-                message: "too many failed login attempts; retry later".to_owned(),
+            AuthError::Throttled {
+                code,
+                message,
+                retry_after,
+            } => ApiError::TooManyRequests {
+                code,
+                message: message.to_owned(),
                 retry_after,
             },
             AuthError::InvalidRefreshToken => {

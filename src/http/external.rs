@@ -24,9 +24,12 @@ use super::error::{
     ApiError, ApiResult, finish, json_response, not_found_as, rate_limit_headers, success,
     success_body,
 };
-use super::extract::{Credential, Ctx, Principal, authenticated, user_session, with_context};
+use super::extract::{
+    Credential, Ctx, Principal, QueryParams, authenticated, path_id, query_params, user_session,
+    with_context,
+};
 use crate::domain::{
-    InvalidInput, MessageDirection, MessageStatus, PhoneJid, SessionId, ms_to_rfc3339,
+    InvalidInput, MessageDirection, MessageStatus, PhoneJid, SessionId, TextRule, ms_to_rfc3339,
 };
 use crate::quota::{QuotaDecision, QuotaKind};
 use crate::send::{MessageIds, MessageKind, SendRequest, ValidatedSend};
@@ -128,7 +131,7 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(ctx())
         .and(caller())
-        .and(warp::query::<ListParams>())
+        .and(query_params())
         .then(list_messages)
         .map(finish);
     // GET /api/v1/sessions/{id}/messages (dashboard, access token)
@@ -136,7 +139,7 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(ctx())
         .and(user_session(context.clone()))
-        .and(warp::query::<ListParams>())
+        .and(query_params())
         .then(session_messages)
         .map(finish);
     send.or(bulk)
@@ -416,16 +419,17 @@ where
         return render(handle(MessageIds::Fresh).await);
     };
     let user_id = &principal.user.id;
-    if key.is_empty()
-        || key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS
-        || key.chars().any(|c| c.is_control())
+    if TextRule::line(MAX_IDEMPOTENCY_KEY_CHARS)
+        .non_empty()
+        .check("Idempotency-Key", &key)
+        .is_err()
     {
         return ApiError::BadRequest {
             code: "INVALID_IDEMPOTENCY_KEY",
             message: format!(
                 "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters"
             ),
-            details: None,
+            details: Some(json!({ "field": "Idempotency-Key" })),
         }
         .into_response();
     }
@@ -594,6 +598,7 @@ fn log_unavailable(err: producers::AppendError) -> ApiError {
 
 /// `GET /api/v1/external/session/{id}/status`.
 async fn session_status(id: String, context: Ctx, principal: Principal) -> ApiResult {
+    SessionId::parse("id", &id)?;
     if let Credential::ApiKey(record) = &principal.credential
         && record
             .session_id
@@ -607,6 +612,7 @@ async fn session_status(id: String, context: Ctx, principal: Principal) -> ApiRe
 
 /// `GET /api/v1/external/messages/{messageId}`: the message with its status timeline.
 async fn get_message(id: String, context: Ctx, principal: Principal) -> ApiResult {
+    path_id("messageId", &id)?;
     let message = context
         .store
         .message_for_user(&principal.user.id, &id)
@@ -640,38 +646,99 @@ async fn get_message(id: String, context: Ctx, principal: Principal) -> ApiResul
     Ok(success(StatusCode::OK, &view))
 }
 
-/// Query of the message lists.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// Query of the message lists, each parameter under its rule.
+#[derive(Debug)]
 struct ListParams {
-    session_id: Option<String>,
-    status: Option<String>,
-    direction: Option<String>,
-    limit: Option<u32>,
-    cursor: Option<String>,
+    session_id: Option<SessionId>,
+    status: Option<MessageStatus>,
+    direction: Option<MessageDirection>,
+    limit: u32,
+    before: Option<(i64, String)>,
 }
 
-/// `GET /api/v1/external/messages`.
-async fn list_messages(context: Ctx, principal: Principal, params: ListParams) -> ApiResult {
+impl ListParams {
+    fn parse(query: &QueryParams) -> Result<Self, ApiError> {
+        let invalid = |invalid: InvalidInput| ApiError::BadRequest {
+            code: "INVALID_QUERY",
+            message: invalid.to_string(),
+            details: Some(json!({ "field": invalid.field })),
+        };
+        query.only(&["sessionId", "status", "direction", "limit", "cursor"])?;
+        let session_id = query
+            .text("sessionId", TextRule::token(50))?
+            .map(|raw| SessionId::parse("sessionId", raw))
+            .transpose()
+            .map_err(invalid)?;
+        let status = query
+            .text("status", TextRule::token(16))?
+            .map(|raw| {
+                raw.to_ascii_uppercase()
+                    .parse::<MessageStatus>()
+                    .map_err(|_| {
+                        InvalidInput::new(
+                            "status",
+                            "must be PENDING, SENT, DELIVERED, READ or FAILED",
+                        )
+                    })
+            })
+            .transpose()
+            .map_err(invalid)?;
+        let direction = query
+            .text("direction", TextRule::token(16))?
+            .map(|raw| {
+                raw.to_ascii_uppercase()
+                    .parse::<MessageDirection>()
+                    .map_err(|_| InvalidInput::new("direction", "must be INBOUND or OUTBOUND"))
+            })
+            .transpose()
+            .map_err(invalid)?;
+        let limit = query.number("limit", 1..=200)?.unwrap_or(50);
+        let before = query
+            .text("cursor", TextRule::token(256))?
+            .map(decode_cursor)
+            .transpose()
+            .map_err(invalid)?;
+        Ok(Self {
+            session_id,
+            status,
+            direction,
+            limit,
+            before,
+        })
+    }
+}
+
+/// `GET /api/v1/external/messages`: the caller's messages; with `sessionId`, one of their
+/// sessions (`404` for anyone else's).
+async fn list_messages(context: Ctx, principal: Principal, query: QueryParams) -> ApiResult {
+    let params = ListParams::parse(&query)?;
     let bound = match &principal.credential {
-        Credential::ApiKey(record) => record.session_id.clone(),
+        Credential::ApiKey(record) => record.session_id.as_deref(),
         Credential::AccessToken => None,
     };
-    let session_id = match (params.session_id.clone(), bound) {
-        (Some(named), Some(bound)) if named != bound => return Err(ApiError::NotFound("session")),
-        (named, bound) => named.or(bound),
+    let session_id = match (&params.session_id, bound) {
+        (Some(named), Some(bound)) if named.as_str() != bound => {
+            return Err(ApiError::NotFound("session"));
+        }
+        (Some(named), _) => {
+            ensure_owned(&context, &principal.user, named).await?;
+            Some(named.as_str().to_owned())
+        }
+        (None, bound) => bound.map(str::to_owned),
     };
     message_page(&context, &principal.user, session_id, params).await
 }
 
 /// `GET /api/v1/sessions/{id}/messages`: the dashboard's view of one session's messages.
-async fn session_messages(id: String, context: Ctx, user: User, params: ListParams) -> ApiResult {
-    match context.store.user_owns_session(&user.id, &id).await {
+async fn session_messages(id: String, context: Ctx, user: User, query: QueryParams) -> ApiResult {
+    let id = SessionId::parse("id", &id)?;
+    let params = ListParams::parse(&query)?;
+    match context.store.user_owns_session(&user.id, id.as_str()).await {
         Ok(true) => {}
         Ok(false) | Err(StoreError::NotFound) => return Err(ApiError::NotFound("session")),
         Err(err) => return Err(err.into()),
     }
-    message_page(&context, &user, Some(id), params).await
+    message_page(&context, &user, Some(id.as_str().to_owned()), params).await
 }
 
 async fn message_page(
@@ -680,49 +747,15 @@ async fn message_page(
     session_id: Option<String>,
     params: ListParams,
 ) -> ApiResult {
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::validation(InvalidInput::new(
-            "limit",
-            "must be 1 to 200",
-        )));
-    }
-    let status = params
-        .status
-        .as_deref()
-        .map(|raw| {
-            raw.to_ascii_uppercase()
-                .parse::<MessageStatus>()
-                .map_err(|_| {
-                    InvalidInput::new("status", "must be PENDING, SENT, DELIVERED, READ or FAILED")
-                })
-        })
-        .transpose()
-        .map_err(ApiError::validation)?;
-    let direction = params
-        .direction
-        .as_deref()
-        .map(|raw| {
-            raw.to_ascii_uppercase()
-                .parse::<MessageDirection>()
-                .map_err(|_| InvalidInput::new("direction", "must be INBOUND or OUTBOUND"))
-        })
-        .transpose()
-        .map_err(ApiError::validation)?;
-    let before = params
-        .cursor
-        .as_deref()
-        .map(decode_cursor)
-        .transpose()
-        .map_err(ApiError::validation)?;
+    let limit = params.limit;
     let page = context
         .store
         .list_messages(&MessageListQuery {
             user_id: user.id.clone(),
             session_id,
-            status,
-            direction,
-            before,
+            status: params.status,
+            direction: params.direction,
+            before: params.before,
             limit,
         })
         .await?;
@@ -753,6 +786,8 @@ fn decode_cursor(raw: &str) -> Result<(i64, String), InvalidInput> {
         .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (created_at, id) = text.split_once(':').ok_or_else(invalid)?;
+    // The id inside goes to the store: it must be an id like any other.
+    TextRule::ID.check("cursor", id).map_err(|_| invalid())?;
     Ok((created_at.parse().map_err(|_| invalid())?, id.to_owned()))
 }
 

@@ -1,5 +1,6 @@
-//! Reusable filters: shared state, JSON bodies with clear 4xx errors, the caller's identity
-//! (access token or API key), the client address.
+//! Reusable filters: shared state, JSON bodies and query strings with clear 4xx errors, path
+//! ids under the text rule, the caller's identity (access token or API key), the client
+//! address.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -14,7 +15,7 @@ use super::server::PeerAddr;
 use crate::app::AppContext;
 use crate::auth::api_keys::looks_like_key;
 use crate::auth::sha256_hex;
-use crate::domain::{Role, now_ms};
+use crate::domain::{InvalidInput, Role, TextRule, now_ms};
 use crate::quota::QuotaKind;
 use crate::store::{ApiKeyRecord, User};
 
@@ -74,6 +75,111 @@ pub fn parse_json_body<'body, T: Deserialize<'body>>(
             details: None,
         }
     })
+}
+
+/// A request's query string as name/value pairs (percent-decoded). Handlers take each
+/// parameter from it under the text rule, so a refusal is a `400 INVALID_QUERY` naming the
+/// parameter in `details.field`. (warp's typed `query` filter names nothing, and its rejection
+/// loses to a sibling route's `405` when the rejections of an `or` are combined.)
+#[derive(Clone, Debug, Default)]
+pub struct QueryParams(Vec<(String, String)>);
+
+/// The `400` of a query parameter.
+fn invalid_query(invalid: InvalidInput) -> ApiError {
+    ApiError::BadRequest {
+        code: "INVALID_QUERY",
+        message: invalid.to_string(),
+        details: Some(serde_json::json!({ "field": invalid.field })),
+    }
+}
+
+impl QueryParams {
+    /// Refuses a parameter that is not in `allowed`, or one given twice.
+    pub fn only(&self, allowed: &[&'static str]) -> Result<(), ApiError> {
+        for (index, (name, _)) in self.0.iter().enumerate() {
+            let Some(known) = allowed.iter().find(|known| *known == name) else {
+                let listed = allowed.join(", ");
+                // The name is the client's: echoed only if it passes the rule itself.
+                let shown = TextRule::token(64)
+                    .check("query", name)
+                    .map_or("(unprintable)", |name| name);
+                return Err(invalid_query(InvalidInput::new(
+                    "query",
+                    format!("unknown query parameter `{shown}`; expected one of {listed}"),
+                )));
+            };
+            if self.0[..index].iter().any(|(earlier, _)| earlier == name) {
+                return Err(invalid_query(InvalidInput::new(
+                    known,
+                    "must be given at most once",
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The text of parameter `name`, checked by `rule` (an empty value counts as absent).
+    pub fn text(&self, name: &'static str, rule: TextRule) -> Result<Option<&str>, ApiError> {
+        let value = self
+            .0
+            .iter()
+            .find(|(given, _)| given == name)
+            .map(|(_, value)| value.as_str())
+            .filter(|value| !value.is_empty());
+        rule.check_optional(name, value).map_err(invalid_query)
+    }
+
+    /// Parameter `name` as a whole number within `range`.
+    pub fn number(
+        &self,
+        name: &'static str,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Result<Option<u32>, ApiError> {
+        let refusal = || {
+            invalid_query(InvalidInput::new(
+                name,
+                format!(
+                    "must be a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            ))
+        };
+        let Some(raw) = self.text(name, TextRule::token(10))? else {
+            return Ok(None);
+        };
+        let number: u32 = raw.parse().map_err(|_| refusal())?;
+        if range.contains(&number) {
+            Ok(Some(number))
+        } else {
+            Err(refusal())
+        }
+    }
+}
+
+/// The query string as [`QueryParams`]; an undecodable one is `400 INVALID_QUERY`.
+pub fn query_params() -> impl Filter<Extract = (QueryParams,), Error = Rejection> + Clone {
+    warp::query::<Vec<(String, String)>>()
+        .map(QueryParams)
+        .or_else(|_| async {
+            Err(warp::reject::custom(ApiError::BadRequest {
+                code: "INVALID_QUERY",
+                message: "the query string is not application/x-www-form-urlencoded".to_owned(),
+                details: None,
+            }))
+        })
+}
+
+/// A path segment that names an object by the id the gateway gave it (users, API keys,
+/// messages): checked by [`TextRule::ID`] as `field`. warp hands the segment over still
+/// percent-encoded; no id the gateway issues has a `%`, so an encoded character (`%00`) is
+/// refused rather than looked up.
+pub fn path_id(field: &'static str, raw: &str) -> Result<(), ApiError> {
+    TextRule::ID.check(field, raw)?;
+    if raw.contains('%') {
+        return Err(InvalidInput::new(field, "must not contain percent-encoded characters").into());
+    }
+    Ok(())
 }
 
 /// How the caller proved who they are.

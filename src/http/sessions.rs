@@ -14,7 +14,7 @@ use warp::reply::{Reply, Response};
 use super::error::{ApiError, ApiResult, finish, success};
 use super::extract::{Ctx, administrator, json_body, user_session, with_context};
 use super::views::SessionView;
-use crate::domain::{DisplayName, Role};
+use crate::domain::{DisplayName, Role, SessionId, TextRule};
 use crate::store::{Session, StoreError, User};
 
 #[allow(unused_imports)]
@@ -137,8 +137,10 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
 }
 
 /// The session if the caller may see it: their own, or any for an administrator; 404 otherwise.
+/// An id that cannot be a session id (the path's `id`) is a 400.
 async fn visible_session(context: &Ctx, user: &User, id: &str) -> Result<Session, ApiError> {
-    match context.store.session_by_id(id).await {
+    let id = SessionId::parse("id", id)?;
+    match context.store.session_by_id(id.as_str()).await {
         Ok(session) if session.user_id == user.id || user.role == Role::Administrator => {
             Ok(session)
         }
@@ -294,6 +296,8 @@ pub async fn migrate_session(
             details: None,
         })?
     };
+    SessionId::parse("id", &id)?;
+    TextRule::ID.check_optional("targetWorkerId", request.target_worker_id.as_deref())?;
     let session = context
         .store
         .session_by_id(&id)

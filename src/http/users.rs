@@ -8,11 +8,14 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::error::{ApiError, ApiResult, finish, not_found_as, success};
-use super::extract::{Ctx, Principal, authenticated, json_body, user_session, with_context};
+use super::extract::{
+    Ctx, Principal, QueryParams, authenticated, json_body, path_id, query_params, user_session,
+    with_context,
+};
 use super::views::{ApiKeyView, UserView};
 use crate::auth::api_keys;
 use crate::config::TierLimits;
-use crate::domain::{DisplayName, SessionId, Tier, ms_to_rfc3339, now_ms, rfc3339_to_ms};
+use crate::domain::{DisplayName, SessionId, TextRule, Tier, ms_to_rfc3339, now_ms, rfc3339_to_ms};
 use crate::quota::HourUsage;
 use crate::store::{NewApiKey, User};
 
@@ -45,9 +48,7 @@ pub struct CreateApiKeyRequest {
 pub struct CreatedApiKey {
     /// The secret key: store it now, it cannot be shown again.
     pub key: String,
-    /// The stored key's id.
-    pub id: String,
-    /// Everything else about the key.
+    /// Everything else about the key, its `id` among it.
     #[serde(flatten)]
     pub details: ApiKeyView,
 }
@@ -129,7 +130,7 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_context(context.clone()))
         .and(authenticated(context.clone()))
-        .and(warp::query::<UsageQuery>())
+        .and(query_params())
         .then(get_usage)
         .map(finish);
     // POST /api/v1/users/api-keys
@@ -215,11 +216,9 @@ pub async fn get_tier(context: Ctx, principal: Principal) -> ApiResult {
 /// This hour's live counters and the recorded hourly history.
 #[utoipa::path(get, path = "/api/v1/users/usage", tag = "users", params(UsageQuery),
     responses((status = 200, body = Envelope<UsageView>)), security(("bearer" = []), ("apiKey" = [])))]
-pub async fn get_usage(context: Ctx, principal: Principal, query: UsageQuery) -> ApiResult {
-    let hours = query.hours.unwrap_or(24);
-    if !(1..=720).contains(&hours) {
-        return Err(crate::domain::InvalidInput::new("hours", "must be between 1 and 720").into());
-    }
+pub async fn get_usage(context: Ctx, principal: Principal, query: QueryParams) -> ApiResult {
+    query.only(&["hours"])?;
+    let hours = query.number("hours", 1..=720)?.unwrap_or(24);
     let current = context.quotas.current_usage(&principal.user.id).await?;
     let since = now_ms() - i64::from(hours) * 3_600_000;
     let history = context
@@ -256,9 +255,8 @@ pub async fn create_api_key(context: Ctx, user: User, body: CreateApiKeyRequest)
     {
         return Err(ApiError::NotFound("session"));
     }
-    let expires_at = body
-        .expires_at
-        .as_deref()
+    let expires_at = TextRule::token(64)
+        .check_optional("expiresAt", body.expires_at.as_deref())?
         .map(|raw| rfc3339_to_ms("expiresAt", raw))
         .transpose()?;
     let now = now_ms();
@@ -281,7 +279,6 @@ pub async fn create_api_key(context: Ctx, user: User, body: CreateApiKeyRequest)
         StatusCode::CREATED,
         &CreatedApiKey {
             key: generated.secret,
-            id: record.id.clone(),
             details: ApiKeyView::new(&record, now),
         },
     ))
@@ -308,6 +305,7 @@ pub async fn list_api_keys(context: Ctx, user: User) -> ApiResult {
     responses((status = 200, body = Envelope<ApiKeyView>), (status = 404, body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn revoke_api_key(id: String, context: Ctx, user: User) -> ApiResult {
+    path_id("id", &id)?;
     context
         .store
         .revoke_api_key(&user.id, &id)

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::domain::{InvalidInput, PhoneJid, SessionId};
+use crate::domain::{InvalidInput, PhoneJid, SessionId, TextRule};
 
 /// Longest text message accepted (WhatsApp's own limit is far higher; this keeps rows small).
 pub const MAX_TEXT_CHARS: usize = 4096;
@@ -215,7 +215,8 @@ impl SendRequest {
         }
         match kind {
             MessageKind::Text => {
-                let text = required_text("message", self.message, MAX_TEXT_CHARS)?;
+                let text =
+                    required_text("message", self.message, TextRule::multiline(MAX_TEXT_CHARS))?;
                 body.insert("message".into(), json!(text));
             }
             MessageKind::Image
@@ -225,7 +226,7 @@ impl SendRequest {
                 let url = http_url("mediaUrl", self.media_url.as_deref())?;
                 body.insert("mediaUrl".into(), json!(url));
                 if kind == MessageKind::Document {
-                    let filename = required_text("filename", self.filename, 255)?;
+                    let filename = required_text("filename", self.filename, TextRule::line(255))?;
                     if filename.contains(['/', '\\']) {
                         return Err(InvalidInput::new(
                             "filename",
@@ -237,7 +238,10 @@ impl SendRequest {
                 if let Some(caption) = self.caption {
                     body.insert(
                         "caption".into(),
-                        json!(limited("caption", caption, MAX_CAPTION_CHARS)?),
+                        json!(
+                            TextRule::multiline(MAX_CAPTION_CHARS)
+                                .check_owned("caption", caption)?
+                        ),
                     );
                 }
             }
@@ -257,7 +261,7 @@ impl SendRequest {
                 body.insert("poll".into(), poll(self.poll)?);
             }
             MessageKind::Seen => {
-                let id = required_text("messageId", self.message_id, 200)?;
+                let id = required_text("messageId", self.message_id, TextRule::token(200))?;
                 body.insert("messageId".into(), json!(id));
             }
             MessageKind::TypingStart | MessageKind::TypingStop => {}
@@ -274,26 +278,14 @@ impl SendRequest {
     }
 }
 
-fn limited(field: &'static str, text: String, max_chars: usize) -> Result<String, InvalidInput> {
-    if text.chars().count() > max_chars {
-        return Err(InvalidInput::new(
-            field,
-            format!("must be at most {max_chars} characters"),
-        ));
-    }
-    Ok(text)
-}
-
+/// A required text field under `rule` (blank is refused too).
 fn required_text(
     field: &'static str,
     text: Option<String>,
-    max_chars: usize,
+    rule: TextRule,
 ) -> Result<String, InvalidInput> {
     let text = text.ok_or_else(|| InvalidInput::new(field, "is required"))?;
-    if text.trim().is_empty() {
-        return Err(InvalidInput::new(field, "must not be empty"));
-    }
-    limited(field, text, max_chars)
+    rule.non_empty().check_owned(field, text)
 }
 
 fn http_url(field: &'static str, raw: Option<&str>) -> Result<String, InvalidInput> {
@@ -335,18 +327,28 @@ fn object(
     Ok(map)
 }
 
+/// An optional string `key` of the object `field`, under `rule`.
 fn optional_string(
     field: &'static str,
     map: &Map<String, Value>,
     key: &str,
-    max: usize,
+    rule: TextRule,
 ) -> Result<Option<String>, InvalidInput> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.chars().count() <= max => Ok(Some(s.clone())),
+        Some(Value::String(s)) => match rule.check(field, s) {
+            Ok(_) => Ok(Some(s.clone())),
+            Err(refused) => Err(InvalidInput::new(
+                field,
+                format!("`{key}` {}", refused.problem),
+            )),
+        },
         Some(_) => Err(InvalidInput::new(
             field,
-            format!("`{key}` must be a string of at most {max} characters"),
+            format!(
+                "`{key}` must be a string of at most {} characters",
+                rule.max_chars()
+            ),
         )),
     }
 }
@@ -372,7 +374,7 @@ fn location(value: Option<Value>) -> Result<Value, InvalidInput> {
     out.insert("latitude".into(), json!(coordinate("latitude", 90.0)?));
     out.insert("longitude".into(), json!(coordinate("longitude", 180.0)?));
     for key in ["name", "address"] {
-        if let Some(text) = optional_string("location", &map, key, 256)? {
+        if let Some(text) = optional_string("location", &map, key, TextRule::line(256))? {
             out.insert(key.into(), json!(text));
         }
     }
@@ -385,10 +387,10 @@ fn contact(value: Option<Value>, default_country_code: &str) -> Result<Value, In
         value,
         &["name", "phone", "email", "organization"],
     )?;
-    let name = optional_string("contact", &map, "name", 256)?
+    let name = optional_string("contact", &map, "name", TextRule::line(256))?
         .filter(|n| !n.trim().is_empty())
         .ok_or_else(|| InvalidInput::new("contact", "`name` is required"))?;
-    let phone = optional_string("contact", &map, "phone", 32)?
+    let phone = optional_string("contact", &map, "phone", TextRule::line(32))?
         .ok_or_else(|| InvalidInput::new("contact", "`phone` is required"))?;
     let digits = PhoneJid::parse("contact", &phone, default_country_code)?;
     let mut out = Map::new();
@@ -398,7 +400,7 @@ fn contact(value: Option<Value>, default_country_code: &str) -> Result<Value, In
         json!(digits.as_str().trim_end_matches("@s.whatsapp.net")),
     );
     for key in ["email", "organization"] {
-        if let Some(text) = optional_string("contact", &map, key, 256)? {
+        if let Some(text) = optional_string("contact", &map, key, TextRule::line(256))? {
             out.insert(key.into(), json!(text));
         }
     }
@@ -412,8 +414,11 @@ fn link(value: Option<Value>) -> Result<Value, InvalidInput> {
         "url".into(),
         json!(http_url("link", map.get("url").and_then(Value::as_str))?),
     );
-    for (key, max) in [("title", 256), ("description", 1024)] {
-        if let Some(text) = optional_string("link", &map, key, max)? {
+    for (key, rule) in [
+        ("title", TextRule::line(256)),
+        ("description", TextRule::multiline(1024)),
+    ] {
+        if let Some(text) = optional_string("link", &map, key, rule)? {
             out.insert(key.into(), json!(text));
         }
     }
@@ -428,7 +433,7 @@ fn link(value: Option<Value>) -> Result<Value, InvalidInput> {
 
 fn poll(value: Option<Value>) -> Result<Value, InvalidInput> {
     let map = object("poll", value, &["question", "options", "multipleAnswers"])?;
-    let question = optional_string("poll", &map, "question", 255)?
+    let question = optional_string("poll", &map, "question", TextRule::line(255))?
         .filter(|q| !q.trim().is_empty())
         .ok_or_else(|| InvalidInput::new("poll", "`question` is required"))?;
     let options: Vec<String> = map
@@ -437,12 +442,12 @@ fn poll(value: Option<Value>) -> Result<Value, InvalidInput> {
         .ok_or_else(|| InvalidInput::new("poll", "`options` must be a list of 2 to 12 strings"))?
         .iter()
         .map(|o| match o.as_str() {
-            Some(text) if !text.trim().is_empty() && text.chars().count() <= 100 => {
+            Some(text) if TextRule::line(100).non_empty().check("poll", text).is_ok() => {
                 Ok(text.to_owned())
             }
             _ => Err(InvalidInput::new(
                 "poll",
-                "each option must be a non-empty string of at most 100 characters",
+                "each option must be a non-empty line of at most 100 characters",
             )),
         })
         .collect::<Result<_, _>>()?;

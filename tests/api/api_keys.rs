@@ -13,6 +13,7 @@ backend_tests!(
     api_keys_cannot_manage_the_account,
     key_creation_validates_input,
     last_used_is_recorded_in_batches,
+    the_creation_answer_names_each_field_once,
 );
 
 async fn create_list_use_and_revoke(backend: Backend) {
@@ -237,5 +238,31 @@ async fn last_used_is_recorded_in_batches(backend: Backend) {
         .get("/api/v1/users/api-keys", Some(&login.access_token))
         .await;
     assert!(after.assert_ok(200)[0]["lastUsedAt"].is_string());
+    app.stop().await;
+}
+
+async fn the_creation_answer_names_each_field_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let login = app.register("Ann", "ann@example.com", "s3cret-pass").await;
+    // Read as text: a JSON parser would silently keep one of two equal keys.
+    let response = app
+        .client
+        .post(app.url("/api/v1/users/api-keys"))
+        .bearer_auth(&login.access_token)
+        .json(&json!({"name": "crm"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let text = response.text().await.unwrap();
+    for key in [
+        "\"id\"",
+        "\"key\"",
+        "\"name\"",
+        "\"status\"",
+        "\"createdAt\"",
+    ] {
+        assert_eq!(text.matches(key).count(), 1, "{key} in {text}");
+    }
     app.stop().await;
 }

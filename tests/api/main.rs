@@ -12,6 +12,7 @@ mod cli;
 mod crash;
 mod fleet;
 mod full_disk;
+mod hostile_input;
 mod http_basics;
 mod poison;
 mod repository;
