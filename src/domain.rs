@@ -291,12 +291,15 @@ impl Email {
     /// The longest address accepted (RFC 5321's path limit).
     pub const MAX_CHARS: usize = 254;
 
+    /// The text rule of an address as typed (surrounding spaces allowed, trimmed later).
+    pub const RULE: TextRule = TextRule::line(Self::MAX_CHARS + 64);
+
     /// Accepts `local@domain.tld` of at most 254 characters: one line (see [`TextRule`]), no
     /// whitespace, no invisible character (zero-width, direction marks, soft hyphen, …), a
     /// local part of letters, digits and `!#$%&'*+/=?^_`{|}~.-`, a domain of dot-separated
     /// labels of letters, digits and `-`.
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        let checked = TextRule::line(Self::MAX_CHARS + 64).check("email", raw)?;
+        let checked = Self::RULE.check("email", raw)?;
         let email = checked.trim().to_lowercase();
         let invalid =
             || InvalidInput::new("email", "must be an e-mail address like name@example.com");
