@@ -61,6 +61,8 @@ pub struct AppContext {
     pub started_at: Instant,
     /// Flips to `true` when shutdown starts, so endless responses (SSE) end and drain completes.
     pub shutting_down: watch::Sender<bool>,
+    /// Open event streams per user (`SSE_MAX_STREAMS_PER_USER`).
+    pub streams: crate::http::streams::StreamSlots,
 }
 
 impl AppContext {
@@ -115,6 +117,8 @@ impl AppContext {
         ));
         let pipeline = Pipeline::connect(&config).await?;
         let ingress = Ingress::new(pipeline.producer().clone(), pipeline.topics().outbound);
+        let streams =
+            crate::http::streams::StreamSlots::new(config.http_limits.sse_streams_per_user);
         Ok(Self {
             pipeline,
             ingress,
@@ -130,6 +134,7 @@ impl AppContext {
             fleet,
             started_at: Instant::now(),
             shutting_down: watch::channel(false).0,
+            streams,
         })
     }
 

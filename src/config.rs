@@ -73,10 +73,31 @@ pub enum LogFormat {
 /// Which origins may call the API from a browser.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CorsOrigins {
+    /// Unset: no cross-origin browser access at all (a dashboard on another origin must be
+    /// named in `CORS_ORIGIN`).
+    None,
     /// `*`: any origin (no credentials).
     Any,
     /// An explicit allow-list of origins such as `https://dash.example.com`.
     List(Vec<String>),
+}
+
+/// What one client may hold of the HTTP server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request's headers must arrive within this of the connection opening or of the
+    /// previous response; an idle keep-alive connection is closed after it too
+    /// (`HTTP_HEADER_READ_TIMEOUT_MS`, 10000).
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive within this of its headers, or the answer is `408`
+    /// (`HTTP_BODY_READ_TIMEOUT_MS`, 30000).
+    pub body_read_timeout: Duration,
+    /// Open connections at most; beyond it a new connection gets `503` and is closed
+    /// (`HTTP_MAX_CONNECTIONS`, 16384; the open-files limit is raised to fit it at start).
+    pub max_connections: usize,
+    /// Live event streams (SSE) one user may hold at once; one more is `429`
+    /// (`SSE_MAX_STREAMS_PER_USER`, 8).
+    pub sse_streams_per_user: usize,
 }
 
 /// The per-hour budget of one tier.
@@ -198,6 +219,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Largest request body accepted (`MAX_BODY_BYTES`, 1 MiB).
     pub max_body_bytes: usize,
+    /// Connections, timeouts and streams of the HTTP server (`HTTP_*`, `SSE_MAX_STREAMS_PER_USER`).
+    pub http_limits: HttpLimits,
+    /// When set, `GET /metrics` wants `Authorization: Bearer <METRICS_TOKEN>` (`METRICS_TOKEN`).
+    pub metrics_token: Option<Secret<String>>,
     /// Per-tier limits (`{BASIC,PRO,MAX}_TIER_MAX_{SESSIONS,MESSAGES_PER_HOUR,API_CALLS_PER_HOUR}`).
     pub tiers: TierTable,
     /// Failed-login throttling (`LOGIN_MAX_FAILURES_PER_ACCOUNT`, `LOGIN_MAX_FAILURES_PER_IP`,
@@ -319,7 +344,8 @@ impl Config {
         };
 
         let cors_origins = match source.get("CORS_ORIGIN") {
-            None | Some("*") => CorsOrigins::Any,
+            None | Some("") => CorsOrigins::None,
+            Some("*") => CorsOrigins::Any,
             Some(list) => {
                 let origins: Vec<String> = list
                     .split(',')
@@ -386,6 +412,20 @@ impl Config {
             log_level: source.get("LOG_LEVEL").unwrap_or("info").to_owned(),
             log_format,
             max_body_bytes: source.positive_or("MAX_BODY_BYTES", 1024 * 1024)? as usize,
+            http_limits: HttpLimits {
+                header_read_timeout: Duration::from_millis(
+                    source.positive_or("HTTP_HEADER_READ_TIMEOUT_MS", 10_000)?,
+                ),
+                body_read_timeout: Duration::from_millis(
+                    source.positive_or("HTTP_BODY_READ_TIMEOUT_MS", 30_000)?,
+                ),
+                max_connections: source.positive_or("HTTP_MAX_CONNECTIONS", 16_384)? as usize,
+                sse_streams_per_user: source.positive_or("SSE_MAX_STREAMS_PER_USER", 8)? as usize,
+            },
+            metrics_token: source
+                .get("METRICS_TOKEN")
+                .filter(|token| !token.is_empty())
+                .map(|token| Secret::new(token.to_owned())),
             tiers,
             login_throttle: LoginThrottle {
                 max_failures_per_account: source.positive_or("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5)?

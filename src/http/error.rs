@@ -65,6 +65,12 @@ pub enum ApiError {
         /// The configured limit.
         limit: usize,
     },
+    /// The body did not arrive within the body read timeout (408; the connection is closed).
+    #[error("the request body did not arrive within {seconds} s")]
+    RequestTimeout {
+        /// The configured bound.
+        seconds: u64,
+    },
     /// Wrong content type (415).
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
@@ -147,6 +153,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
             }
+            ApiError::RequestTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT"),
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
             }
@@ -413,6 +420,7 @@ fn rebuild(error: &ApiError) -> ApiError {
             message: message.clone(),
         },
         ApiError::PayloadTooLarge { limit } => ApiError::PayloadTooLarge { limit: *limit },
+        ApiError::RequestTimeout { seconds } => ApiError::RequestTimeout { seconds: *seconds },
         ApiError::UnsupportedMediaType => ApiError::UnsupportedMediaType,
         ApiError::TooManyRequests {
             code,

@@ -69,9 +69,10 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .and(with_context(context.clone()))
         .then(health)
         .map(finish);
-    // GET /metrics
+    // GET /metrics (with `Authorization: Bearer <METRICS_TOKEN>` when that is set)
     let metrics = warp::path!("metrics")
         .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
         .and(with_context(context))
         .then(metrics)
         .map(finish);
@@ -185,8 +186,20 @@ async fn free_space(_dir: std::path::PathBuf) -> anyhow::Result<std::time::Durat
     Ok(std::time::Duration::ZERO)
 }
 
-/// Prometheus text exposition.
-pub async fn metrics(context: Ctx) -> ApiResult {
+/// Prometheus text exposition; behind `METRICS_TOKEN` when it is set.
+pub async fn metrics(authorization: Option<String>, context: Ctx) -> ApiResult {
+    if let Some(token) = &context.config.metrics_token {
+        use subtle::ConstantTimeEq;
+        let presented = authorization
+            .as_deref()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+            return Err(ApiError::Unauthorized(
+                "metrics need Authorization: Bearer <METRICS_TOKEN>",
+            ));
+        }
+    }
     let text = context.metrics.render().map_err(ApiError::Unexpected)?;
     Ok(warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response())
 }

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod health;
 pub mod server;
 pub mod sessions;
+pub mod streams;
 pub mod users;
 pub mod views;
 pub mod worker_api;
@@ -46,18 +47,23 @@ pub fn routes(context: Arc<AppContext>) -> BoxedFilter<(Response,)> {
         .unify()
         .recover(error::recover)
         .unify();
-    let cors = cors(&context.config.cors_origins);
     // Recover twice: inside CORS so error answers carry CORS headers, and outside for CORS's own
     // refusals (disallowed origin or method on a preflight).
-    api.with(cors)
+    let allowed = match &context.config.cors_origins {
+        // No CORS headers at all: browsers keep other origins' pages from reading answers.
+        CorsOrigins::None => return api.boxed(),
+        CorsOrigins::Any => cors().allow_any_origin(),
+        CorsOrigins::List(list) => cors().allow_origins(list.iter().map(String::as_str)),
+    };
+    api.with(allowed)
         .map(warp::Reply::into_response)
         .recover(error::recover)
         .unify()
         .boxed()
 }
 
-fn cors(origins: &CorsOrigins) -> warp::filters::cors::Builder {
-    let builder = warp::cors()
+fn cors() -> warp::filters::cors::Builder {
+    warp::cors()
         .allow_methods(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
         .allow_headers([
             "authorization",
@@ -73,9 +79,5 @@ fn cors(origins: &CorsOrigins) -> warp::filters::cors::Builder {
             "x-ratelimit-remaining",
             "x-ratelimit-reset",
         ])
-        .max_age(600);
-    match origins {
-        CorsOrigins::Any => builder.allow_any_origin(),
-        CorsOrigins::List(list) => builder.allow_origins(list.iter().map(String::as_str)),
-    }
+        .max_age(600)
 }

@@ -5,7 +5,13 @@
 //!   on the tracing span of everything the request does, and echoes it on the response;
 //! * enforces the body limit on the wire (chunked bodies included) before any filter runs;
 //! * records the client address for filters (throttling);
-//! * logs one access line and updates the HTTP metrics.
+//! * logs one access line and updates the HTTP metrics;
+//! * marks every answer `nosniff`, and `no-store` unless the handler chose its caching.
+//!
+//! What one client can hold is bounded ([`HttpLimits`](crate::config::HttpLimits)): a request's headers must arrive within
+//! the header read timeout of the connection opening or of the previous answer (which also
+//! closes idle keep-alive connections), its body within the body read timeout (`408`), and
+//! beyond the connection cap a new connection gets a `503` and is closed.
 //!
 //! Shutdown: when the shutdown future resolves the listener closes, connections are told to
 //! finish their in-flight request, and the loop waits for them up to a grace period.
@@ -20,7 +26,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -48,9 +54,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) {
+    let limits = context.config.http_limits;
+    raise_open_files_limit(limits.max_connections);
     let warp_service = warp::service(filter);
     let graceful = GracefulShutdown::new();
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let builder = Arc::new(builder);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -66,20 +80,33 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_connection(stream));
+            continue;
+        };
         let context = context.clone();
         let warp_service = warp_service.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             handle(request, peer, context.clone(), warp_service.clone())
         });
-        let connection = graceful.watch(
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned(),
-        );
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            // hyper's header timer starts once it knows the protocol, which takes a first byte:
+            // a connection that never sends one is closed here.
+            let mut first = [0_u8; 1];
+            match tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(1..)) => {}
+                // Silent until the timeout, gone, or broken.
+                _ => return,
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);
@@ -132,8 +159,15 @@ where
     async move {
         let _in_flight = counts_as_pressure.then(|| context.pressure.enter());
         let limit = context.config.max_body_bytes;
+        let body_timeout = context.config.http_limits.body_read_timeout;
         let (mut parts, body) = request.into_parts();
-        let mut response = match read_body(body, limit, declared_length(&parts.headers)).await {
+        let read = tokio::time::timeout(
+            body_timeout,
+            read_body(body, limit, declared_length(&parts.headers)),
+        )
+        .await
+        .unwrap_or(Err(BodyError::TimedOut));
+        let mut response = match read {
             Ok(collected) => {
                 parts.extensions.insert(RequestId(request_id.clone()));
                 parts.extensions.insert(PeerAddr(peer));
@@ -155,6 +189,16 @@ where
                     .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
                 response
             }
+            Err(BodyError::TimedOut) => {
+                let mut response = ApiError::RequestTimeout {
+                    seconds: body_timeout.as_secs(),
+                }
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                response
+            }
             Err(BodyError::Read(err)) => ApiError::BadRequest {
                 code: "BODY_READ_ERROR",
                 message: format!("could not read the request body: {err}"),
@@ -162,9 +206,19 @@ where
             }
             .into_response(),
         };
+        let headers = response.headers_mut();
         if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+            headers.insert(REQUEST_ID_HEADER, value);
         }
+        headers.insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        // Answers carry tokens, keys and tenants' data: no cache keeps them, unless the
+        // handler said otherwise (the OpenAPI description).
+        headers
+            .entry(http::header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
         let status = response.status();
         let elapsed = started.elapsed();
         let method_label = crate::metrics::method_label(&method);
@@ -197,7 +251,66 @@ const DISCARD_TIME: Duration = Duration::from_secs(2);
 
 enum BodyError {
     TooLarge,
+    TimedOut,
     Read(hyper::Error),
+}
+
+/// What a connection beyond [`HttpLimits::max_connections`](crate::config::HttpLimits) gets before it is closed: the
+/// error envelope, written by hand (no HTTP machinery is spent on it).
+static CONNECTIONS_FULL: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let body = serde_json::json!({
+        "success": false,
+        "error": {
+            "code": "TOO_MANY_CONNECTIONS",
+            "message": "the server holds as many connections as it may; retry later",
+            "details": null,
+        },
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        super::error::SERVICE_UNAVAILABLE_RETRY_AFTER.as_secs(),
+        body.len()
+    )
+    .into_bytes()
+});
+
+/// Answers a connection over the cap with a `503` and closes it, without reading its request
+/// (bounded, so a client that never reads cannot hold the task).
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream.write_all(&CONNECTIONS_FULL).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Lets this process hold `connections` sockets: the soft open-files limit goes up to the hard
+/// one, and a hard limit below what the cap needs is worth a warning at start.
+fn raise_open_files_limit(connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let wanted = connections as u64 + 1024;
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|current| current < wanted) {
+        limit.current = match limit.maximum {
+            Some(maximum) => Some(maximum.min(wanted)),
+            None => Some(wanted),
+        };
+        if let Err(err) = setrlimit(Resource::Nofile, limit.clone()) {
+            tracing::warn!(error = %err, "could not raise the open-files limit");
+        }
+    }
+    let current = getrlimit(Resource::Nofile).current;
+    if let Some(current) = current.filter(|current| *current < wanted) {
+        tracing::warn!(
+            open_files = current,
+            max_connections = connections,
+            "the open-files limit is below HTTP_MAX_CONNECTIONS plus headroom; connections \
+             beyond it fail at accept (raise `ulimit -n` or lower HTTP_MAX_CONNECTIONS)"
+        );
+    }
 }
 
 /// Reads a body of at most `limit` bytes. Beyond the limit the rest is discarded, within

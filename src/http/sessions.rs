@@ -249,26 +249,39 @@ pub async fn session_action(id: String, action: String, context: Ctx, user: User
 /// Server-Sent Events: the current state, then every status or QR change.
 pub async fn session_events(id: String, context: Ctx, user: User) -> ApiResult {
     let session = visible_session(&context, &user, &id).await?;
+    let slot = context
+        .streams
+        .take(&user.id)
+        .ok_or_else(|| ApiError::TooManyRequests {
+            code: "TOO_MANY_STREAMS",
+            message: format!(
+                "at most {} live event streams per user; close one first",
+                context.streams.per_user()
+            ),
+            retry_after: std::time::Duration::from_secs(5),
+        })?;
     let receiver = context.fleet.events().subscribe(&session.id);
     let initial = warp::sse::Event::default()
         .event("session")
         .json_data(SessionView::from(&session))
         .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("sse: {e}")))?;
-    let updates = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        loop {
-            match receiver.recv().await {
-                Ok(event) => {
-                    let sse = warp::sse::Event::default()
-                        .event("session")
-                        .json_data(&event)
-                        .ok()?;
-                    return Some((Ok::<_, Infallible>(sse), receiver));
+    // The slot lives as long as the stream: the client going away frees it.
+    let updates =
+        futures_util::stream::unfold((receiver, slot), |(mut receiver, slot)| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => {
+                        let sse = warp::sse::Event::default()
+                            .event("session")
+                            .json_data(&event)
+                            .ok()?;
+                        return Some((Ok::<_, Infallible>(sse), (receiver, slot)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
-        }
-    });
+        });
     let stream = futures_util::StreamExt::chain(
         futures_util::stream::once(async move { Ok(initial) }),
         updates,

@@ -9,6 +9,7 @@ mod admin;
 mod api_keys;
 mod auth;
 mod cli;
+mod connections;
 mod crash;
 mod fleet;
 mod full_disk;
