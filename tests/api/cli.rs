@@ -138,7 +138,7 @@ fn kafka_create_topics_creates_once_then_reports_them() {
         }
         command.output().unwrap()
     };
-    let brokers = crate::common::kafka_brokers();
+    let brokers = crate::common::reachable_kafka_brokers();
     let first = run(Some(&brokers));
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(

@@ -22,7 +22,7 @@ use tokio::process::{Child, Command};
 use wa_gateway::sim::SimWorker;
 
 use crate::common::process::{GatewayProcess, child_vars, fleet, free_port};
-use crate::common::{Backend, PIPELINE_ENV, kafka_brokers};
+use crate::common::{Backend, PIPELINE_ENV, reachable_kafka_brokers};
 use crate::pipeline_tests;
 
 pipeline_tests!(kill_9_mid_stream_loses_nothing_and_sends_nothing_twice);
@@ -347,7 +347,7 @@ async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backen
     // Kept when the test fails (the gateway's log is in it), removed at its end otherwise.
     let dir = tempfile::tempdir().unwrap().keep();
     eprintln!("crash {backend:?}: data and log in {}", dir.display());
-    let kafka = (backend == Backend::Kafka).then(kafka_brokers);
+    let kafka = (backend == Backend::Kafka).then(reachable_kafka_brokers);
     let mut vars = crash_vars(backend, &dir).await;
     if let Some(brokers) = kafka {
         vars.insert("KAFKA_BROKERS".into(), brokers);
