@@ -366,6 +366,8 @@ impl Drop for AbortOnDrop {
 async fn benchmark(mut options: Options) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency + 16)
+        // Under the gateway's idle close (10 s by default).
+        .pool_idle_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .timeout(REQUEST_TIMEOUT)
         .build()

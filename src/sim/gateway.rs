@@ -214,11 +214,17 @@ pub(crate) struct GatewayClient {
     worker_id: String,
 }
 
+/// How long an idle connection to the gateway stays pooled.
+const IDLE_CONNECTION: Duration = Duration::from_secs(5);
+
 impl GatewayClient {
     pub(crate) fn new(base_url: &str, token: &str, worker_id: &str) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
+            // Under the gateway's idle close (HTTP_HEADER_READ_TIMEOUT_MS, 10 s by default), so
+            // a pooled connection is not reused just as the gateway closes it.
+            .pool_idle_timeout(IDLE_CONNECTION)
             .build()
             .map_err(|err| anyhow::anyhow!("could not build the gateway client: {err}"))?;
         Ok(GatewayClient {
