@@ -90,6 +90,7 @@ pub async fn run_events(
             return;
         }
         let set_aside = std::mem::take(&mut applier.set_aside);
+        let applied = records.len() - set_aside.len();
         if !set_aside.is_empty()
             && set_aside_all(&context, &dead_letter_topic, &records, set_aside, &mut stop)
                 .await
@@ -101,7 +102,7 @@ pub async fn run_events(
         context
             .metrics
             .events_applied_total
-            .inc_by(records.len() as u64);
+            .inc_by(applied as u64);
         let positions: Vec<(String, i32, i64)> = positions
             .into_iter()
             .map(|((topic, partition), offset)| (topic, partition, offset))

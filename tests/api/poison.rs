@@ -27,6 +27,7 @@ mod edge {
     use crate::common::Backend;
 
     backend_tests!(
+        heartbeats_with_and_without_metrics_share_a_connection,
         a_thousand_random_heartbeats_then_normal_ones_all_200,
         worker_routes_refuse_control_characters_with_400_naming_the_field,
         a_qr_comes_only_from_the_sessions_owner,
@@ -35,6 +36,10 @@ mod edge {
 
     async fn a_thousand_random_heartbeats_then_normal_ones_all_200(backend: Backend) {
         super::a_thousand_random_heartbeats_then_normal_ones_all_200(backend).await;
+    }
+
+    async fn heartbeats_with_and_without_metrics_share_a_connection(backend: Backend) {
+        super::heartbeats_with_and_without_metrics_share_a_connection(backend).await;
     }
 
     async fn worker_routes_refuse_control_characters_with_400_naming_the_field(backend: Backend) {
@@ -450,6 +455,46 @@ async fn registered_worker(app: &TestApp, id: &str) -> SimWorker {
     worker
 }
 
+/// The store records heartbeats with any mix of missing metrics, one after another on the
+/// same pooled connection (a one-connection pool makes sure of it): a statement first run
+/// with a metric missing must not refuse it present later.
+async fn heartbeats_with_and_without_metrics_share_a_connection(backend: Backend) {
+    let store = crate::common::TestStore::new(backend).await;
+    let store = &store.store;
+    store
+        .upsert_worker(&wa_gateway::store::WorkerRegistration {
+            id: "w-1",
+            endpoint: "http://127.0.0.1:3001",
+            max_sessions: 5,
+            description: None,
+            version: None,
+            environment: None,
+        })
+        .await
+        .unwrap();
+    let none = wa_gateway::store::WorkerMetricsSample::default();
+    let full = wa_gateway::store::WorkerMetricsSample {
+        cpu_usage: Some(40.5),
+        memory_usage: Some(0.5),
+        uptime_seconds: Some(7),
+        message_count: Some(3),
+        total_sessions: Some(3_000_000_000),
+        active_sessions: Some(2),
+    };
+    let partial = wa_gateway::store::WorkerMetricsSample {
+        memory_usage: Some(0.25),
+        active_sessions: Some(1),
+        ..Default::default()
+    };
+    for sample in [&none, &full, &partial, &none, &full] {
+        assert!(store.record_heartbeat("w-1", sample).await.unwrap());
+    }
+    let worker = store.worker_by_id("w-1").await.unwrap();
+    assert_eq!(worker.cpu_usage, Some(40.5));
+    assert_eq!(worker.uptime_seconds, Some(7));
+    assert_eq!(store.count_worker_metrics("w-1").await.unwrap(), 5);
+}
+
 /// A thousand heartbeats with random metrics (missing, null, negative, huge, fractional,
 /// words, objects): never a 5xx, a `400` only for a value that is not a number; then normal
 /// heartbeats are all `200` (on PostgreSQL, missing metrics used to leave pooled connections
@@ -488,8 +533,18 @@ async fn a_thousand_random_heartbeats_then_normal_ones_all_200(backend: Backend)
         "activeSessions",
     ];
     let mut dice = Dice(0x9E37_79B9_7F4A_7C15);
-    let (mut ok, mut refused) = (0, 0);
-    for round in 0..1000 {
+    // First heartbeats without metrics, sixteen at a time so they open and prepare their
+    // statements on many pooled connections (the PostgreSQL failure was a statement prepared
+    // for a missing metric refusing a present one later on the same connection); then the
+    // random ones, as concurrently.
+    let mut bodies: Vec<Value> = (0..48)
+        .map(|n| match n % 3 {
+            0 => json!({}),
+            1 => json!({"metrics": {"uptime": n}}),
+            _ => json!({"sessions": [], "metrics": {"activeSessions": null, "memoryUsage": 1}}),
+        })
+        .collect();
+    bodies.extend((0..1000).map(|_| {
         let mut metrics = serde_json::Map::new();
         for field in fields {
             // Missing a third of the time.
@@ -497,29 +552,39 @@ async fn a_thousand_random_heartbeats_then_normal_ones_all_200(backend: Backend)
                 metrics.insert(field.to_owned(), values[dice.roll(values.len())].clone());
             }
         }
-        let body = match dice.roll(10) {
+        match dice.roll(10) {
             0 => json!({}),
             1 => json!({"metrics": null, "sessions": null}),
             _ => json!({"sessions": [], "metrics": metrics}),
-        };
-        let answer = worker_call(&app, reqwest::Method::PUT, &path, body.clone()).await;
-        match answer.status.as_u16() {
-            200 => ok += 1,
-            400 => {
-                refused += 1;
-                assert_eq!(answer.error_code(), "VALIDATION_ERROR", "{body}");
-                let field = answer.body["error"]["details"]["field"].as_str().unwrap();
-                assert!(fields.contains(&field), "{field}: {body}");
-                assert!(
-                    body["metrics"][field].is_string()
-                        || body["metrics"][field].is_boolean()
-                        || body["metrics"][field].is_object()
-                        || body["metrics"][field].is_array(),
-                    "{body} refused: {}",
-                    answer.body
-                );
+        }
+    }));
+    let (mut ok, mut refused) = (0, 0);
+    for chunk in bodies.chunks(16) {
+        let answers = futures_util::future::join_all(
+            chunk
+                .iter()
+                .map(|body| worker_call(&app, reqwest::Method::PUT, &path, body.clone())),
+        )
+        .await;
+        for (body, answer) in chunk.iter().zip(answers) {
+            match answer.status.as_u16() {
+                200 => ok += 1,
+                400 => {
+                    refused += 1;
+                    assert_eq!(answer.error_code(), "VALIDATION_ERROR", "{body}");
+                    let field = answer.body["error"]["details"]["field"].as_str().unwrap();
+                    assert!(fields.contains(&field), "{field}: {body}");
+                    assert!(
+                        body["metrics"][field].is_string()
+                            || body["metrics"][field].is_boolean()
+                            || body["metrics"][field].is_object()
+                            || body["metrics"][field].is_array(),
+                        "{body} refused: {}",
+                        answer.body
+                    );
+                }
+                other => panic!("{other} for {body}: {}", answer.body),
             }
-            other => panic!("round {round}: {other} for {body}: {}", answer.body),
         }
     }
     assert!(
@@ -546,17 +611,32 @@ async fn a_thousand_random_heartbeats_then_normal_ones_all_200(backend: Backend)
     let stored = app.context.store.worker_by_id(&worker_id).await.unwrap();
     assert_eq!(stored.cpu_usage, Some(0.0));
     assert_eq!(stored.uptime_seconds, Some(100 * 366 * 24 * 3600));
-    for n in 0..50 {
-        worker_call(
-            &app,
-            reqwest::Method::PUT,
-            &path,
-            json!({"sessions": [], "metrics": {"cpuUsage": 40.5, "memoryUsage": 0.5, "uptime": n,
-                   "messageCount": n, "totalSessions": 1, "activeSessions": 1}}),
-        )
-        .await
-        .assert_ok(200);
+    // Normal heartbeats, sixteen at a time (through every pooled connection), then one last.
+    for round in 0..4 {
+        let answers = futures_util::future::join_all((0..16).map(|n| {
+            worker_call(
+                &app,
+                reqwest::Method::PUT,
+                &path,
+                json!({"sessions": [], "metrics": {"cpuUsage": 40.5, "memoryUsage": 0.5,
+                       "uptime": round * 16 + n, "messageCount": n, "totalSessions": 1,
+                       "activeSessions": 1}}),
+            )
+        }))
+        .await;
+        for answer in answers {
+            answer.assert_ok(200);
+        }
     }
+    worker_call(
+        &app,
+        reqwest::Method::PUT,
+        &path,
+        json!({"sessions": [], "metrics": {"cpuUsage": 40.5, "memoryUsage": 0.5, "uptime": 49,
+               "messageCount": 1, "totalSessions": 1, "activeSessions": 1}}),
+    )
+    .await
+    .assert_ok(200);
     let stored = app.context.store.worker_by_id(&worker_id).await.unwrap();
     assert_eq!(stored.cpu_usage, Some(40.5));
     assert_eq!(stored.uptime_seconds, Some(49));
