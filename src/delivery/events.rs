@@ -99,10 +99,7 @@ pub async fn run_events(
             return;
         }
         failures = 0;
-        context
-            .metrics
-            .events_applied_total
-            .inc_by(applied as u64);
+        context.metrics.events_applied_total.inc_by(applied as u64);
         let positions: Vec<(String, i32, i64)> = positions
             .into_iter()
             .map(|((topic, partition), offset)| (topic, partition, offset))
