@@ -12,9 +12,9 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::error::{ApiError, ApiResult, finish, not_found_as, success};
-use super::extract::{Ctx, administrator, json_body, with_context};
+use super::extract::{Ctx, administrator, json_body, path_id, with_context};
 use super::views::WorkerView;
-use crate::domain::WorkerStatus;
+use crate::domain::{TextRule, WorkerStatus};
 use crate::fleet::RegisterWorker;
 use crate::store::{StoreError, User};
 
@@ -66,6 +66,11 @@ pub struct FleetStats {
     /// placed / capacity of ONLINE workers.
     pub utilization: f64,
 }
+
+/// A worker id as an administrator gives it (the worker routes take the same).
+const WORKER_ID: TextRule = TextRule::token(100).non_empty();
+/// A worker's description (the worker routes take the same).
+const DESCRIPTION: TextRule = TextRule::multiline(500);
 
 /// Every admin worker route.
 pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
@@ -160,6 +165,7 @@ pub async fn list_workers(context: Ctx, _admin: User) -> ApiResult {
     responses((status = 200, body = Envelope<WorkerView>), (status = 404, body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn get_worker(id: String, context: Ctx, _admin: User) -> ApiResult {
+    path_id("id", &id)?;
     let worker = context
         .store
         .worker_by_id(&id)
@@ -203,6 +209,8 @@ pub async fn fleet_stats(context: Ctx, _admin: User) -> ApiResult {
     responses((status = 201, body = Envelope<WorkerView>), (status = 409, description = "unreachable or taken", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn add_worker(context: Ctx, _admin: User, body: AddWorkerRequest) -> ApiResult {
+    WORKER_ID.check_optional("workerId", body.worker_id.as_deref())?;
+    DESCRIPTION.check_optional("description", body.description.as_deref())?;
     let endpoint = crate::fleet::normalize_endpoint(&body.endpoint)?;
     let health = context.fleet.probe(&endpoint).await?;
     let health = health.get("data").cloned().unwrap_or(health);
@@ -215,6 +223,8 @@ pub async fn add_worker(context: Ctx, _admin: User, body: AddWorkerRequest) -> A
                 "required: the worker's /health does not name it",
             )
         })?;
+    // What the worker's /health names passes the same rule as what an administrator types.
+    WORKER_ID.check("workerId", &worker_id)?;
     let max_sessions = body
         .max_sessions
         .or_else(|| health["sessions"]["maxSessions"].as_i64())
@@ -247,6 +257,8 @@ pub async fn update_worker(
     _admin: User,
     body: UpdateWorkerRequest,
 ) -> ApiResult {
+    path_id("id", &id)?;
+    DESCRIPTION.check_optional("description", body.description.as_deref())?;
     if body
         .max_sessions
         .is_some_and(|m| !(1..=100_000).contains(&m))
@@ -287,6 +299,7 @@ pub async fn update_worker(
     responses((status = 200, body = Envelope<Object>), (status = 409, description = "still holds sessions", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn delete_worker(id: String, context: Ctx, _admin: User) -> ApiResult {
+    path_id("id", &id)?;
     context
         .store
         .delete_worker(&id)
@@ -309,6 +322,7 @@ pub async fn delete_worker(id: String, context: Ctx, _admin: User) -> ApiResult 
 #[utoipa::path(post, path = "/api/v1/workers/{id}/test", tag = "workers", params(("id" = String, Path)),
     responses((status = 200, body = Envelope<Object>)), security(("bearer" = [])))]
 pub async fn test_worker(id: String, context: Ctx, _admin: User) -> ApiResult {
+    path_id("id", &id)?;
     let worker = context
         .store
         .worker_by_id(&id)

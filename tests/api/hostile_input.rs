@@ -247,7 +247,7 @@ async fn control_characters_in_admin_routes_are_400_naming_the_field(backend: Ba
         .await;
     for bad in CONTROLS.iter().chain(&LINE_BREAKS) {
         let bad_path = encoded(bad);
-        let cases = vec![
+        let mut cases = vec![
             Case::new(
                 Method::GET,
                 format!("/api/v1/admin/users?search=ann{bad_path}"),
@@ -300,6 +300,40 @@ async fn control_characters_in_admin_routes_are_400_naming_the_field(backend: Ba
             .token(&admin)
             .body(json!({ "targetWorkerId": format!("w{bad}") })),
         ];
+        // The fleet's admin routes.
+        for (method, suffix) in [
+            (Method::GET, ""),
+            (Method::DELETE, ""),
+            (Method::POST, "/test"),
+        ] {
+            cases.push(
+                Case::new(method, format!("/api/v1/workers/w{bad_path}{suffix}"), "id")
+                    .token(&admin),
+            );
+        }
+        cases.push(
+            Case::new(Method::PUT, format!("/api/v1/workers/w{bad_path}"), "id")
+                .token(&admin)
+                .body(json!({ "maxSessions": 5 })),
+        );
+        cases.push(
+            Case::new(Method::POST, "/api/v1/workers", "workerId")
+                .token(&admin)
+                .body(json!({ "endpoint": "http://127.0.0.1:9", "workerId": format!("w{bad}") })),
+        );
+        // A description may hold line breaks, no other control character.
+        if CONTROLS.contains(bad) {
+            cases.push(
+                Case::new(Method::PUT, "/api/v1/workers/w-1", "description")
+                    .token(&admin)
+                    .body(json!({ "description": format!("d{bad}") })),
+            );
+            cases.push(
+                Case::new(Method::POST, "/api/v1/workers", "description")
+                    .token(&admin)
+                    .body(json!({ "endpoint": "http://127.0.0.1:9", "description": format!("d{bad}") })),
+            );
+        }
         assert_all_refused(&app, &format!("{bad:?}"), cases).await;
     }
     let profile = app
