@@ -261,9 +261,12 @@ impl Application {
         let routes = crate::http::routes(self.context.clone());
         let shutting_down = self.context.shutting_down.clone();
         tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
             addr = %self.local_addr,
             store = self.context.store.backend().as_str(),
-            counters = ?self.context.counters,
+            counters = if self.context.config.redis_url.is_some() { "redis" } else { "in-process" },
+            log = self.context.pipeline.backend_name(),
+            docs = format!("http://{}/api/v1/docs", self.local_addr),
             "wa-gateway listening"
         );
         crate::http::server::serve(

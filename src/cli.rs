@@ -21,6 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (the default when no subcommand is given).
+    #[command(after_long_help = SERVE_ENVIRONMENT)]
     Serve,
     /// Apply database migrations and exit.
     Migrate,
@@ -44,6 +45,13 @@ pub enum Command {
     },
 }
 
+/// `serve --help`: the configuration, which is the environment (and `.env`), as `.env.example`
+/// documents it.
+const SERVE_ENVIRONMENT: &str = concat!(
+    "Configuration comes from the environment and from ./.env; every variable, with its default:\n\n",
+    include_str!("../.env.example")
+);
+
 /// `wa-gateway kafka …`
 #[derive(Debug, Subcommand)]
 pub enum KafkaCommand {
@@ -61,9 +69,17 @@ pub enum AdminCommand {
         /// Login e-mail.
         #[arg(long)]
         email: String,
-        /// Password (at least 8 characters with a letter and a digit).
+        /// Password (at least 8 characters with a letter and a digit). Visible to other users
+        /// of the machine in the process list: prefer `--password-stdin`.
+        #[arg(
+            long,
+            required_unless_present = "password_stdin",
+            conflicts_with = "password_stdin"
+        )]
+        password: Option<String>,
+        /// Read the password from the first line of standard input.
         #[arg(long)]
-        password: String,
+        password_stdin: bool,
         /// Display name.
         #[arg(long)]
         name: String,
@@ -76,7 +92,8 @@ pub enum AdminCommand {
     },
 }
 
-/// `wa-gateway sim-worker` options; the token comes from `WORKER_AUTH_TOKEN`.
+/// `wa-gateway sim-worker` options; the token comes from `WORKER_AUTH_TOKEN` (never generated:
+/// it must be the gateway's).
 #[derive(Debug, clap::Args)]
 pub struct SimWorkerArgs {
     /// Address to listen on, e.g. 127.0.0.1:3001.
@@ -126,39 +143,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // generate secrets in `./data` or refuse a production `APP_ENV` of the shell it runs in.
     let command = match cli.command {
         Some(Command::Loadgen(args)) => return crate::loadgen::run(args).await,
+        Some(Command::SimWorker(args)) => return sim_worker(args).await,
         other => other,
     };
     let config = Config::from_env()?;
     crate::telemetry::init(&config.log_level, config.log_format);
     match command.unwrap_or(Command::Serve) {
-        Command::SimWorker(args) => {
-            if !(0.0..=1.0).contains(&args.fail_rate) {
-                anyhow::bail!("--fail-rate must be between 0 and 1");
-            }
-            let sim = crate::sim::SimWorkerConfig {
-                listen: args.listen,
-                backend_url: args.backend.trim_end_matches('/').to_owned(),
-                worker_id: args.worker_id,
-                auth_token: config.worker_auth_token.expose().clone(),
-                max_sessions: args.max_sessions,
-                heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_interval_ms),
-                auto_connect: std::time::Duration::from_millis(args.auto_connect_ms),
-                send_latency: std::time::Duration::from_millis(args.send_latency_ms),
-                fail_rate: args.fail_rate,
-                receipts: args.receipts,
-                register_delay: std::time::Duration::ZERO,
-                register_retries: 5,
-                register_retry_interval: std::time::Duration::from_secs(5),
-            };
-            if args.nice == 0 {
-                return crate::sim::run(sim, shutdown_signal()).await;
-            }
-            let runtime = PriorityRuntime::start("wa-sim", args.nice)?;
-            runtime
-                .spawn(crate::sim::run(sim, shutdown_signal()))
-                .await
-                .context("the simulated worker's task failed")?
-        }
+        Command::SimWorker(args) => sim_worker(args).await,
         Command::Loadgen(args) => crate::loadgen::run(args).await,
         Command::Serve => {
             let stop = shutdown_signal();
@@ -197,12 +188,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 AdminCommand::CreateUser {
                     email,
                     password,
+                    // clap makes it the one way when --password is absent.
+                    password_stdin: _,
                     name,
                     role,
                     tier,
                 },
         } => {
             let email = Email::parse(&email)?;
+            let password = match password {
+                Some(password) => password,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the password from standard input")?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
             let password = Password::parse("password", &password)?;
             let name = DisplayName::parse("name", &name)?;
             let context = AppContext::connect(config).await?;
@@ -218,4 +221,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `wa-gateway sim-worker`: needs only `WORKER_AUTH_TOKEN` (and `LOG_LEVEL`) from the
+/// environment or `.env`. It never generates a token: one of its own would only be refused by
+/// the gateway.
+async fn sim_worker(args: SimWorkerArgs) -> anyhow::Result<()> {
+    if let Err(err) = dotenvy::dotenv()
+        && !err.not_found()
+    {
+        anyhow::bail!(".env: {err}");
+    }
+    let log_level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".to_owned());
+    crate::telemetry::init(&log_level, crate::config::LogFormat::Pretty);
+    let token = std::env::var("WORKER_AUTH_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty())
+        .context(
+            "sim-worker needs WORKER_AUTH_TOKEN, the gateway's worker token (a gateway in \
+             development keeps the one it generated in DATA_DIR/secrets.env)",
+        )?;
+    if !(0.0..=1.0).contains(&args.fail_rate) {
+        anyhow::bail!("--fail-rate must be between 0 and 1");
+    }
+    let sim = crate::sim::SimWorkerConfig {
+        listen: args.listen,
+        backend_url: args.backend.trim_end_matches('/').to_owned(),
+        worker_id: args.worker_id,
+        auth_token: token,
+        max_sessions: args.max_sessions,
+        heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_interval_ms),
+        auto_connect: std::time::Duration::from_millis(args.auto_connect_ms),
+        send_latency: std::time::Duration::from_millis(args.send_latency_ms),
+        fail_rate: args.fail_rate,
+        receipts: args.receipts,
+        register_delay: std::time::Duration::ZERO,
+        register_retries: 5,
+        register_retry_interval: std::time::Duration::from_secs(5),
+    };
+    if args.nice == 0 {
+        return crate::sim::run(sim, shutdown_signal()).await;
+    }
+    let runtime = PriorityRuntime::start("wa-sim", args.nice)?;
+    runtime
+        .spawn(crate::sim::run(sim, shutdown_signal()))
+        .await
+        .context("the simulated worker's task failed")?
 }

@@ -92,7 +92,20 @@ pub fn routes() -> BoxedFilter<(Response,)> {
                 serve_swagger_file(tail.as_str(), config.clone())
             }
         });
-    openapi.or(docs).unify().boxed()
+    // GET /: where to go from here.
+    let index = warp::path::end().and(warp::get()).map(|| {
+        super::error::success(
+            warp::http::StatusCode::OK,
+            &serde_json::json!({
+                "name": "wa-gateway",
+                "version": env!("CARGO_PKG_VERSION"),
+                "docs": "/api/v1/docs/",
+                "openapi": OPENAPI_PATH,
+                "health": "/health",
+            }),
+        )
+    });
+    openapi.or(docs).unify().or(index).unify().boxed()
 }
 fn serve_swagger_file(path: &str, config: Arc<utoipa_swagger_ui::Config<'static>>) -> Response {
     match utoipa_swagger_ui::serve(path, config) {

@@ -187,6 +187,13 @@ impl ApiError {
         });
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), status).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 9110: a 401 names the scheme that would work.
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"wa-gateway\""),
+            );
+        }
         let retry_after = match &self {
             ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
             ApiError::QuotaExceeded { decision, .. } => {

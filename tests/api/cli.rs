@@ -160,3 +160,105 @@ fn kafka_create_topics_creates_once_then_reports_them() {
     assert!(!without.status.success());
     assert!(String::from_utf8_lossy(&without.stderr).contains("KAFKA_BROKERS"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_create_user_reads_the_password_from_stdin() {
+    use std::io::Write;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let mut child = Command::new(BIN)
+        .args([
+            "admin",
+            "create-user",
+            "--email",
+            "piped@example.com",
+            "--password-stdin",
+            "--name",
+            "Piped",
+        ])
+        .env("DATA_DIR", app.data_dir.path())
+        .env_remove("DATABASE_URL")
+        .env("LOG_LEVEL", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped-pass-1\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    app.login("piped@example.com", "piped-pass-1")
+        .await
+        .assert_ok(200);
+    // Neither or both is a usage error.
+    let neither = Command::new(BIN)
+        .args([
+            "admin",
+            "create-user",
+            "--email",
+            "x@example.com",
+            "--name",
+            "X",
+        ])
+        .env("DATA_DIR", app.data_dir.path())
+        .output()
+        .unwrap();
+    assert!(!neither.status.success());
+    app.stop().await;
+}
+
+#[test]
+fn sim_worker_refuses_to_start_without_the_gateways_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .args([
+            "sim-worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "http://127.0.0.1:9",
+            "--worker-id",
+            "w-lonely",
+        ])
+        .current_dir(dir.path())
+        .env("DATA_DIR", dir.path().join("data"))
+        .env_remove("WORKER_AUTH_TOKEN")
+        .env_remove("JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("WORKER_AUTH_TOKEN"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "sim-worker generated secrets of its own"
+    );
+}
+
+#[test]
+fn serve_help_lists_the_environment() {
+    let output = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for variable in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "KAFKA_BROKERS",
+        "WORKER_AUTH_TOKEN",
+        "HTTP_MAX_CONNECTIONS",
+        "CORS_ORIGIN",
+    ] {
+        assert!(help.contains(variable), "{variable} missing from:\n{help}");
+    }
+}

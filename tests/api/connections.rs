@@ -308,3 +308,21 @@ async fn a_user_holds_at_most_the_configured_event_streams() {
     drop((second, bobs));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_points_to_the_docs_and_a_401_names_its_scheme() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let index = app.get("/", None).await;
+    let data = index.assert_ok(200);
+    assert_eq!(data["docs"], "/api/v1/docs/");
+    assert_eq!(data["openapi"], "/api/v1/openapi.json");
+    let docs = app.get("/api/v1/openapi.json", None).await;
+    assert_eq!(docs.status, 200);
+    let refused = app.get("/api/v1/auth/me", None).await;
+    refused.assert_error(401, "UNAUTHORIZED");
+    assert_eq!(
+        refused.headers["www-authenticate"],
+        "Bearer realm=\"wa-gateway\""
+    );
+    app.stop().await;
+}
