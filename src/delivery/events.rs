@@ -434,6 +434,7 @@ fn validated(envelope: EventEnvelope) -> Result<Option<Valid>, InvalidInput> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1064,6 +1064,7 @@ fn endpoint_host_port(endpoint: &str) -> Option<(String, u16)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod endpoint_tests {
     use super::normalize_endpoint;
 
