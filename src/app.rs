@@ -68,6 +68,7 @@ pub struct AppContext {
 impl AppContext {
     /// Connects every backend the configuration names and migrates the store.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
+        crate::config::make_data_dir_private(&config.data_dir)?;
         let store = open_store(&config).await?;
         store.migrate().await?;
         let redis = match &config.redis_url {

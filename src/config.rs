@@ -553,6 +553,34 @@ fn development_secrets(
     Ok((Secret::new(jwt), Secret::new(worker)))
 }
 
+/// Creates `DATA_DIR` if needed and makes it and the files directly in it private to this user
+/// (0700, 0600): it holds the store, the log and generated secrets, and may have been made by
+/// an older version or by hand with the usual 0755 / 0644.
+pub fn make_data_dir_private(data_dir: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |what: &str, err: std::io::Error| {
+        ConfigError::new(
+            "DATA_DIR",
+            format!("cannot {what} {}: {err}", data_dir.display()),
+        )
+    };
+    std::fs::create_dir_all(data_dir).map_err(|err| failed("create", err))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|err| failed("restrict", err))?;
+    for entry in std::fs::read_dir(data_dir).map_err(|err| failed("read", err))? {
+        let entry = entry.map_err(|err| failed("read", err))?;
+        let Ok(metadata) = entry.metadata() else {
+            continue;
+        };
+        let mode = metadata.permissions().mode();
+        if metadata.is_file() && mode & 0o077 != 0 {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(|err| failed("restrict a file in", err))?;
+        }
+    }
+    Ok(())
+}
+
 fn write_private_file(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();

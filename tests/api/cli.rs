@@ -146,7 +146,13 @@ fn kafka_create_topics_creates_once_then_reports_them() {
         "is a Kafka broker running at KAFKA_BROKERS={brokers}? {}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert_eq!(stdout.matches("created").count(), 3, "{stdout}");
+    // One line per topic of the catalog.
+    let topics = include_str!("../../kafka/topics.toml")
+        .lines()
+        .filter(|line| line.starts_with("name = "))
+        .count();
+    assert!(topics >= 4, "the catalog has the outbound, events and both DLQ topics");
+    assert_eq!(stdout.matches("created").count(), topics, "{stdout}");
     assert!(stdout.contains(&format!("{prefix}wa.outbound.v1 (12 partitions)")));
     let second = run(Some(&brokers));
     assert!(second.status.success());
@@ -154,7 +160,7 @@ fn kafka_create_topics_creates_once_then_reports_them() {
         String::from_utf8_lossy(&second.stdout)
             .matches("exists")
             .count(),
-        3
+        topics
     );
     let without = run(None);
     assert!(!without.status.success());
@@ -261,4 +267,51 @@ fn serve_help_lists_the_environment() {
     ] {
         assert!(help.contains(variable), "{variable} missing from:\n{help}");
     }
+}
+
+#[test]
+fn data_dir_files_are_private_to_the_gateways_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // As an older version (or a hand) left it: world-readable.
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let old = data_dir.join("notes.txt");
+    std::fs::write(&old, "left here").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = Command::new(BIN)
+        .arg("migrate")
+        .current_dir(dir.path())
+        .env("DATA_DIR", &data_dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("JWT_SECRET")
+        .env_remove("WORKER_AUTH_TOKEN")
+        .env("LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data_dir), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            files += 1;
+            assert_eq!(
+                mode(&path) & 0o077,
+                0,
+                "{} is {:o}",
+                path.display(),
+                mode(&path)
+            );
+        }
+    }
+    // The store, the generated secrets and the file that was there before, at least.
+    assert!(files >= 3, "{files} files");
 }
