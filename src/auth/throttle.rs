@@ -230,6 +230,79 @@ fn account_delay(rounds: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::InProcessCounters;
+
+    fn throttle() -> (Throttle, Arc<Counters>) {
+        let counters = Arc::new(Counters::InProcess(InProcessCounters::default()));
+        let settings = LoginThrottle {
+            max_failures_per_account: 5,
+            max_failures_per_ip: 50,
+            window: Duration::from_secs(900),
+        };
+        (Throttle::new(counters.clone(), settings), counters)
+    }
+
+    fn ip(n: u8) -> Option<IpAddr> {
+        Some(IpAddr::from([203, 0, 113, n]))
+    }
+
+    #[tokio::test]
+    async fn attempts_refused_by_the_account_delay_cost_their_address_nothing() {
+        let (throttle, counters) = throttle();
+        let email = "jo@example.com";
+        // Five failures from five addresses use the account's free failures, a sixth the
+        // first delayed check.
+        for n in 1..=6 {
+            let admitted = throttle.admit_login(email, ip(n)).await;
+            assert!(admitted.is_ok(), "attempt from address {n}");
+        }
+        // The owner, trying again and again during the delay, is refused each time...
+        for _ in 0..20 {
+            let refused = throttle.admit_login(email, ip(100)).await;
+            assert!(matches!(refused, Err(AuthError::Throttled { .. })));
+        }
+        // ...and none of it counts against their address or their address on this account.
+        let account = sha256_hex(email);
+        let pair = counters
+            .peek(&format!("login:acct-ip:{account}:203.0.113.100"))
+            .await
+            .map(|state| state.count);
+        assert_eq!(pair.ok(), Some(0));
+        let address = counters
+            .peek("login:ip:203.0.113.100")
+            .await
+            .map(|state| state.count);
+        assert_eq!(address.ok(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_success_gives_its_slots_back_and_forgets_the_failures() {
+        let (throttle, counters) = throttle();
+        let email = "jo@example.com";
+        for _ in 0..4 {
+            let failed = throttle.admit_login(email, ip(1)).await;
+            assert!(failed.is_ok());
+        }
+        let succeeded = throttle.admit_login(email, ip(1)).await;
+        let Ok(admission) = succeeded else {
+            panic!("the fifth attempt is within the limit");
+        };
+        assert!(throttle.succeeded(admission).await.is_ok());
+        let account = sha256_hex(email);
+        for key in [
+            format!("login:acct:{account}"),
+            format!("login:acct-ip:{account}:203.0.113.1"),
+        ] {
+            let count = counters.peek(&key).await.map(|state| state.count);
+            assert_eq!(count.ok(), Some(0), "{key}");
+        }
+        // The four failures still count against the address; the success does not.
+        let address = counters
+            .peek("login:ip:203.0.113.1")
+            .await
+            .map(|state| state.count);
+        assert_eq!(address.ok(), Some(4));
+    }
 
     #[test]
     fn the_account_delay_doubles_up_to_its_cap() {
