@@ -211,6 +211,7 @@ async fn status_flows(app: &TestApp, login: &Login, session: &str, id: &str, sta
     )
     .await;
     let took = sent.elapsed();
+    eprintln!("{status} of {id} applied {took:?} after its callback");
     assert!(
         took < Duration::from_secs(1),
         "{id} took {took:?} to become {status}"
@@ -763,6 +764,33 @@ async fn worker_routes_refuse_control_characters_with_400_naming_the_field(backe
             answer.body
         );
     }
+    // A NUL in a path id, percent-encoded: refused or unknown, never a 5xx.
+    for path in [
+        "/api/workers/w%00x/sessions/assigned",
+        "/api/v1/workers/w%00x/sessions/assigned",
+    ] {
+        let answer = app
+            .send(app.client.get(app.url(path)).bearer_auth(token(&app)))
+            .await;
+        assert!(
+            matches!(answer.status.as_u16(), 400 | 404),
+            "{path}: {} {}",
+            answer.status,
+            answer.body
+        );
+    }
+    let answer = worker_call(
+        &app,
+        put.clone(),
+        "/api/workers/w%00x/heartbeat",
+        json!({"metrics": {"cpuUsage": 1}}),
+    )
+    .await;
+    assert!(
+        matches!(answer.status.as_u16(), 400 | 404),
+        "{}",
+        answer.body
+    );
     // Line breaks and tabs are text where text is free.
     worker_call(
         &app,
