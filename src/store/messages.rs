@@ -486,44 +486,86 @@ impl Store {
     /// [`RECORD_CHUNK`] answers, each atomic on its own (no BEGIN and COMMIT round trips),
     /// ahead of the queued status writes (worker receipts). Each answer stands alone, so a
     /// failure part-way leaves the earlier chunks recorded and a retry of the whole is harmless.
+    ///
+    /// A chunk the store refuses for its values (a permanent failure, see
+    /// [`FailureClass`](super::FailureClass)) is recorded again one answer at a time, and an
+    /// answer refused on its own is recorded without WhatsApp's id: the worker's `2xx` is what
+    /// matters, and a delivery that retried the whole forever would hold up every session.
     pub async fn record_sent(&self, answers: &[SentAnswer]) -> Result<(), StoreError> {
         if answers.is_empty() {
             return Ok(());
         }
         let _turn = self.urgent_write_turn().await;
         for chunk in answers.chunks(RECORD_CHUNK) {
-            let mut ids = String::new();
-            let mut worker_ids = String::from("CASE id");
-            let mut attempts = String::from("CASE id");
-            for index in 0..chunk.len() {
-                let base = 1 + index * 3;
-                if index > 0 {
-                    ids.push(',');
+            let refused = match self.record_sent_chunk(chunk).await {
+                Err(err) if err.class() == super::FailureClass::Permanent => err,
+                other => {
+                    other?;
+                    continue;
                 }
-                ids.push_str(&format!("${}", base + 1));
-                worker_ids.push_str(&format!(" WHEN ${} THEN ${}", base + 1, base + 2));
-                attempts.push_str(&format!(" WHEN ${} THEN ${}", base + 1, base + 3));
-            }
-            // Every right-hand side reads the row as it was before this statement.
-            let sql = format!(
-                "UPDATE messages SET \
-                 status = CASE WHEN status = 'PENDING' THEN 'SENT' ELSE status END, \
-                 sent_at = CASE WHEN status = 'PENDING' THEN $1 ELSE sent_at END, \
-                 updated_at = CASE WHEN status = 'PENDING' THEN $1 ELSE updated_at END, \
-                 worker_message_id = COALESCE(worker_message_id, {worker_ids} END), \
-                 attempts = COALESCE({attempts} END, attempts) \
-                 WHERE id IN ({ids})"
+            };
+            tracing::warn!(
+                error = format!("{refused:#}"),
+                answers = chunk.len(),
+                "the store refused a chunk of SENT outcomes; recording them one by one"
             );
-            let at = chunk.iter().map(|a| a.at).max().unwrap_or_else(now_ms);
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);
             for answer in chunk {
-                query = query
-                    .bind(&answer.message_id)
-                    .bind(answer.worker_message_id.as_deref())
-                    .bind(answer.attempts);
+                let err = match self.record_sent_chunk(std::slice::from_ref(answer)).await {
+                    Err(err) if err.class() == super::FailureClass::Permanent => err,
+                    other => {
+                        other?;
+                        continue;
+                    }
+                };
+                tracing::warn!(
+                    message_id = %answer.message_id,
+                    error = format!("{err:#}"),
+                    "the store refused a SENT outcome; recording it without WhatsApp's id"
+                );
+                let bare = SentAnswer {
+                    worker_message_id: None,
+                    ..answer.clone()
+                };
+                self.record_sent_chunk(std::slice::from_ref(&bare)).await?;
             }
-            query.execute(self.pool()).await?;
         }
+        Ok(())
+    }
+
+    /// One statement of [`record_sent`](Self::record_sent), for at most [`RECORD_CHUNK`]
+    /// answers.
+    async fn record_sent_chunk(&self, chunk: &[SentAnswer]) -> Result<(), StoreError> {
+        let mut ids = String::new();
+        let mut worker_ids = String::from("CASE id");
+        let mut attempts = String::from("CASE id");
+        for index in 0..chunk.len() {
+            let base = 1 + index * 3;
+            if index > 0 {
+                ids.push(',');
+            }
+            ids.push_str(&format!("${}", base + 1));
+            worker_ids.push_str(&format!(" WHEN ${} THEN ${}", base + 1, base + 2));
+            attempts.push_str(&format!(" WHEN ${} THEN ${}", base + 1, base + 3));
+        }
+        // Every right-hand side reads the row as it was before this statement.
+        let sql = format!(
+            "UPDATE messages SET \
+             status = CASE WHEN status = 'PENDING' THEN 'SENT' ELSE status END, \
+             sent_at = CASE WHEN status = 'PENDING' THEN $1 ELSE sent_at END, \
+             updated_at = CASE WHEN status = 'PENDING' THEN $1 ELSE updated_at END, \
+             worker_message_id = COALESCE(worker_message_id, {worker_ids} END), \
+             attempts = COALESCE({attempts} END, attempts) \
+             WHERE id IN ({ids})"
+        );
+        let at = chunk.iter().map(|a| a.at).max().unwrap_or_else(now_ms);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);
+        for answer in chunk {
+            query = query
+                .bind(&answer.message_id)
+                .bind(answer.worker_message_id.as_deref())
+                .bind(answer.attempts);
+        }
+        query.execute(self.pool()).await?;
         Ok(())
     }
 

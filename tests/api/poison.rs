@@ -27,6 +27,7 @@ mod edge {
     use crate::common::Backend;
 
     backend_tests!(
+        sent_outcomes_the_store_refuses_lose_only_whatsapps_id,
         heartbeats_with_and_without_metrics_share_a_connection,
         a_thousand_random_heartbeats_then_normal_ones_all_200,
         worker_routes_refuse_control_characters_with_400_naming_the_field,
@@ -36,6 +37,10 @@ mod edge {
 
     async fn a_thousand_random_heartbeats_then_normal_ones_all_200(backend: Backend) {
         super::a_thousand_random_heartbeats_then_normal_ones_all_200(backend).await;
+    }
+
+    async fn sent_outcomes_the_store_refuses_lose_only_whatsapps_id(backend: Backend) {
+        super::sent_outcomes_the_store_refuses_lose_only_whatsapps_id(backend).await;
     }
 
     async fn heartbeats_with_and_without_metrics_share_a_connection(backend: Backend) {
@@ -427,6 +432,47 @@ async fn hostile_outbound_records_are_set_aside(backend: Backend) {
             .contains("the store refused it")),
         "{letters:?}"
     );
+    app.stop().await;
+}
+
+/// A worker's `2xx` whose WhatsApp id the store refuses (a NUL, on PostgreSQL) is still recorded
+/// as SENT, without that id, and the other answers of its statement keep theirs: the delivery
+/// does not retry the whole forever (every session's next message waits for it).
+async fn sent_outcomes_the_store_refuses_lose_only_whatsapps_id(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (login, session) = tenant(&app, "sent").await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let [m1, m2] = ["m1", "m2"].map(|name| format!("{name}-{suffix}"));
+    outbound(&app, &login, &session, &[&m1, &m2]).await;
+    let answer = |id: &str, whatsapp: &str| wa_gateway::store::SentAnswer {
+        message_id: id.to_owned(),
+        worker_message_id: Some(whatsapp.to_owned()),
+        attempts: 1,
+        at: now_ms(),
+    };
+    app.context
+        .store
+        .record_sent(&[answer(&m1, "WA\u{0}1"), answer(&m2, "WA2")])
+        .await
+        .unwrap();
+    let first = app
+        .context
+        .store
+        .message_for_user(&login.user_id, &m1)
+        .await
+        .unwrap();
+    let second = app
+        .context
+        .store
+        .message_for_user(&login.user_id, &m2)
+        .await
+        .unwrap();
+    assert_eq!(first.status, MessageStatus::Sent);
+    assert_eq!(second.status, MessageStatus::Sent);
+    assert_eq!(second.worker_message_id.as_deref(), Some("WA2"));
+    if backend != Backend::Sqlite {
+        assert_eq!(first.worker_message_id, None);
+    }
     app.stop().await;
 }
 
