@@ -298,7 +298,7 @@ fn raise_open_files_limit(connections: usize) {
             Some(maximum) => Some(maximum.min(wanted)),
             None => Some(wanted),
         };
-        if let Err(err) = setrlimit(Resource::Nofile, limit.clone()) {
+        if let Err(err) = setrlimit(Resource::Nofile, limit) {
             tracing::warn!(error = %err, "could not raise the open-files limit");
         }
     }

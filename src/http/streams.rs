@@ -74,8 +74,8 @@ mod tests {
     #[test]
     fn a_user_holds_at_most_the_maximum_and_a_dropped_slot_is_free_again() {
         let slots = StreamSlots::new(2);
-        let first = slots.take("ann").unwrap();
-        let _second = slots.take("ann").unwrap();
+        let first = slots.take("ann").expect("a first slot");
+        let _second = slots.take("ann").expect("a second slot");
         assert!(slots.take("ann").is_none());
         assert!(
             slots.take("bob").is_some(),
