@@ -151,7 +151,10 @@ fn kafka_create_topics_creates_once_then_reports_them() {
         .lines()
         .filter(|line| line.starts_with("name = "))
         .count();
-    assert!(topics >= 4, "the catalog has the outbound, events and both DLQ topics");
+    assert!(
+        topics >= 4,
+        "the catalog has the outbound, events and both DLQ topics"
+    );
     assert_eq!(stdout.matches("created").count(), topics, "{stdout}");
     assert!(stdout.contains(&format!("{prefix}wa.outbound.v1 (12 partitions)")));
     let second = run(Some(&brokers));
