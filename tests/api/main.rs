@@ -15,6 +15,7 @@ mod fleet;
 mod full_disk;
 mod hostile_input;
 mod http_basics;
+mod openapi;
 mod poison;
 mod repository;
 mod send;
