@@ -225,8 +225,9 @@ pub struct Config {
     pub metrics_token: Option<Secret<String>>,
     /// Per-tier limits (`{BASIC,PRO,MAX}_TIER_MAX_{SESSIONS,MESSAGES_PER_HOUR,API_CALLS_PER_HOUR}`).
     pub tiers: TierTable,
-    /// Failed-login throttling (`LOGIN_MAX_FAILURES_PER_ACCOUNT`, `LOGIN_MAX_FAILURES_PER_IP`,
-    /// `LOGIN_THROTTLE_WINDOW_SECONDS`).
+    /// Throttling of the credential checks (`LOGIN_MAX_FAILURES_PER_ACCOUNT`;
+    /// `LOGIN_MAX_FAILURES_PER_IP`, which also bounds registrations and failed refreshes per
+    /// address; `LOGIN_THROTTLE_WINDOW_SECONDS`); see `auth::throttle`.
     pub login_throttle: LoginThrottle,
     /// Whether `X-Forwarded-For` names the client (only behind a trusted proxy: `TRUST_PROXY_HEADERS`).
     pub trust_proxy_headers: bool,
