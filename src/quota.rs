@@ -58,6 +58,9 @@ pub struct QuotaDecision {
     pub reset_at_s: i64,
     /// Time until then.
     pub retry_after: Duration,
+    /// Whether the charge could fit in any hour (it is not larger than the limit): when it
+    /// cannot, waiting does not help and the answer carries no `Retry-After`.
+    pub fits_an_hour: bool,
 }
 
 /// Current usage of a user this hour.
@@ -123,6 +126,7 @@ impl Quotas {
             remaining: limit.saturating_sub(state.count),
             reset_at_s: hour_end / 1000,
             retry_after: Duration::from_millis((hour_end - now).max(1000) as u64),
+            fits_an_hour: amount <= limit,
         })
     }
 

@@ -198,7 +198,8 @@ impl ApiError {
             ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
             ApiError::QuotaExceeded { decision, .. } => {
                 rate_limit_headers(&mut response, decision);
-                Some(decision.retry_after)
+                // A request larger than the hourly limit never fits: no time to come back.
+                decision.fits_an_hour.then_some(decision.retry_after)
             }
             // Every 503 is temporary (the log, the store or the fleet cannot take it now):
             // tell the client when to come back rather than let it hammer.

@@ -540,6 +540,14 @@ async fn charge_messages(
         .map_err(ApiError::Unexpected)?;
     if decision.allowed {
         Ok(decision)
+    } else if !decision.fits_an_hour {
+        Err(ApiError::QuotaExceeded {
+            message: format!(
+                "{amount} messages never fit the {} tier's hourly quota of {}: send them in parts",
+                user.tier, decision.limit
+            ),
+            decision,
+        })
     } else {
         Err(ApiError::QuotaExceeded {
             message: format!(

@@ -558,6 +558,32 @@ async fn basic_tier_101st_message_is_429(backend: Backend) {
     )
     .await;
     bulk.assert_error(429, "MESSAGE_QUOTA_EXCEEDED");
+    assert!(bulk.headers.contains_key("retry-after"));
+    // One larger than the hourly limit never fits: no Retry-After to wait for.
+    let never: Vec<Value> = (0..101)
+        .map(|n| json!({"to": "6281234567890", "message": format!("n {n}")}))
+        .collect();
+    let never = send(
+        app,
+        key,
+        "/api/v1/external/send/bulk",
+        json!({"sessionId": session, "messages": never}),
+    )
+    .await;
+    never.assert_error(429, "MESSAGE_QUOTA_EXCEEDED");
+    assert!(
+        !never.headers.contains_key("retry-after"),
+        "{:?}",
+        never.headers
+    );
+    assert!(
+        never.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("never fit"),
+        "{}",
+        never.body
+    );
     // Exactly the 100 accepted messages reach the worker.
     let worker = &setup.workers[0];
     wait_for(Duration::from_secs(20), "100 deliveries", || async {
