@@ -286,6 +286,12 @@ pub async fn session_events(id: String, context: Ctx, user: User) -> ApiResult {
         futures_util::stream::once(async move { Ok(initial) }),
         updates,
     );
+    // An endless answer would hold the HTTP drain for its whole grace period: the stream ends
+    // when shutdown starts (the client reconnects to another process or after the restart).
+    let mut shutting_down = context.shutting_down.subscribe();
+    let stream = futures_util::StreamExt::take_until(stream, async move {
+        let _ = shutting_down.wait_for(|stopping| *stopping).await;
+    });
     Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())
 }
 
