@@ -65,6 +65,9 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout);
     let builder = Arc::new(builder);
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // Flips when the listener closes: a connection still waiting for its first byte then has
+    // nothing to drain and ends at once (its task holds a drain watcher meanwhile).
+    let (stopping, _) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -91,11 +94,16 @@ pub async fn serve(
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let mut stopping = stopping.subscribe();
         tokio::spawn(async move {
             // hyper's header timer starts once it knows the protocol, which takes a first byte:
             // a connection that never sends one is closed here.
             let mut first = [0_u8; 1];
-            match tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)).await {
+            let first_byte = tokio::select! {
+                peeked = tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)) => peeked,
+                _ = stopping.wait_for(|stopping| *stopping) => return,
+            };
+            match first_byte {
                 Ok(Ok(1..)) => {}
                 // Silent until the timeout, gone, or broken.
                 _ => return,
@@ -110,6 +118,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    stopping.send_replace(true);
     let draining = Instant::now();
     if tokio::time::timeout(grace, graceful.shutdown())
         .await

@@ -326,3 +326,19 @@ async fn the_root_points_to_the_docs_and_a_401_names_its_scheme() {
     );
     app.stop().await;
 }
+
+/// A connection that never sent a byte has nothing to drain: shutdown does not wait for it
+/// (it used to wait out the 10 s header timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_silent_connection() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let _silent = TcpStream::connect(address(&app)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    app.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        started.elapsed()
+    );
+}
