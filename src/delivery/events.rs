@@ -110,8 +110,7 @@ pub async fn run_events(
     }
 }
 
-/// The consumer is stopping: whatever was not done is read again by the next reader.
-struct Stopped;
+use super::Stopped;
 
 /// Why an event was set aside: the metric's `reason` label and the words for the DLQ record.
 #[derive(Debug)]
@@ -267,8 +266,7 @@ impl Applier<'_> {
         }
     }
 
-    /// Runs `work` until it succeeds or fails with anything but a transient failure (which is
-    /// retried with backoff while the consumer runs).
+    /// [`until_not_transient`](super::until_not_transient) with this consumer's backoff.
     async fn until_not_transient<T, F, Fut>(
         &mut self,
         work: F,
@@ -277,40 +275,19 @@ impl Applier<'_> {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let mut failures = 0_u32;
-        loop {
-            match work().await {
-                Err(err) if err.class() == FailureClass::Transient => {
-                    failures += 1;
-                    if failures == 1 || failures.is_multiple_of(20) {
-                        tracing::error!(
-                            error = format!("{err:#}"),
-                            failures,
-                            "applying events failed: the store cannot work now; retrying"
-                        );
-                    }
-                    self.pause(failures).await?;
-                }
-                other => return Ok(other),
-            }
-        }
+        super::until_not_transient("applying events failed", work, backoff, &mut self.stop).await
     }
 
     async fn pause(&mut self, failures: u32) -> Result<(), Stopped> {
-        pause(failures, &mut self.stop).await
+        super::pause(backoff(failures), &mut self.stop).await
     }
 }
 
-/// Waits before try `failures + 1`: [`RETRY_FIRST`] doubling to [`RETRY_MAX`]; `Stopped` when
-/// the consumer stops meanwhile.
-async fn pause(failures: u32, stop: &mut watch::Receiver<bool>) -> Result<(), Stopped> {
-    let delay = RETRY_FIRST
+/// The wait before try `failures + 1`: [`RETRY_FIRST`] doubling to [`RETRY_MAX`].
+fn backoff(failures: u32) -> Duration {
+    RETRY_FIRST
         .saturating_mul(1 << failures.clamp(1, 8).saturating_sub(1))
-        .min(RETRY_MAX);
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => Ok(()),
-        _ = stop.wait_for(|stopped| *stopped) => Err(Stopped),
-    }
+        .min(RETRY_MAX)
 }
 
 async fn store_inbound(store: &Store, message: &Inbound) -> Result<(), StoreError> {
@@ -361,7 +338,7 @@ async fn set_aside_all(
     {
         failures += 1;
         tracing::error!(error = %err, failures, "appending to the events dead-letter topic failed; retrying");
-        pause(failures, stop).await?;
+        super::pause(backoff(failures), stop).await?;
     }
     for aside in &set_aside {
         context.metrics.dead_lettered(CONSUMER, aside.label);

@@ -794,7 +794,8 @@ struct Recorded {
     rejected: HashMap<String, (&'static str, String)>,
 }
 
-/// The shutdown flipped while recording waited for the store.
+/// The consumer is stopping (delivery or events): whatever was not done is read again by the
+/// next reader.
 struct Stopped;
 
 /// [`record`] until it is done: a store that cannot work now is waited for (delivering before
@@ -807,7 +808,14 @@ async fn record_batch(
     rows: &[NewOutboundMessage],
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Recorded, Stopped> {
-    let refused = match record_until_not_transient(store, rows, stop).await? {
+    let refused = match until_not_transient(
+        "recording outbound messages failed",
+        || record(store, rows),
+        |_| RECORD_RETRY,
+        stop,
+    )
+    .await?
+    {
         Ok(recorded) => return Ok(recorded),
         Err(err) => err,
     };
@@ -820,7 +828,14 @@ async fn record_batch(
     for row in rows {
         let mut tries = 0;
         loop {
-            match record_until_not_transient(store, std::slice::from_ref(row), stop).await? {
+            match until_not_transient(
+                "recording outbound messages failed",
+                || record(store, std::slice::from_ref(row)),
+                |_| RECORD_RETRY,
+                stop,
+            )
+            .await?
+            {
                 Ok(one) => {
                     all.settled.extend(one.settled);
                     all.seen_before.extend(one.seen_before);
@@ -855,31 +870,38 @@ const RECORD_UNKNOWN_TRIES: u32 = 3;
 /// The delivery consumer's label in `wa_gateway_dead_letters_total`.
 const CONSUMER: &str = "delivery";
 
-/// [`record`], retried while the store cannot work now.
-async fn record_until_not_transient(
-    store: &Store,
-    rows: &[NewOutboundMessage],
+/// Runs `work` until it succeeds or fails for any reason but a transient one (the store cannot
+/// work now), which is logged (the first and every 20th) and waited out, `backoff(failures)`
+/// each time, while the consumer runs. Shared by the delivery and events consumers.
+async fn until_not_transient<T, Fut>(
+    failing: &str,
+    work: impl Fn() -> Fut,
+    backoff: impl Fn(u32) -> Duration,
     stop: &mut watch::Receiver<bool>,
-) -> Result<Result<Recorded, StoreError>, Stopped> {
+) -> Result<Result<T, StoreError>, Stopped>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
     let mut failures = 0_u32;
     loop {
-        match record(store, rows).await {
+        match work().await {
             Err(err) if err.class() == FailureClass::Transient => {
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(20) {
                     tracing::error!(
                         error = format!("{err:#}"),
                         failures,
-                        "recording outbound messages failed: the store cannot work now; retrying"
+                        "{failing}: the store cannot work now; retrying"
                     );
                 }
-                pause(RECORD_RETRY, stop).await?;
+                pause(backoff(failures), stop).await?;
             }
             other => return Ok(other),
         }
     }
 }
 
+/// Waits `delay`; `Stopped` when the consumer stops meanwhile.
 async fn pause(delay: Duration, stop: &mut watch::Receiver<bool>) -> Result<(), Stopped> {
     tokio::select! {
         _ = tokio::time::sleep(delay) => Ok(()),
