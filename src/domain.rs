@@ -106,6 +106,38 @@ impl TextRule {
         self.max_chars
     }
 
+    /// Whether an empty (or all-blank) value is refused.
+    pub const fn refuses_empty(self) -> bool {
+        self.non_empty
+    }
+
+    /// The rule's characters as a JSON Schema (ECMA 262) `pattern`, for the OpenAPI
+    /// description: the same characters [`TextRule::check`] allows, and for a
+    /// [`TextRule::non_empty`] rule at least one that is not blank. (The length is the
+    /// schema's `maxLength`, in characters as here.)
+    pub fn pattern(self) -> String {
+        // The characters each kind refuses, as the inside of a character class.
+        let refused = match self.kind {
+            TextKind::Token => {
+                return if self.non_empty {
+                    "^[!-~]+$"
+                } else {
+                    "^[!-~]*$"
+                }
+                .to_owned();
+            }
+            TextKind::Line => {
+                "\\u0000-\\u001F\\u007F-\\u009F\\u2028\\u2029\\u061C\\u202A-\\u202E\\u2066-\\u2069"
+            }
+            TextKind::Multiline => "\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F",
+        };
+        if self.non_empty {
+            format!("^[^{refused}]*[^\\s{refused}][^{refused}]*$")
+        } else {
+            format!("^[^{refused}]*$")
+        }
+    }
+
     /// Checks `raw`, given for `field`; answers it unchanged when it passes.
     pub fn check<'raw>(
         self,

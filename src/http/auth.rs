@@ -124,22 +124,21 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// An optional JSON body: empty means `None`.
+/// An optional JSON body: empty or `null` means `None`.
 fn optional_json_body()
 -> impl Filter<Extract = (Option<RefreshRequest>,), Error = warp::Rejection> + Clone {
     warp::body::bytes().and_then(|body: bytes::Bytes| async move {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        serde_json::from_slice::<RefreshRequest>(&body)
-            .map(Some)
-            .map_err(|err| {
-                warp::reject::custom(super::error::ApiError::BadRequest {
-                    code: "INVALID_JSON",
-                    message: format!("invalid request body: {err}"),
-                    details: None,
-                })
+        // `null` is no body too.
+        serde_json::from_slice::<Option<RefreshRequest>>(&body).map_err(|err| {
+            warp::reject::custom(super::error::ApiError::BadRequest {
+                code: "INVALID_JSON",
+                message: format!("invalid request body: {err}"),
+                details: None,
             })
+        })
     })
 }
 
@@ -201,7 +200,7 @@ pub async fn refresh(
 }
 
 /// Ends this login (with `refreshToken`) or every login of the user (without).
-#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body(content = Option<RefreshRequest>),
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body(content = RefreshRequest, description = "optional: with the refresh token, that login ends too"),
     responses((status = 200, body = Envelope<Object>), (status = 401, body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn logout(context: Ctx, user: User, body: Option<RefreshRequest>) -> ApiResult {

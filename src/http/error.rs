@@ -48,9 +48,12 @@ pub enum ApiError {
     /// Nothing there, or not the caller's (404: isolation never says "forbidden").
     #[error("{0} not found")]
     NotFound(&'static str),
-    /// Path exists, method does not (405).
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// Path exists, method does not (405, with `Allow`).
+    #[error("method not allowed; this path takes {}", allowed.join(", "))]
+    MethodNotAllowed {
+        /// The methods the path has.
+        allowed: Vec<&'static str>,
+    },
     /// State conflict such as a duplicate (409).
     #[error("{message}")]
     Conflict {
@@ -148,7 +151,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED")
+            }
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
@@ -193,6 +198,11 @@ impl ApiError {
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer realm=\"wa-gateway\""),
             );
+        }
+        if let ApiError::MethodNotAllowed { allowed } = &self
+            && let Ok(value) = HeaderValue::from_str(&allowed.join(", "))
+        {
+            response.headers_mut().insert(http::header::ALLOW, value);
         }
         let retry_after = match &self {
             ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
@@ -365,10 +375,23 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let error = if let Some(api) = rejection.find::<ApiError>() {
         // ApiError is not Clone (anyhow inside); rebuild the variants that can be rejections.
         return Ok(rebuild(api).into_response());
-    } else if rejection.is_not_found() {
+    } else if let Some(unmatched) = rejection.find::<Unmatched>()
+        && !unmatched.allowed.is_empty()
+        && !unmatched
+            .allowed
+            .iter()
+            .any(|allowed| *allowed == unmatched.method.as_str())
+    {
+        ApiError::MethodNotAllowed {
+            allowed: unmatched.allowed.clone(),
+        }
+    } else if rejection.is_not_found()
+        || rejection.find::<Unmatched>().is_some()
+        || rejection.find::<warp::reject::MethodNotAllowed>().is_some()
+    {
+        // A served method whose route refused the request without saying why (a path
+        // parameter that no route takes), or a path no route has.
         ApiError::NotFound("route")
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge { limit: 0 }
     } else if rejection
@@ -408,6 +431,18 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     Ok(error.into_response())
 }
 
+/// The rejection of a request no route took (see `http::routes`): its method and the methods
+/// its path has.
+#[derive(Debug)]
+pub struct Unmatched {
+    /// The request's method.
+    pub method: warp::http::Method,
+    /// The methods served at its path (empty: no such path).
+    pub allowed: Vec<&'static str>,
+}
+
+impl warp::reject::Reject for Unmatched {}
+
 fn rebuild(error: &ApiError) -> ApiError {
     match error {
         ApiError::BadRequest {
@@ -422,7 +457,9 @@ fn rebuild(error: &ApiError) -> ApiError {
         ApiError::Unauthorized(m) => ApiError::Unauthorized(m),
         ApiError::Forbidden { code, message } => ApiError::Forbidden { code, message },
         ApiError::NotFound(what) => ApiError::NotFound(what),
-        ApiError::MethodNotAllowed => ApiError::MethodNotAllowed,
+        ApiError::MethodNotAllowed { allowed } => ApiError::MethodNotAllowed {
+            allowed: allowed.clone(),
+        },
         ApiError::Conflict { code, message } => ApiError::Conflict {
             code,
             message: message.clone(),

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode};
@@ -28,6 +29,7 @@ use super::extract::{
     Credential, Ctx, Principal, QueryParams, authenticated, path_id, query_params, user_session,
     with_context,
 };
+use super::views::{Envelope, ErrorEnvelope};
 use crate::domain::{
     InvalidInput, MessageDirection, MessageStatus, PhoneJid, SessionId, TextRule, ms_to_rfc3339,
 };
@@ -159,8 +161,16 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
 
 // ----- sends ---------------------------------------------------------------------------------
 
-/// `POST /api/v1/external/send` and the per-type routes.
-async fn send_single(
+/// Sends one message (`202` once the log holds it; delivery is asynchronous, follow it with
+/// `GET /api/v1/external/messages/{messageId}`). The per-type routes (`sendText`, …) take the
+/// same body with `type` implied.
+#[utoipa::path(post, path = "/api/v1/external/send", tag = "external",
+    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h; another body under the same key is `409`")),
+    responses((status = 202, body = Envelope<SendAnswer>),
+              (status = 404, description = "the session is not the caller's", body = ErrorEnvelope),
+              (status = 409, description = "Idempotency-Key in use or used with another body", body = ErrorEnvelope)),
+    security(("apiKey" = []), ("bearer" = [])))]
+pub async fn send_single(
     context: Ctx,
     principal: Principal,
     forced_kind: Option<MessageKind>,
@@ -212,15 +222,21 @@ async fn send_single(
 }
 
 /// The answer to a single send.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct SendAnswer<'a> {
+pub struct SendAnswer<'a> {
+    /// The message's id.
     message_id: &'a str,
+    /// Always `PENDING`.
     status: &'static str,
+    /// The session it goes through.
     session_id: &'a str,
+    /// The recipient's JID.
     to: &'a str,
+    /// The message kind (`text`, `image`, …).
     #[serde(rename = "type")]
     kind: &'static str,
+    /// When it was accepted (RFC 3339).
     accepted_at: String,
 }
 
@@ -238,41 +254,59 @@ struct BulkRequest<'a> {
 }
 
 /// The answer to a bulk send.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct BulkAnswer<'a> {
+pub struct BulkAnswer<'a> {
+    /// The session.
     session_id: &'a str,
+    /// Items accepted.
     accepted: usize,
+    /// Items refused.
     rejected: usize,
+    /// One per item, in request order.
     results: Vec<BulkItemResult>,
 }
 
 /// What became of one item of a bulk send, at its index in the request.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct BulkItemResult {
+pub struct BulkItemResult {
+    /// Its index in `messages`.
     index: usize,
     /// `PENDING` (accepted) or `REJECTED`.
     status: &'static str,
+    /// The recipient's JID (accepted items).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     to: Option<PhoneJid>,
+    /// The message's id (accepted items).
     #[serde(skip_serializing_if = "Option::is_none")]
     message_id: Option<String>,
+    /// Why it was refused (refused items).
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<BulkItemError>,
 }
 
 /// Why an item of a bulk send was rejected.
-#[derive(Serialize)]
-struct BulkItemError {
+#[derive(Serialize, ToSchema)]
+pub struct BulkItemError {
+    /// Always `VALIDATION_ERROR`.
     code: &'static str,
+    /// What is wrong.
     message: String,
+    /// The field at fault.
     field: &'static str,
 }
 
-/// `POST /api/v1/external/send/bulk`: up to 1000 messages of one session, validated one by one;
-/// the valid ones are charged together and appended as one batch.
-async fn send_bulk(
+/// Up to 1000 messages of one session, validated one by one; the valid ones are charged
+/// together and accepted as one batch (`202`, with a result per item); `400` when none is valid.
+#[utoipa::path(post, path = "/api/v1/external/send/bulk", tag = "external",
+    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h; another body under the same key is `409`")),
+    responses((status = 202, body = Envelope<BulkAnswer>),
+              (status = 404, description = "the session is not the caller's", body = ErrorEnvelope),
+              (status = 409, description = "Idempotency-Key in use or used with another body", body = ErrorEnvelope)),
+    security(("apiKey" = []), ("bearer" = [])))]
+pub async fn send_bulk(
     context: Ctx,
     principal: Principal,
     idempotency_key: Option<String>,
@@ -604,8 +638,11 @@ fn log_unavailable(err: producers::AppendError) -> ApiError {
 
 // ----- lookups -------------------------------------------------------------------------------
 
-/// `GET /api/v1/external/session/{id}/status`.
-async fn session_status(id: String, context: Ctx, principal: Principal) -> ApiResult {
+/// A session's status and current QR. A key bound to another session gets `404`.
+#[utoipa::path(get, path = "/api/v1/external/session/{id}/status", tag = "external", params(("id" = String, Path, description = "session id")),
+    responses((status = 200, body = Envelope<super::sessions::SessionStatusView>), (status = 404, body = ErrorEnvelope)),
+    security(("apiKey" = []), ("bearer" = [])))]
+pub async fn session_status(id: String, context: Ctx, principal: Principal) -> ApiResult {
     SessionId::parse("id", &id)?;
     if let Credential::ApiKey(record) = &principal.credential
         && record
@@ -618,8 +655,12 @@ async fn session_status(id: String, context: Ctx, principal: Principal) -> ApiRe
     super::sessions::session_status(id, context, principal.user).await
 }
 
-/// `GET /api/v1/external/messages/{messageId}`: the message with its status timeline.
-async fn get_message(id: String, context: Ctx, principal: Principal) -> ApiResult {
+/// One of the caller's messages with its status timeline.
+#[utoipa::path(get, path = "/api/v1/external/messages/{messageId}", tag = "external",
+    params(("messageId" = String, Path, description = "the id a send answered")),
+    responses((status = 200, body = Envelope<MessageDetail>), (status = 404, body = ErrorEnvelope)),
+    security(("apiKey" = []), ("bearer" = [])))]
+pub async fn get_message(id: String, context: Ctx, principal: Principal) -> ApiResult {
     path_id("messageId", &id)?;
     let message = context
         .store
@@ -635,23 +676,38 @@ async fn get_message(id: String, context: Ctx, principal: Principal) -> ApiResul
         return Err(ApiError::NotFound("message"));
     }
     let timeline = context.store.message_timeline(&message.id).await?;
-    let mut view = message_view(&message);
-    if let Value::Object(map) = &mut view {
-        map.insert(
-            "timeline".into(),
-            timeline
-                .iter()
-                .map(|event| {
-                    json!({
-                        "status": event.status.as_str(),
-                        "detail": event.detail,
-                        "at": ms_to_rfc3339(event.at),
-                    })
-                })
-                .collect(),
-        );
-    }
-    Ok(success(StatusCode::OK, &view))
+    let detail = MessageDetail {
+        message: MessageView::from(&message),
+        timeline: timeline
+            .into_iter()
+            .map(|event| TimelineStep {
+                status: event.status,
+                detail: event.detail,
+                at: ms_to_rfc3339(event.at),
+            })
+            .collect(),
+    };
+    Ok(success(StatusCode::OK, &detail))
+}
+
+/// The query of the message lists, as documented (parsed by [`ListParams`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ListQuery {
+    /// Only this session's messages.
+    #[param(rename = "sessionId", pattern = "^[A-Za-z0-9_-]{3,50}$")]
+    session_id: Option<String>,
+    /// Only messages in this status.
+    status: Option<MessageStatus>,
+    /// Only sent (`OUTBOUND`) or received (`INBOUND`) messages.
+    direction: Option<MessageDirection>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// The `nextCursor` of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,256}$")]
+    cursor: Option<String>,
 }
 
 /// Query of the message lists, each parameter under its rule.
@@ -680,22 +736,16 @@ impl ListParams {
         let status = query
             .text("status", TextRule::token(16))?
             .map(|raw| {
-                raw.to_ascii_uppercase()
-                    .parse::<MessageStatus>()
-                    .map_err(|_| {
-                        InvalidInput::new(
-                            "status",
-                            "must be PENDING, SENT, DELIVERED, READ or FAILED",
-                        )
-                    })
+                raw.parse::<MessageStatus>().map_err(|_| {
+                    InvalidInput::new("status", "must be PENDING, SENT, DELIVERED, READ or FAILED")
+                })
             })
             .transpose()
             .map_err(invalid)?;
         let direction = query
             .text("direction", TextRule::token(16))?
             .map(|raw| {
-                raw.to_ascii_uppercase()
-                    .parse::<MessageDirection>()
+                raw.parse::<MessageDirection>()
                     .map_err(|_| InvalidInput::new("direction", "must be INBOUND or OUTBOUND"))
             })
             .transpose()
@@ -716,9 +766,12 @@ impl ListParams {
     }
 }
 
-/// `GET /api/v1/external/messages`: the caller's messages; with `sessionId`, one of their
-/// sessions (`404` for anyone else's).
-async fn list_messages(context: Ctx, principal: Principal, query: QueryParams) -> ApiResult {
+/// The caller's messages, newest first; with `sessionId`, one of their sessions (`404` for
+/// anyone else's). A key bound to a session sees that session's messages only.
+#[utoipa::path(get, path = "/api/v1/external/messages", tag = "external", params(ListQuery),
+    responses((status = 200, body = Envelope<MessagePage>), (status = 404, description = "the session is not the caller's", body = ErrorEnvelope)),
+    security(("apiKey" = []), ("bearer" = [])))]
+pub async fn list_messages(context: Ctx, principal: Principal, query: QueryParams) -> ApiResult {
     let params = ListParams::parse(&query)?;
     let bound = match &principal.credential {
         Credential::ApiKey(record) => record.session_id.as_deref(),
@@ -737,8 +790,18 @@ async fn list_messages(context: Ctx, principal: Principal, query: QueryParams) -
     message_page(&context, &principal.user, session_id, params).await
 }
 
-/// `GET /api/v1/sessions/{id}/messages`: the dashboard's view of one session's messages.
-async fn session_messages(id: String, context: Ctx, user: User, query: QueryParams) -> ApiResult {
+/// One session's messages, newest first (the dashboard's view; `sessionId` in the query, if
+/// given, must be this session).
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/messages", tag = "sessions",
+    params(("id" = String, Path, description = "session id"), ListQuery),
+    responses((status = 200, body = Envelope<MessagePage>), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn session_messages(
+    id: String,
+    context: Ctx,
+    user: User,
+    query: QueryParams,
+) -> ApiResult {
     let id = SessionId::parse("id", &id)?;
     let params = ListParams::parse(&query)?;
     match context.store.user_owns_session(&user.id, id.as_str()).await {
@@ -773,11 +836,11 @@ async fn message_page(
                 .map(|last| encode_cursor(last.created_at, &last.id))
         })
         .flatten();
-    let messages: Vec<Value> = page.iter().map(message_view).collect();
-    Ok(success(
-        StatusCode::OK,
-        &json!({ "messages": messages, "nextCursor": next_cursor }),
-    ))
+    let page = MessagePage {
+        messages: page.iter().map(MessageView::from).collect(),
+        next_cursor,
+    };
+    Ok(success(StatusCode::OK, &page))
 }
 
 /// The opaque cursor: `created_at` and id of the last row, base64url.
@@ -800,21 +863,84 @@ fn decode_cursor(raw: &str) -> Result<(i64, String), InvalidInput> {
 }
 
 /// A message as the API shows it.
-fn message_view(message: &MessageRecord) -> Value {
-    let content: Value =
-        serde_json::from_str(&message.content).unwrap_or(Value::String(message.content.clone()));
-    json!({
-        "messageId": message.id,
-        "sessionId": message.session_id,
-        "direction": message.direction.as_str(),
-        "type": message.message_type,
-        "remoteJid": message.remote_jid,
-        "content": content,
-        "status": message.status.as_str(),
-        "whatsappMessageId": message.worker_message_id,
-        "errorMessage": message.error_message,
-        "attempts": message.attempts,
-        "createdAt": ms_to_rfc3339(message.created_at),
-        "updatedAt": ms_to_rfc3339(message.updated_at),
-    })
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageView {
+    /// The gateway's id.
+    pub message_id: String,
+    /// The session it went through.
+    pub session_id: String,
+    /// `OUTBOUND` (sent) or `INBOUND` (received).
+    pub direction: MessageDirection,
+    /// `TEXT`, `IMAGE`, … as stored.
+    #[serde(rename = "type")]
+    pub message_type: String,
+    /// The other party's JID.
+    pub remote_jid: String,
+    /// What was sent or received (the worker body of a send).
+    #[schema(value_type = Object)]
+    pub content: Value,
+    /// `PENDING`, `SENT`, `DELIVERED`, `READ` or `FAILED`.
+    pub status: MessageStatus,
+    /// WhatsApp's id, once sent.
+    pub whatsapp_message_id: Option<String>,
+    /// Why it failed.
+    pub error_message: Option<String>,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+    /// Accepted (RFC 3339).
+    pub created_at: String,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+}
+
+impl From<&MessageRecord> for MessageView {
+    fn from(message: &MessageRecord) -> Self {
+        Self {
+            message_id: message.id.clone(),
+            session_id: message.session_id.clone(),
+            direction: message.direction,
+            message_type: message.message_type.clone(),
+            remote_jid: message.remote_jid.clone(),
+            content: serde_json::from_str(&message.content)
+                .unwrap_or_else(|_| Value::String(message.content.clone())),
+            status: message.status,
+            whatsapp_message_id: message.worker_message_id.clone(),
+            error_message: message.error_message.clone(),
+            attempts: message.attempts,
+            created_at: ms_to_rfc3339(message.created_at),
+            updated_at: ms_to_rfc3339(message.updated_at),
+        }
+    }
+}
+
+/// A message with its status timeline.
+#[derive(Serialize, ToSchema)]
+pub struct MessageDetail {
+    /// The message.
+    #[serde(flatten)]
+    pub message: MessageView,
+    /// Each status it went through, oldest first.
+    pub timeline: Vec<TimelineStep>,
+}
+
+/// One step of a message's timeline.
+#[derive(Serialize, ToSchema)]
+pub struct TimelineStep {
+    /// The status reached.
+    pub status: MessageStatus,
+    /// What the worker said (a failure's reason).
+    pub detail: Option<String>,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// A page of messages, newest first.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePage {
+    /// The messages.
+    pub messages: Vec<MessageView>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
 }

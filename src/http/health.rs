@@ -187,6 +187,10 @@ async fn free_space(_dir: std::path::PathBuf) -> anyhow::Result<std::time::Durat
 }
 
 /// Prometheus text exposition; behind `METRICS_TOKEN` when it is set.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
+              (status = 401, description = "`METRICS_TOKEN` is set and was not presented", body = super::views::ErrorEnvelope)),
+    security((), ("metricsToken" = [])))]
 pub async fn metrics(authorization: Option<String>, context: Ctx) -> ApiResult {
     if let Some(token) = &context.config.metrics_token {
         use subtle::ConstantTimeEq;

@@ -3,8 +3,7 @@
 
 use std::convert::Infallible;
 
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -92,14 +91,19 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .and(user())
         .then(session_status)
         .map(finish);
-    // POST /api/v1/sessions/{id}/{restart|disconnect|logout}
-    let action = base()
-        .and(warp::path!(String / String))
-        .and(warp::post())
-        .and(ctx())
-        .and(user())
-        .then(session_action)
-        .map(finish);
+    // POST /api/v1/sessions/{id}/restart, /disconnect and /logout
+    let action = |name: &'static str| {
+        base()
+            .and(warp::path::param::<String>())
+            .and(warp::path(name))
+            .and(warp::path::end())
+            .and(warp::post())
+            .and(ctx())
+            .and(user())
+    };
+    let restart = action("restart").then(restart_session).map(finish);
+    let disconnect = action("disconnect").then(disconnect_session).map(finish);
+    let logout = action("logout").then(logout_session).map(finish);
     // GET /api/v1/sessions/{id}/events (Server-Sent Events)
     let events = base()
         .and(warp::path!(String / "events"))
@@ -129,7 +133,11 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .unify()
         .or(events)
         .unify()
-        .or(action)
+        .or(restart)
+        .unify()
+        .or(disconnect)
+        .unify()
+        .or(logout)
         .unify()
         .or(migrate)
         .unify()
@@ -147,6 +155,15 @@ async fn visible_session(context: &Ctx, user: &User, id: &str) -> Result<Session
         Ok(_) | Err(StoreError::NotFound) => Err(ApiError::NotFound("session")),
         Err(err) => Err(err.into()),
     }
+}
+
+/// The answer to a deletion.
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    /// What was deleted.
+    pub id: String,
+    /// Always `true`.
+    pub deleted: bool,
 }
 
 /// Creates a session (not yet placed).
@@ -184,14 +201,17 @@ pub async fn get_session(id: String, context: Ctx, user: User) -> ApiResult {
 
 /// Stops the session on its worker and deletes it.
 #[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "sessions", params(("id" = String, Path)),
-    responses((status = 200, body = Envelope<Object>), (status = 404, body = ErrorEnvelope)),
+    responses((status = 200, body = Envelope<Deleted>), (status = 404, body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn delete_session(id: String, context: Ctx, user: User) -> ApiResult {
     let session = visible_session(&context, &user, &id).await?;
     context.fleet.delete_session(&session).await?;
     Ok(success(
         StatusCode::OK,
-        &json!({ "id": session.id, "deleted": true }),
+        &Deleted {
+            id: session.id,
+            deleted: true,
+        },
     ))
 }
 
@@ -206,9 +226,24 @@ pub async fn connect_session(id: String, context: Ctx, user: User) -> ApiResult 
     Ok(success(StatusCode::OK, &SessionView::from(&session)))
 }
 
+/// A session with its current QR.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStatusView {
+    /// The session.
+    #[serde(flatten)]
+    pub session: SessionView,
+    /// The raw QR string to scan while the status is `QR_REQUIRED` (valid about 2 minutes).
+    pub qr_code: Option<String>,
+    /// The same QR as a PNG data URL, for an `<img>`.
+    pub qr_data_url: Option<String>,
+    /// When the worker reported the QR (RFC 3339).
+    pub qr_updated_at: Option<String>,
+}
+
 /// Status with the current QR (raw and as a PNG data URL).
 #[utoipa::path(get, path = "/api/v1/sessions/{id}/status", tag = "sessions", params(("id" = String, Path)),
-    responses((status = 200, body = Envelope<Object>), (status = 404, body = ErrorEnvelope)),
+    responses((status = 200, body = Envelope<SessionStatusView>), (status = 404, body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn session_status(id: String, context: Ctx, user: User) -> ApiResult {
     let session = visible_session(&context, &user, &id).await?;
@@ -220,33 +255,82 @@ pub async fn session_status(id: String, context: Ctx, user: User) -> ApiResult {
         Some(qr) => Some(crate::fleet::qr::png_data_url(qr)?),
         None => None,
     };
-    let mut data =
-        serde_json::to_value(SessionView::from(&session)).map_err(anyhow::Error::from)?;
-    if let serde_json::Value::Object(map) = &mut data {
-        map.insert("qrCode".into(), json!(qr_code));
-        map.insert("qrDataUrl".into(), json!(qr_data_url));
-        map.insert(
-            "qrUpdatedAt".into(),
-            json!(session.qr_updated_at.map(crate::domain::ms_to_rfc3339)),
-        );
-    }
-    Ok(success(StatusCode::OK, &data))
-}
-
-/// Restart, disconnect (keeps credentials) or logout (wipes them), forwarded to the owner worker.
-pub async fn session_action(id: String, action: String, context: Ctx, user: User) -> ApiResult {
-    if !matches!(action.as_str(), "restart" | "disconnect" | "logout") {
-        return Err(ApiError::NotFound("route"));
-    }
-    let session = visible_session(&context, &user, &id).await?;
-    let worker_answer = context.fleet.session_action(&session, &action).await?;
     Ok(success(
         StatusCode::OK,
-        &json!({ "id": session.id, "action": action, "worker": worker_answer.get("data").cloned().unwrap_or(worker_answer) }),
+        &SessionStatusView {
+            session: SessionView::from(&session),
+            qr_code,
+            qr_data_url,
+            qr_updated_at: session.qr_updated_at.map(crate::domain::ms_to_rfc3339),
+        },
     ))
 }
 
-/// Server-Sent Events: the current state, then every status or QR change.
+/// The answer to a session action.
+#[derive(Serialize, ToSchema)]
+pub struct ActionAnswer {
+    /// The session.
+    pub id: String,
+    /// `restart`, `disconnect` or `logout`.
+    pub action: &'static str,
+    /// What the owner worker answered (its `data`), as it sent it.
+    #[schema(value_type = Object)]
+    pub worker: serde_json::Value,
+}
+
+/// Restarts the session on its worker (keeps its credentials).
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/restart", tag = "sessions", params(("id" = String, Path)),
+    responses((status = 200, body = Envelope<ActionAnswer>),
+              (status = 409, description = "the session is on no worker, or its worker refused", body = ErrorEnvelope),
+              (status = 503, description = "the worker cannot be reached", body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn restart_session(id: String, context: Ctx, user: User) -> ApiResult {
+    session_action(id, "restart", context, user).await
+}
+
+/// Disconnects the session from WhatsApp, keeping its credentials.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/disconnect", tag = "sessions", params(("id" = String, Path)),
+    responses((status = 200, body = Envelope<ActionAnswer>),
+              (status = 409, description = "the session is on no worker, or its worker refused", body = ErrorEnvelope),
+              (status = 503, description = "the worker cannot be reached", body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn disconnect_session(id: String, context: Ctx, user: User) -> ApiResult {
+    session_action(id, "disconnect", context, user).await
+}
+
+/// Logs the session out of WhatsApp and wipes its credentials (a new QR scan is needed).
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/logout", tag = "sessions", params(("id" = String, Path)),
+    responses((status = 200, body = Envelope<ActionAnswer>),
+              (status = 409, description = "the session is on no worker, or its worker refused", body = ErrorEnvelope),
+              (status = 503, description = "the worker cannot be reached", body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn logout_session(id: String, context: Ctx, user: User) -> ApiResult {
+    session_action(id, "logout", context, user).await
+}
+
+/// Forwards `action` to the session's owner worker.
+async fn session_action(id: String, action: &'static str, context: Ctx, user: User) -> ApiResult {
+    let session = visible_session(&context, &user, &id).await?;
+    let worker_answer = context.fleet.session_action(&session, action).await?;
+    Ok(success(
+        StatusCode::OK,
+        &ActionAnswer {
+            id: session.id,
+            action,
+            worker: worker_answer.get("data").cloned().unwrap_or(worker_answer),
+        },
+    ))
+}
+
+/// Server-Sent Events: the current state, then every status or QR change, each an event
+/// `session` whose data is the session's JSON (a keep-alive comment every 15 s). The stream
+/// ends when the gateway shuts down; reconnect then.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/events", tag = "sessions", params(("id" = String, Path)),
+    responses((status = 200, description = "an endless `text/event-stream`: `event: session` with `data:` a session as JSON",
+               content_type = "text/event-stream", body = String),
+              (status = 404, body = ErrorEnvelope),
+              (status = 429, description = "too many open streams for this user (`TOO_MANY_STREAMS`)", body = ErrorEnvelope)),
+    security(("bearer" = [])))]
 pub async fn session_events(id: String, context: Ctx, user: User) -> ApiResult {
     let session = visible_session(&context, &user, &id).await?;
     let slot = context
@@ -295,10 +379,25 @@ pub async fn session_events(id: String, context: Ctx, user: User) -> ApiResult {
     Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())
 }
 
+/// A migration, queued.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationQueued {
+    /// The session.
+    pub session_id: String,
+    /// Where it runs now.
+    pub from_worker_id: Option<String>,
+    /// Where it goes (placement decides when absent).
+    pub target_worker_id: Option<String>,
+    /// Always `true`.
+    pub queued: bool,
+}
+
 /// Moves a session to another worker (administrators).
 #[utoipa::path(post, path = "/api/v1/admin/sessions/{id}/migrate", tag = "admin", params(("id" = String, Path)),
-    request_body(content = Option<MigrateRequest>),
-    responses((status = 202, body = Envelope<Object>), (status = 404, body = ErrorEnvelope)),
+    request_body(content = MigrateRequest, description = "optional: without a body, placement picks the target"),
+    responses((status = 202, body = Envelope<MigrationQueued>), (status = 404, body = ErrorEnvelope),
+              (status = 409, description = "the target cannot take it", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn migrate_session(
     id: String,
@@ -309,11 +408,14 @@ pub async fn migrate_session(
     let request: MigrateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         MigrateRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
-            code: "VALIDATION_ERROR",
-            message: format!("invalid request body: {e}"),
-            details: None,
-        })?
+        // `null` is no body too.
+        serde_json::from_slice::<Option<MigrateRequest>>(&body)
+            .map_err(|e| ApiError::BadRequest {
+                code: "VALIDATION_ERROR",
+                message: format!("invalid request body: {e}"),
+                details: None,
+            })?
+            .unwrap_or_default()
     };
     SessionId::parse("id", &id)?;
     TextRule::ID.check_optional("targetWorkerId", request.target_worker_id.as_deref())?;
@@ -328,6 +430,11 @@ pub async fn migrate_session(
         .await?;
     Ok(success(
         StatusCode::ACCEPTED,
-        &json!({ "sessionId": session.id, "fromWorkerId": session.worker_id, "targetWorkerId": request.target_worker_id, "queued": true }),
+        &MigrationQueued {
+            session_id: session.id,
+            from_worker_id: session.worker_id,
+            target_worker_id: request.target_worker_id,
+            queued: true,
+        },
     ))
 }

@@ -38,7 +38,7 @@ pub struct CreateApiKeyRequest {
     pub name: String,
     /// Bind the key to one of your sessions (it may then omit `sessionId` when sending).
     pub session_id: Option<String>,
-    /// Expiry (RFC 3339, in the future).
+    /// Expiry (RFC 3339), in the future (a past instant is a `400`).
     pub expires_at: Option<String>,
 }
 
@@ -72,6 +72,7 @@ pub struct TierView {
 #[into_params(parameter_in = Query)]
 pub struct UsageQuery {
     /// How many hours of history (1..=720, default 24).
+    #[param(minimum = 1, maximum = 720)]
     pub hours: Option<u32>,
 }
 

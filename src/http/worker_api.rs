@@ -11,9 +11,10 @@
 //! Heartbeat metrics are optional; one that is not a number is a `400` naming it, one out of
 //! its range is clamped into it (see [`HeartbeatMetrics`]).
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -21,14 +22,14 @@ use warp::{Filter, Rejection};
 
 use super::error::{ApiError, ApiResult, finish, success};
 use super::extract::{Ctx, json_body, with_context};
-use super::views::WorkerView;
+use super::views::{Envelope, ErrorEnvelope, WorkerView};
 use crate::domain::{InvalidInput, MessageStatus, SessionId, TextRule, now_ms};
 use crate::fleet::{RegisterWorker, ReportedSession, StatusReport};
 use crate::store::WorkerMetricsSample;
 use producers::{EventEnvelope, WorkerEvent};
 
-/// Registration body.
-#[derive(Deserialize)]
+/// Registration body (unknown fields are ignored).
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterBody {
     worker_id: String,
@@ -39,8 +40,8 @@ pub struct RegisterBody {
     environment: Option<String>,
 }
 
-/// Heartbeat body.
-#[derive(Deserialize)]
+/// Heartbeat body (unknown fields are ignored).
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatBody {
     #[serde(default)]
@@ -49,9 +50,10 @@ pub struct HeartbeatBody {
     metrics: Option<HeartbeatMetrics>,
 }
 
-#[derive(Deserialize)]
+/// One session the worker runs.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct HeartbeatSession {
+pub struct HeartbeatSession {
     session_id: String,
     status: Option<String>,
     phone_number: Option<String>,
@@ -60,37 +62,48 @@ struct HeartbeatSession {
 
 /// A heartbeat's metrics, each optional (missing or `null`). A metric that is not a number
 /// is a `400` naming it; a number out of its range is clamped into it (see [`Metric`]).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct HeartbeatMetrics {
+pub struct HeartbeatMetrics {
     #[serde(default)]
+    #[schema(value_type = Option<f64>)]
     cpu_usage: Metric,
     #[serde(default)]
+    #[schema(value_type = Option<f64>)]
     memory_usage: Metric,
     #[serde(default)]
+    #[schema(value_type = Option<f64>)]
     uptime: Metric,
     #[serde(default)]
+    #[schema(value_type = Option<f64>)]
     message_count: Metric,
     #[serde(default)]
+    #[schema(value_type = Option<f64>)]
     total_sessions: Metric,
     #[serde(default)]
+    #[schema(value_type = Option<f64>)]
     active_sessions: Metric,
 }
 
-/// Old-style heartbeat body.
-#[derive(Deserialize)]
+/// Old-style heartbeat body (unknown fields are ignored).
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LegacyHeartbeatBody {
     worker_id: String,
     #[serde(default)]
+    #[schema(value_type = Option<f64>)]
     session_count: Metric,
     #[serde(default)]
+    #[schema(value_type = Option<f64>)]
     cpu_usage: Metric,
     #[serde(default)]
+    #[schema(value_type = Option<f64>)]
     memory_usage: Metric,
     #[serde(default)]
+    #[schema(value_type = Option<f64>)]
     uptime: Metric,
     #[serde(default)]
+    #[schema(value_type = Option<f64>)]
     active_connections: Metric,
 }
 
@@ -135,21 +148,22 @@ impl Metric {
 }
 
 /// Recovery results body (counts flat or under `summary`; only the results matter).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoveryBody {
     recovery_results: Vec<RecoveryResult>,
 }
 
-#[derive(Deserialize)]
+/// What became of one session the worker restored.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct RecoveryResult {
+pub struct RecoveryResult {
     session_id: String,
     status: String,
 }
 
 /// Unregistration body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UnregisterBody {
     worker_id: String,
@@ -157,7 +171,7 @@ pub struct UnregisterBody {
 }
 
 /// `session-status` callback body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionStatusBody {
     session_id: String,
@@ -167,11 +181,13 @@ pub struct SessionStatusBody {
     display_name: Option<String>,
     worker_id: Option<String>,
     reason: Option<String>,
+    /// Set (any non-null value) when the session was logged out.
+    #[schema(value_type = Option<Object>)]
     logged_out_at: Option<Value>,
 }
 
 /// `message-status` callback body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageStatusBody {
     session_id: String,
@@ -180,8 +196,9 @@ pub struct MessageStatusBody {
     error_message: Option<String>,
 }
 
-/// `message-received` callback body.
-#[derive(Deserialize)]
+/// `message-received` callback body: the other fields (`message`, `mediaUrl`, `caption`, …)
+/// are kept as the message's content.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageReceivedBody {
     session_id: String,
@@ -190,7 +207,108 @@ pub struct MessageReceivedBody {
     #[serde(rename = "type")]
     message_type: Option<String>,
     #[serde(flatten)]
+    #[schema(ignore)]
     rest: serde_json::Map<String, Value>,
+}
+
+/// The answer to a registration: the worker, and whether it should restore sessions.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Registered {
+    /// The worker as stored.
+    #[serde(flatten)]
+    worker: WorkerView,
+    /// Its id again (the existing worker reads `workerId`).
+    worker_id: String,
+    /// True when it still owns live sessions: fetch them from `sessions/assigned`.
+    recovery_required: bool,
+    /// How many.
+    assigned_session_count: usize,
+}
+
+/// The answer to a heartbeat.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatAck {
+    /// The worker.
+    worker_id: String,
+    /// Always `true`.
+    acknowledged: bool,
+}
+
+/// A session the worker should restore.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignedSession {
+    /// Session id.
+    session_id: String,
+    /// Its owner.
+    user_id: String,
+    /// Its label.
+    session_name: String,
+    /// WhatsApp number, once known.
+    phone_number: Option<String>,
+    /// WhatsApp name, once known.
+    display_name: Option<String>,
+    /// Its last status.
+    status: crate::domain::SessionStatus,
+    /// The fencing epoch the worker holds it under.
+    epoch: i64,
+}
+
+/// The sessions assigned to a worker.
+#[derive(Serialize, ToSchema)]
+pub struct AssignedSessions {
+    /// The sessions.
+    sessions: Vec<AssignedSession>,
+    /// How many.
+    count: usize,
+}
+
+/// The answer to a recovery report.
+#[derive(Serialize, ToSchema)]
+pub struct RecoveryAck {
+    /// Results read.
+    processed: usize,
+    /// Results applied (sessions this worker still owns).
+    applied: usize,
+}
+
+/// The answer to an unregistration.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Unregistered {
+    /// The worker.
+    worker_id: String,
+    /// Always `true`.
+    unregistered: bool,
+    /// Sessions queued to move to other workers.
+    migrating_sessions: usize,
+}
+
+/// The answer to a session-status callback.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStatusAck {
+    /// The session.
+    session_id: String,
+    /// Its status now.
+    status: crate::domain::SessionStatus,
+    /// Always `true`.
+    accepted: bool,
+}
+
+/// The answer to a message callback.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageAck {
+    /// The message.
+    message_id: String,
+    /// The status reported (message-status only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<MessageStatus>,
+    /// Always `true`: the report is in the event log.
+    accepted: bool,
 }
 
 /// Requires the worker token.
@@ -379,8 +497,16 @@ fn check_body(value: &Value) -> Result<(), InvalidInput> {
     }
 }
 
-async fn register(context: Ctx, body: RegisterBody) -> ApiResult {
+/// A worker joins (or rejoins) the fleet. The gateway probes `GET {endpoint}/health` first.
+#[utoipa::path(post, path = "/api/workers/register", tag = "worker-protocol", request_body = RegisterBody,
+    responses((status = 200, body = Envelope<Registered>),
+              (status = 409, description = "unreachable endpoint (`WORKER_UNREACHABLE`), or the id or endpoint belongs to another live worker", body = ErrorEnvelope)),
+    security(("workerToken" = [])))]
+pub async fn register(context: Ctx, body: RegisterBody) -> ApiResult {
     WORKER_ID.check("workerId", &body.worker_id)?;
+    if super::workers_admin::RESERVED_SEGMENTS.contains(&body.worker_id.as_str()) {
+        return Err(InvalidInput::new("workerId", "is a reserved word; choose another id").into());
+    }
     ENDPOINT.check("endpoint", &body.endpoint)?;
     DESCRIPTION.check_optional("description", body.description.as_deref())?;
     LABEL.check_optional("version", body.version.as_deref())?;
@@ -400,23 +526,23 @@ async fn register(context: Ctx, body: RegisterBody) -> ApiResult {
             environment,
         })
         .await?;
-    let mut data =
-        serde_json::to_value(WorkerView::from(&registered.worker)).map_err(anyhow::Error::from)?;
-    if let Value::Object(map) = &mut data {
-        map.insert("workerId".into(), json!(registered.worker.id));
-        map.insert(
-            "recoveryRequired".into(),
-            json!(registered.recovery_required),
-        );
-        map.insert(
-            "assignedSessionCount".into(),
-            json!(registered.assigned_session_count),
-        );
-    }
-    Ok(success(StatusCode::OK, &data))
+    Ok(success(
+        StatusCode::OK,
+        &Registered {
+            worker: WorkerView::from(&registered.worker),
+            worker_id: registered.worker.id.clone(),
+            recovery_required: registered.recovery_required,
+            assigned_session_count: registered.assigned_session_count,
+        },
+    ))
 }
 
-async fn heartbeat(worker_id: String, context: Ctx, body: HeartbeatBody) -> ApiResult {
+/// Liveness, the sessions the worker runs and its metrics (every 30 s). Also `POST`.
+#[utoipa::path(put, path = "/api/workers/{workerId}/heartbeat", tag = "worker-protocol", request_body = HeartbeatBody,
+    params(("workerId" = String, Path)),
+    responses((status = 200, body = Envelope<HeartbeatAck>), (status = 404, description = "unknown worker: register first", body = ErrorEnvelope)),
+    security(("workerToken" = [])))]
+pub async fn heartbeat(worker_id: String, context: Ctx, body: HeartbeatBody) -> ApiResult {
     WORKER_ID.check("workerId", &worker_id)?;
     let metrics = body.metrics.unwrap_or_default();
     let sample = WorkerMetricsSample {
@@ -456,11 +582,18 @@ async fn heartbeat(worker_id: String, context: Ctx, body: HeartbeatBody) -> ApiR
         .await?;
     Ok(success(
         StatusCode::OK,
-        &json!({ "workerId": worker_id, "acknowledged": true }),
+        &HeartbeatAck {
+            worker_id,
+            acknowledged: true,
+        },
     ))
 }
 
-async fn legacy_heartbeat(context: Ctx, body: LegacyHeartbeatBody) -> ApiResult {
+/// The old-style heartbeat, still accepted (no session list).
+#[utoipa::path(post, path = "/api/webhooks/worker-heartbeat", tag = "worker-protocol", request_body = LegacyHeartbeatBody,
+    responses((status = 200, body = Envelope<HeartbeatAck>), (status = 404, description = "unknown worker: register first", body = ErrorEnvelope)),
+    security(("workerToken" = [])))]
+pub async fn legacy_heartbeat(context: Ctx, body: LegacyHeartbeatBody) -> ApiResult {
     WORKER_ID.check("workerId", &body.worker_id)?;
     let sample = WorkerMetricsSample {
         cpu_usage: body.cpu_usage.real("cpuUsage", CPU_MAX)?,
@@ -478,36 +611,48 @@ async fn legacy_heartbeat(context: Ctx, body: LegacyHeartbeatBody) -> ApiResult 
         .await?;
     Ok(success(
         StatusCode::OK,
-        &json!({ "workerId": body.worker_id, "acknowledged": true }),
+        &HeartbeatAck {
+            worker_id: body.worker_id,
+            acknowledged: true,
+        },
     ))
 }
 
-async fn assigned(worker_id: String, context: Ctx) -> ApiResult {
+/// The sessions a restarted worker should restore.
+#[utoipa::path(get, path = "/api/workers/{workerId}/sessions/assigned", tag = "worker-protocol",
+    params(("workerId" = String, Path)),
+    responses((status = 200, body = Envelope<AssignedSessions>), (status = 404, description = "unknown worker", body = ErrorEnvelope)),
+    security(("workerToken" = [])))]
+pub async fn assigned(worker_id: String, context: Ctx) -> ApiResult {
     WORKER_ID.check("workerId", &worker_id)?;
-    let sessions: Vec<Value> = context
+    let sessions: Vec<AssignedSession> = context
         .fleet
         .assigned_sessions(&worker_id)
         .await?
         .into_iter()
-        .map(|s| {
-            json!({
-                "sessionId": s.id,
-                "userId": s.user_id,
-                "sessionName": s.name,
-                "phoneNumber": s.phone_number,
-                "displayName": s.display_name,
-                "status": s.status,
-                "epoch": s.epoch,
-            })
+        .map(|s| AssignedSession {
+            session_id: s.id,
+            user_id: s.user_id,
+            session_name: s.name,
+            phone_number: s.phone_number,
+            display_name: s.display_name,
+            status: s.status,
+            epoch: s.epoch,
         })
         .collect();
+    let count = sessions.len();
     Ok(success(
         StatusCode::OK,
-        &json!({ "sessions": sessions, "count": sessions.len() }),
+        &AssignedSessions { sessions, count },
     ))
 }
 
-async fn recovery(worker_id: String, context: Ctx, body: RecoveryBody) -> ApiResult {
+/// What became of the sessions a restarted worker restored.
+#[utoipa::path(post, path = "/api/workers/{workerId}/sessions/recovery-status", tag = "worker-protocol",
+    request_body = RecoveryBody, params(("workerId" = String, Path)),
+    responses((status = 200, body = Envelope<RecoveryAck>), (status = 404, description = "unknown worker", body = ErrorEnvelope)),
+    security(("workerToken" = [])))]
+pub async fn recovery(worker_id: String, context: Ctx, body: RecoveryBody) -> ApiResult {
     WORKER_ID.check("workerId", &worker_id)?;
     let results: Vec<(String, String)> = body
         .recovery_results
@@ -521,11 +666,18 @@ async fn recovery(worker_id: String, context: Ctx, body: RecoveryBody) -> ApiRes
     let applied = context.fleet.recovery_results(&worker_id, &results).await?;
     Ok(success(
         StatusCode::OK,
-        &json!({ "processed": results.len(), "applied": applied }),
+        &RecoveryAck {
+            processed: results.len(),
+            applied,
+        },
     ))
 }
 
-async fn unregister(context: Ctx, body: UnregisterBody) -> ApiResult {
+/// The worker leaves the fleet; its sessions move to other workers. Also `POST`.
+#[utoipa::path(delete, path = "/api/workers/unregister", tag = "worker-protocol", request_body = UnregisterBody,
+    responses((status = 200, body = Envelope<Unregistered>), (status = 404, description = "unknown worker", body = ErrorEnvelope)),
+    security(("workerToken" = [])))]
+pub async fn unregister(context: Ctx, body: UnregisterBody) -> ApiResult {
     WORKER_ID.check("workerId", &body.worker_id)?;
     ENDPOINT.check_optional("endpoint", body.endpoint.as_deref())?;
     let migrating = context
@@ -534,11 +686,20 @@ async fn unregister(context: Ctx, body: UnregisterBody) -> ApiResult {
         .await?;
     Ok(success(
         StatusCode::OK,
-        &json!({ "workerId": body.worker_id, "unregistered": true, "migratingSessions": migrating }),
+        &Unregistered {
+            worker_id: body.worker_id,
+            unregistered: true,
+            migrating_sessions: migrating,
+        },
     ))
 }
 
-async fn session_status(context: Ctx, body: SessionStatusBody) -> ApiResult {
+/// A session's status changed on its worker (with the QR while `QR_REQUIRED`).
+#[utoipa::path(post, path = "/api/webhooks/session-status", tag = "worker-protocol", request_body = SessionStatusBody,
+    responses((status = 200, body = Envelope<SessionStatusAck>), (status = 404, description = "unknown session", body = ErrorEnvelope),
+              (status = 409, description = "the report names a worker that does not own the session (`STALE_OWNER`)", body = ErrorEnvelope)),
+    security(("workerToken" = [])))]
+pub async fn session_status(context: Ctx, body: SessionStatusBody) -> ApiResult {
     SessionId::parse("sessionId", &body.session_id)?;
     STATUS.check("status", &body.status)?;
     QR_CODE.check_optional("qrCode", body.qr_code.as_deref())?;
@@ -561,11 +722,20 @@ async fn session_status(context: Ctx, body: SessionStatusBody) -> ApiResult {
         .await?;
     Ok(success(
         StatusCode::OK,
-        &json!({ "sessionId": session.id, "status": session.status, "accepted": true }),
+        &SessionStatusAck {
+            session_id: session.id,
+            status: session.status,
+            accepted: true,
+        },
     ))
 }
 
-async fn message_status(context: Ctx, body: MessageStatusBody) -> ApiResult {
+/// A sent message's status changed (`SENT`, `DELIVERED`, `READ`, `FAILED`); applied from the
+/// event log.
+#[utoipa::path(post, path = "/api/webhooks/message-status", tag = "worker-protocol", request_body = MessageStatusBody,
+    responses((status = 200, body = Envelope<MessageAck>)),
+    security(("workerToken" = [])))]
+pub async fn message_status(context: Ctx, body: MessageStatusBody) -> ApiResult {
     SessionId::parse("sessionId", &body.session_id)?;
     MESSAGE_ID.check("messageId", &body.message_id)?;
     STATUS.check("status", &body.status)?;
@@ -593,7 +763,11 @@ async fn message_status(context: Ctx, body: MessageStatusBody) -> ApiResult {
     append_event(&context, event).await?;
     Ok(success(
         StatusCode::OK,
-        &json!({ "messageId": body.message_id, "status": status, "accepted": true }),
+        &MessageAck {
+            message_id: body.message_id,
+            status: Some(status),
+            accepted: true,
+        },
     ))
 }
 
@@ -615,7 +789,11 @@ async fn append_event(context: &Ctx, event: EventEnvelope) -> Result<(), ApiErro
         })
 }
 
-async fn message_received(context: Ctx, body: MessageReceivedBody) -> ApiResult {
+/// A message arrived for one of the worker's sessions.
+#[utoipa::path(post, path = "/api/webhooks/message-received", tag = "worker-protocol", request_body = MessageReceivedBody,
+    responses((status = 200, body = Envelope<MessageAck>)),
+    security(("workerToken" = [])))]
+pub async fn message_received(context: Ctx, body: MessageReceivedBody) -> ApiResult {
     SessionId::parse("sessionId", &body.session_id)?;
     MESSAGE_ID.check("messageId", &body.message_id)?;
     PHONE.check("from", &body.from)?;
@@ -646,7 +824,11 @@ async fn message_received(context: Ctx, body: MessageReceivedBody) -> ApiResult 
     append_event(&context, event).await?;
     Ok(success(
         StatusCode::OK,
-        &json!({ "messageId": body.message_id, "accepted": true }),
+        &MessageAck {
+            message_id: body.message_id,
+            status: None,
+            accepted: true,
+        },
     ))
 }
 

@@ -72,6 +72,10 @@ const WORKER_ID: TextRule = TextRule::token(100).non_empty();
 /// A worker's description (the worker routes take the same).
 const DESCRIPTION: TextRule = TextRule::multiline(500);
 
+/// The literal segments of other routes at `/api/v1/workers/{id}`'s place: never a worker id
+/// (registration refuses them too).
+pub const RESERVED_SEGMENTS: [&str; 3] = ["stats", "register", "unregister"];
+
 /// Every admin worker route.
 pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
     let base = || warp::path!("api" / "v1" / "workers" / ..);
@@ -93,9 +97,22 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .and(admin())
         .then(fleet_stats)
         .map(finish);
+    // A worker's id, not one of the worker protocol's own routes at the same depth
+    // (`POST /api/v1/workers/register`): `GET /api/v1/workers/register` is a 405.
+    let id = || {
+        base()
+            .and(warp::path::param::<String>())
+            .and(warp::path::end())
+            .and_then(|id: String| async move {
+                if RESERVED_SEGMENTS.contains(&id.as_str()) {
+                    Err(warp::reject::not_found())
+                } else {
+                    Ok(id)
+                }
+            })
+    };
     // GET /api/v1/workers/{id}
-    let get = base()
-        .and(warp::path!(String))
+    let get = id()
         .and(warp::get())
         .and(ctx())
         .and(admin())
@@ -110,9 +127,8 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .and(json_body())
         .then(add_worker)
         .map(finish);
-    // PUT /api/v1/workers/{id}
-    let update = base()
-        .and(warp::path!(String))
+    // PUT (or PATCH) /api/v1/workers/{id}
+    let update = id()
         .and(warp::put().or(warp::patch()).unify())
         .and(ctx())
         .and(admin())
@@ -120,8 +136,7 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .then(update_worker)
         .map(finish);
     // DELETE /api/v1/workers/{id}
-    let delete = base()
-        .and(warp::path!(String))
+    let delete = id()
         .and(warp::delete())
         .and(ctx())
         .and(admin())

@@ -289,16 +289,14 @@ fn required_text(
 }
 
 fn http_url(field: &'static str, raw: Option<&str>) -> Result<String, InvalidInput> {
-    let url = raw
-        .map(str::trim)
-        .ok_or_else(|| InvalidInput::new(field, "is required"))?;
+    let url = raw.ok_or_else(|| InvalidInput::new(field, "is required"))?;
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
         .ok_or_else(|| InvalidInput::new(field, "must be an http(s) URL"))?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty()
-        || url.len() > MAX_URL_CHARS
+        || url.chars().count() > MAX_URL_CHARS
         || url.chars().any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(InvalidInput::new(

@@ -707,7 +707,7 @@ async fn bad_query_parameters_are_400_naming_the_parameter(backend: Backend) {
     }
     // The good ones still work.
     for path in [
-        "/api/v1/external/messages?limit=5&status=sent&direction=outbound",
+        "/api/v1/external/messages?limit=5&status=SENT&direction=OUTBOUND",
         "/api/v1/sessions/sales-1/messages?limit=200",
         "/api/v1/users/usage?hours=720",
     ] {

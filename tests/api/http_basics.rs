@@ -24,12 +24,21 @@ async fn unknown_routes_and_methods_get_the_envelope(backend: Backend) {
     app.get("/nothing-here", None)
         .await
         .assert_error(404, "NOT_FOUND");
-    app.delete("/api/v1/auth/login", None)
-        .await
-        .assert_error(405, "METHOD_NOT_ALLOWED");
-    app.put("/api/v1/health", None, json!({}))
-        .await
-        .assert_error(405, "METHOD_NOT_ALLOWED");
+    let answer = app.delete("/api/v1/auth/login", None).await;
+    answer.assert_error(405, "METHOD_NOT_ALLOWED");
+    assert_eq!(answer.headers["allow"], "POST");
+    let answer = app.put("/api/v1/health", None, json!({})).await;
+    answer.assert_error(405, "METHOD_NOT_ALLOWED");
+    assert_eq!(answer.headers["allow"], "GET");
+    // A literal segment is its own route, not an id of the route beside it.
+    let answer = app.get("/api/v1/workers/register", None).await;
+    answer.assert_error(405, "METHOD_NOT_ALLOWED");
+    assert_eq!(answer.headers["allow"], "POST");
+    let answer = app.delete("/api/v1/workers/stats", None).await;
+    answer.assert_error(405, "METHOD_NOT_ALLOWED");
+    assert_eq!(answer.headers["allow"], "GET");
+    let answer = app.delete("/api/v1/sessions/abc", None).await;
+    answer.assert_error(401, "UNAUTHORIZED");
     app.stop().await;
 }
 
