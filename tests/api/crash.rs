@@ -340,6 +340,8 @@ fn unix_micros() -> i64 {
 }
 
 async fn kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(backend: Backend) {
+    // Child gateways outlive any one handle: the test's databases go when it ends.
+    let _databases = crate::common::DatabasesGuard;
     const SESSIONS: usize = 6;
     const PER_SESSION: usize = 50;
     /// Accepted messages (warm-up included) after which the gateway is killed.
@@ -536,6 +538,8 @@ impl Broker {
 /// log), sends in flight at the kill wait for the broker, and afterwards every accepted
 /// message reaches the workers in per-session order.
 async fn broker_restart_mid_stream() {
+    // Child gateways outlive any one handle: the test's databases go when it ends.
+    let _databases = crate::common::DatabasesGuard;
     const SESSIONS: usize = 4;
     const PER_SESSION: usize = 40;
     const KILL_AFTER: usize = 60;

@@ -180,6 +180,8 @@ async fn health(client: &reqwest::Client, gateway: &GatewayProcess) -> (u16, Val
 }
 
 async fn a_full_data_dir_is_503_then_recovers_by_itself_and_stops_on_sigterm(backend: Backend) {
+    // Child gateways outlive any one handle: the test's databases go when it ends.
+    let _databases = crate::common::DatabasesGuard;
     let disk = SmallDisk::mount("16m");
     let gateway = GatewayProcess::start(
         child_vars(backend, disk.path(), GATEWAY_ENV).await,

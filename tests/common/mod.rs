@@ -140,7 +140,89 @@ pub async fn fresh_postgres_database() -> String {
         .await
         .unwrap();
     admin.close().await;
+    drop_at_exit(&admin_url, &name);
     with_database(&admin_url, &name)
+}
+
+/// The PostgreSQL databases this test created, dropped by [`drop_created_databases`] when
+/// the test's app or store goes away (or a test's [`DatabasesGuard`]): each test drops what it
+/// created, passed or failed, and nothing else on the server.
+static CREATED_DATABASES: std::sync::Mutex<Vec<(String, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn drop_at_exit(admin_url: &str, name: &str) {
+    CREATED_DATABASES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((admin_url.to_owned(), name.to_owned()));
+}
+
+/// Drops every database this test created so far (`WITH (FORCE)`: a gateway still connected
+/// is cut off). Blocking: runs on a thread and runtime of its own, so it works from `Drop`.
+pub fn drop_created_databases() {
+    drop_databases_where(|_| true);
+}
+
+/// Drops the database of `url`, if this test created it.
+pub fn drop_database_of(url: &str) {
+    let name = url
+        .split('?')
+        .next()
+        .and_then(|base| base.rsplit('/').next())
+        .unwrap_or_default()
+        .to_owned();
+    drop_databases_where(|created| created == name);
+}
+
+fn drop_databases_where(wanted: impl Fn(&str) -> bool) {
+    let created: Vec<(String, String)> = {
+        let mut all = CREATED_DATABASES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (dropping, kept) = std::mem::take(&mut *all)
+            .into_iter()
+            .partition(|(_, name)| wanted(name));
+        *all = kept;
+        dropping
+    };
+    if created.is_empty() {
+        return;
+    }
+    let dropping = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            for (admin_url, name) in created {
+                let Ok(admin) = sqlx::postgres::PgPool::connect(&admin_url).await else {
+                    eprintln!("could not connect to drop the test database {name}");
+                    continue;
+                };
+                let statement = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                if let Err(err) = sqlx::query(sqlx::AssertSqlSafe(statement))
+                    .execute(&admin)
+                    .await
+                {
+                    eprintln!("could not drop the test database {name}: {err}");
+                }
+                admin.close().await;
+            }
+        });
+    });
+    let _ = dropping.join();
+}
+
+/// Drops the test's databases when it goes out of scope (tests that run gateways as child
+/// processes, which outlive any one handle).
+pub struct DatabasesGuard;
+
+impl Drop for DatabasesGuard {
+    fn drop(&mut self) {
+        drop_created_databases();
+    }
 }
 
 /// `scheme://user@host:port/db?query` with the database replaced.
@@ -158,10 +240,20 @@ fn with_database(url: &str, database: &str) -> String {
     }
 }
 
-/// A connected, migrated store of the given backend (repository tests).
+/// A connected, migrated store of the given backend (repository tests); its database is
+/// dropped with it.
 pub struct TestStore {
     pub store: Store,
     _dir: Option<tempfile::TempDir>,
+    database_url: Option<String>,
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        if let Some(url) = &self.database_url {
+            drop_database_of(url);
+        }
+    }
 }
 
 impl TestStore {
@@ -176,13 +268,18 @@ impl TestStore {
                 Self {
                     store,
                     _dir: Some(dir),
+                    database_url: None,
                 }
             }
             Backend::Postgres | Backend::Kafka => {
                 let url = fresh_postgres_database().await;
                 let store = Store::connect(StoreLocation::Postgres(&url)).await.unwrap();
                 store.migrate().await.unwrap();
-                Self { store, _dir: None }
+                Self {
+                    store,
+                    _dir: None,
+                    database_url: Some(url),
+                }
             }
         }
     }
@@ -218,6 +315,17 @@ pub struct TestApp {
     pub vars: HashMap<String, String>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The PostgreSQL database this app created (not one a test handed it).
+    owned_database: Option<String>,
+}
+
+/// The app's own PostgreSQL database goes with it (a restart hands it to the new app).
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(url) = self.owned_database.take() {
+            drop_database_of(&url);
+        }
+    }
 }
 
 /// A JSON answer.
@@ -276,17 +384,24 @@ impl TestApp {
     pub async fn spawn_with(backend: Backend, extra: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let mut vars = gateway_vars(backend, data_dir.path()).await;
+        let created = vars.get("DATABASE_URL").cloned();
         vars.insert("PORT".into(), "0".into());
         for (key, value) in extra {
             vars.insert((*key).to_owned(), (*value).to_owned());
         }
-        Self::start(backend, vars, data_dir).await
+        let owned = created.clone().filter(|url| vars.get("DATABASE_URL") == Some(url));
+        if let Some(created) = created.as_ref().filter(|_| owned.is_none()) {
+            // The test named another database: the fresh one was never used.
+            drop_database_of(created);
+        }
+        Self::start(backend, vars, data_dir, owned).await
     }
 
     async fn start(
         backend: Backend,
         vars: HashMap<String, String>,
         data_dir: tempfile::TempDir,
+        owned_database: Option<String>,
     ) -> Self {
         let config = Config::from_vars(vars.clone()).unwrap();
         wa_gateway::telemetry::init(&config.log_level, config.log_format);
@@ -308,6 +423,7 @@ impl TestApp {
             vars,
             shutdown: Some(tx),
             server: Some(server),
+            owned_database,
         }
     }
 
@@ -320,9 +436,10 @@ impl TestApp {
         vars.insert("PORT".into(), port);
         let data_dir = tempfile::tempdir().unwrap();
         let data_dir = std::mem::replace(&mut self.data_dir, data_dir);
+        let owned = self.owned_database.take();
         self.stop().await;
         tokio::time::sleep(down).await;
-        Self::start(backend, vars, data_dir).await
+        Self::start(backend, vars, data_dir, owned).await
     }
 
     /// Stops the server gracefully and waits for it.
