@@ -325,13 +325,19 @@ impl Config {
         let redis_url = source
             .get("REDIS_URL")
             .map(|url| Secret::new(url.to_owned()));
-        if let Some(url) = &redis_url
-            && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
-        {
-            return Err(ConfigError::new(
-                "REDIS_URL",
-                "expected a redis:// or rediss:// URL",
-            ));
+        if let Some(url) = &redis_url {
+            if url.expose().starts_with("rediss://") {
+                // This build has no TLS for Redis: refused here rather than at the first
+                // connection attempt with a less clear error.
+                return Err(ConfigError::new(
+                    "REDIS_URL",
+                    "rediss:// (Redis over TLS) is not supported by this build; use redis:// \
+                     on a private network or through a TLS tunnel (stunnel, a sidecar)",
+                ));
+            }
+            if !url.expose().starts_with("redis://") {
+                return Err(ConfigError::new("REDIS_URL", "expected a redis:// URL"));
+            }
         }
         let redis_key_prefix = source.get("REDIS_KEY_PREFIX").unwrap_or("wag:").to_owned();
         let kafka_brokers = source.get("KAFKA_BROKERS").map(str::to_owned);
@@ -724,6 +730,18 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(ok.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn redis_over_tls_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Config::from_vars(vars(&[
+            ("DATA_DIR", dir.path().to_str().unwrap()),
+            ("REDIS_URL", "rediss://cache.example.com:6380"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.variable, "REDIS_URL");
+        assert!(err.to_string().contains("not supported"), "{err}");
     }
 
     #[test]

@@ -44,7 +44,7 @@ impl Pipeline {
                 .await
                 .with_context(|| format!("creating the log topics on KAFKA_BROKERS={brokers}"))?;
             if !created.is_empty() {
-                tracing::info!(?created, "created Kafka topics");
+                tracing::info!(created = created.join(", "), "created Kafka topics");
             }
             let producer = KafkaProducer::new(brokers, &catalog)
                 .with_context(|| format!("connecting a Kafka producer to {brokers}"))?;

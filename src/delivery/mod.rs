@@ -672,7 +672,7 @@ impl DeliveryState {
             FinishedHead::DeadLettered { item, reason } => {
                 self.held.remove(&item.envelope.message_id);
                 self.context.metrics.delivery_outcome("dead_lettered");
-                tracing::info!(message_id = %item.envelope.message_id, reason = %reason, "message failed");
+                tracing::warn!(message_id = %item.envelope.message_id, reason = %reason, "message failed");
                 self.pending
                     .events
                     .push(failed_event(&item.envelope, &reason, attempts));

@@ -882,7 +882,7 @@ impl Fleet {
         }
         match self.start_on(target, &moved).await {
             Ok(()) | Err(WorkerCallError::Refused { status: 409, .. }) => {
-                tracing::info!(session = %session.id, from = ?job.from_worker_id, to = %target.id, epoch = moved.epoch, reason = %job.reason, "session migrated");
+                tracing::info!(session = %session.id, from = job.from_worker_id.as_deref().unwrap_or("none"), to = %target.id, epoch = moved.epoch, reason = %job.reason, "session migrated");
                 Ok(MigrationOutcome::Moved {
                     to_worker_id: target.id.clone(),
                     epoch: moved.epoch,

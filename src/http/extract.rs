@@ -64,17 +64,33 @@ pub fn parse_json_body<'body, T: Deserialize<'body>>(
             details: None,
         });
     }
-    serde_json::from_slice(body).map_err(|err| {
-        let code = match err.classify() {
-            serde_json::error::Category::Data => "VALIDATION_ERROR",
-            _ => "INVALID_JSON",
-        };
-        ApiError::BadRequest {
-            code,
-            message: format!("invalid request body: {err}"),
-            details: None,
+    let invalid_json = |err: serde_json::Error| ApiError::BadRequest {
+        code: "INVALID_JSON",
+        message: format!("invalid request body: {err}"),
+        details: None,
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let field = err.path().to_string();
+        let err = err.into_inner();
+        match err.classify() {
+            // Well-formed JSON of the wrong shape: name the field (`messages[2].to`).
+            serde_json::error::Category::Data if field != "." => ApiError::BadRequest {
+                code: "VALIDATION_ERROR",
+                message: format!("{field}: {err}"),
+                details: Some(serde_json::json!({ "field": field })),
+            },
+            serde_json::error::Category::Data => ApiError::BadRequest {
+                code: "VALIDATION_ERROR",
+                message: format!("invalid request body: {err}"),
+                details: None,
+            },
+            _ => invalid_json(err),
         }
-    })
+    })?;
+    // Nothing but whitespace may follow the value.
+    deserializer.end().map_err(invalid_json)?;
+    Ok(value)
 }
 
 /// A request's query string as name/value pairs (percent-decoded). Handlers take each

@@ -162,7 +162,8 @@ where
     let method = request.method().clone();
     // Worker calls (registration, heartbeats, receipt callbacks) follow from delivery itself:
     // counting them would make delivery throttle itself (see `IngressPressure`).
-    let counts_as_pressure = !super::worker_api::is_worker_path(request.uri().path());
+    let from_worker = super::worker_api::is_worker_path(request.uri().path());
+    let counts_as_pressure = !from_worker;
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %request.uri().path());
 
     async move {
@@ -241,11 +242,16 @@ where
             .http_request_duration_seconds
             .with_label_values(&[method_label])
             .observe(elapsed.as_secs_f64());
-        tracing::info!(
-            status = status.as_u16(),
-            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
-            "request finished"
-        );
+        // Workers call every few seconds each (heartbeats, receipts): their requests are
+        // DEBUG, a client's INFO, a failure WARN whoever sent it.
+        let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");
+        } else if from_worker {
+            tracing::debug!(status = status.as_u16(), elapsed_ms, "request finished");
+        } else {
+            tracing::info!(status = status.as_u16(), elapsed_ms, "request finished");
+        }
         Ok(response)
     }
     .instrument(span)

@@ -60,12 +60,15 @@ async fn bad_bodies_are_4xx_never_500(backend: Backend) {
     app.send(send_raw("[1,2,3]", "application/json"))
         .await
         .assert_error(400, "VALIDATION_ERROR");
-    app.send(send_raw(
-        "{\"name\": 5, \"email\": \"a@b.co\", \"password\": \"x\"}",
-        "application/json",
-    ))
-    .await
-    .assert_error(400, "VALIDATION_ERROR");
+    // A field of the wrong type is named.
+    let answer = app
+        .send(send_raw(
+            "{\"name\": 5, \"email\": \"a@b.co\", \"password\": \"x\"}",
+            "application/json",
+        ))
+        .await;
+    answer.assert_error(400, "VALIDATION_ERROR");
+    assert_eq!(answer.body["error"]["details"]["field"], "name");
     app.send(send_raw("name=a", "application/x-www-form-urlencoded"))
         .await
         .assert_error(415, "UNSUPPORTED_MEDIA_TYPE");

@@ -389,7 +389,9 @@ impl TestApp {
         for (key, value) in extra {
             vars.insert((*key).to_owned(), (*value).to_owned());
         }
-        let owned = created.clone().filter(|url| vars.get("DATABASE_URL") == Some(url));
+        let owned = created
+            .clone()
+            .filter(|url| vars.get("DATABASE_URL") == Some(url));
         if let Some(created) = created.as_ref().filter(|_| owned.is_none()) {
             // The test named another database: the fresh one was never used.
             drop_database_of(created);
