@@ -481,6 +481,9 @@ impl SessionId {
 pub struct PhoneJid(String);
 
 impl PhoneJid {
+    /// The longest number accepted as typed (separators included).
+    pub const MAX_CHARS: usize = 64;
+
     /// Normalises what customers type: `+62 812-3456-7890`, `6281234567890`, `081234567890`
     /// (a leading 0 is a local number: it takes `default_country_code`), or an existing JID.
     pub fn parse(
@@ -488,6 +491,12 @@ impl PhoneJid {
         raw: &str,
         default_country_code: &str,
     ) -> Result<Self, InvalidInput> {
+        if raw.len() > Self::MAX_CHARS {
+            return Err(InvalidInput::new(
+                field,
+                format!("must be at most {} characters", Self::MAX_CHARS),
+            ));
+        }
         let raw = raw.trim();
         let number = raw.strip_suffix("@s.whatsapp.net").unwrap_or(raw);
         let international = number.starts_with('+') || number.starts_with("00");

@@ -24,10 +24,16 @@ use super::views::{Envelope, ErrorEnvelope};
 #[into_params(parameter_in = Query)]
 pub struct ListUsersQuery {
     /// 1-based page (default 1).
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
-    /// Page size, 1..=100 (default 20).
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub per_page: Option<u32>,
     /// Case-insensitive substring of e-mail or name (one line, at most 100 characters).
+    #[param(
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u2028\\u2029\\u061C\\u202A-\\u202E\\u2066-\\u2069]*$"
+    )]
     pub search: Option<String>,
 }
 
@@ -36,8 +42,8 @@ impl ListUsersQuery {
     fn parse(query: &QueryParams) -> Result<Self, ApiError> {
         query.only(&["page", "perPage", "search"])?;
         Ok(Self {
-            page: query.number("page", 0..=u32::MAX)?,
-            per_page: query.number("perPage", 0..=u32::MAX)?,
+            page: query.number("page", 1..=1_000_000)?,
+            per_page: query.number("perPage", 1..=100)?,
             search: query
                 .text("search", TextRule::line(100))?
                 .map(str::to_owned),
@@ -111,8 +117,8 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
     security(("bearer" = [])))]
 pub async fn list_users(context: Ctx, _admin: User, query: QueryParams) -> ApiResult {
     let query = ListUsersQuery::parse(&query)?;
-    let page = query.page.unwrap_or(1).max(1);
-    let per_page = query.per_page.unwrap_or(20).clamp(1, 100);
+    let page = query.page.unwrap_or(1);
+    let per_page = query.per_page.unwrap_or(20);
     let search = query.search.filter(|s| !s.trim().is_empty());
     let result = context
         .store

@@ -124,21 +124,22 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// An optional JSON body: empty or `null` means `None`.
+/// An optional JSON body: empty means `None`.
 fn optional_json_body()
 -> impl Filter<Extract = (Option<RefreshRequest>,), Error = warp::Rejection> + Clone {
     warp::body::bytes().and_then(|body: bytes::Bytes| async move {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        // `null` is no body too.
-        serde_json::from_slice::<Option<RefreshRequest>>(&body).map_err(|err| {
-            warp::reject::custom(super::error::ApiError::BadRequest {
-                code: "INVALID_JSON",
-                message: format!("invalid request body: {err}"),
-                details: None,
+        serde_json::from_slice::<RefreshRequest>(&body)
+            .map(Some)
+            .map_err(|err| {
+                warp::reject::custom(super::error::ApiError::BadRequest {
+                    code: "INVALID_JSON",
+                    message: format!("invalid request body: {err}"),
+                    details: None,
+                })
             })
-        })
     })
 }
 

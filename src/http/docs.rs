@@ -147,6 +147,30 @@ fn phone() -> Value {
                            leading 0, which takes the configured `DEFAULT_COUNTRY_CODE`)"})
 }
 
+/// A worker's endpoint: `http(s)://host[:port]` (a name whose last label starts with a letter, or
+/// a dotted IPv4 address), nothing more.
+fn endpoint() -> Value {
+    let label = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+    let last_label = "[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+    let octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+    let port = "([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])";
+    json!({"type": "string", "maxLength": 500,
+           "pattern": format!("^https?://(({label}\\.)*{last_label}|{octet}(\\.{octet}){{3}})(:{port})?/?$"),
+           "description": "`http(s)://host[:port]`: no user info, path, query or fragment; not the gateway itself"})
+}
+
+/// Any JSON a worker forwards with an inbound message: object keys one line of at most 100
+/// characters, strings at most 65,536 characters without control characters but line breaks.
+fn worker_value() -> Value {
+    let reference = json!({"$ref": "#/components/schemas/WorkerValue"});
+    json!({"anyOf": [
+        {"type": ["null", "boolean", "number"]},
+        text(TextRule::multiline(65_536)),
+        {"type": "array", "items": reference},
+        {"type": "object", "propertyNames": text(TextRule::line(100)), "additionalProperties": reference},
+    ]})
+}
+
 /// Merges the rules the handlers check into the generated schemas' properties.
 fn add_field_rules(spec: &mut Value) {
     let display_name = || {
@@ -197,11 +221,7 @@ fn add_field_rules(spec: &mut Value) {
         ("CreateSessionRequest", "name", display_name()),
         ("CreateSessionRequest", "sessionId", session_id()),
         ("MigrateRequest", "targetWorkerId", text(TextRule::ID)),
-        (
-            "AddWorkerRequest",
-            "endpoint",
-            text(TextRule::line(500).non_empty()),
-        ),
+        ("AddWorkerRequest", "endpoint", endpoint()),
         (
             "AddWorkerRequest",
             "workerId",
@@ -232,11 +252,7 @@ fn add_field_rules(spec: &mut Value) {
             "workerId",
             text(TextRule::token(100).non_empty()),
         ),
-        (
-            "RegisterBody",
-            "endpoint",
-            text(TextRule::line(500).non_empty()),
-        ),
+        ("RegisterBody", "endpoint", endpoint()),
         (
             "RegisterBody",
             "description",
@@ -281,7 +297,8 @@ fn add_field_rules(spec: &mut Value) {
         (
             "SessionStatusBody",
             "status",
-            text(TextRule::line(32).non_empty()),
+            json!({"type": "string", "enum": ["INIT", "QR_REQUIRED", "CONNECTED",
+                "DISCONNECTED", "RECONNECTING", "ERROR", "LOGGED_OUT"]}),
         ),
         ("SessionStatusBody", "qrCode", text(TextRule::line(4096))),
         (
@@ -330,6 +347,12 @@ fn add_field_rules(spec: &mut Value) {
         ("MessageReceivedBody", "from", text(TextRule::line(128))),
         ("MessageReceivedBody", "type", text(TextRule::line(100))),
     ];
+    let schemas = &mut spec["components"]["schemas"];
+    schemas["WorkerValue"] = worker_value();
+    if let Some(received) = schemas.get_mut("MessageReceivedBody") {
+        received["propertyNames"] = text(TextRule::line(100));
+        received["additionalProperties"] = json!({"$ref": "#/components/schemas/WorkerValue"});
+    }
     for (schema, property, rule) in rules {
         let target = spec
             .pointer_mut(&format!("/components/schemas/{schema}/properties"))
@@ -477,7 +500,8 @@ fn add_send_bodies(spec: &mut Value) {
             "contact",
             json!({"contact": {"type": "object", "additionalProperties": false,
             "required": ["name", "phone"],
-            "properties": {"name": text(TextRule::line(256).non_empty()), "phone": phone(),
+            "properties": {"name": text(TextRule::line(256).non_empty()),
+                           "phone": {"allOf": [phone(), {"maxLength": 32}]},
                            "email": line256(), "organization": line256()}}}),
             vec!["contact"],
         ),
@@ -510,17 +534,14 @@ fn add_send_bodies(spec: &mut Value) {
         ),
     ];
     let schemas = &mut spec["components"]["schemas"];
-    let mut any = Vec::new();
     for (name, kind, extra, required) in kinds {
         schemas[name] = common(kind, extra, &required);
-        any.push(json!({"$ref": format!("#/components/schemas/{name}")}));
     }
     // Typing needs only the recipient; `/send` tells start from stop by `type`.
     let mut typing = common("typing_start", json!({}), &[]);
     typing["properties"]["type"] =
         json!({"type": ["string", "null"], "enum": ["typing_start", "typing_stop", null]});
     schemas["SendTyping"] = typing;
-    any.push(json!({"$ref": "#/components/schemas/SendTyping"}));
     // In `/send`, every kind but text must say its `type`.
     for name in [
         "SendImage",
@@ -544,21 +565,67 @@ fn add_send_bodies(spec: &mut Value) {
         }
         schemas[format!("{name}Typed")] = schema;
     }
-    schemas["SendRequest"] = json!({"oneOf": [
-        {"$ref": "#/components/schemas/SendText"},
-        {"$ref": "#/components/schemas/SendImageTyped"}, {"$ref": "#/components/schemas/SendVideoTyped"},
-        {"$ref": "#/components/schemas/SendDocumentTyped"}, {"$ref": "#/components/schemas/SendAudioTyped"},
-        {"$ref": "#/components/schemas/SendLocationTyped"}, {"$ref": "#/components/schemas/SendContactTyped"},
-        {"$ref": "#/components/schemas/SendLinkTyped"}, {"$ref": "#/components/schemas/SendPollTyped"},
-        {"$ref": "#/components/schemas/SendSeenTyped"}, {"$ref": "#/components/schemas/SendTypingTyped"},
-    ], "description": "One message; `type` (default `text`) decides which fields it takes."});
-    schemas["BulkRequest"] = json!({"type": "object", "additionalProperties": false, "required": ["messages"],
+    let any_kind = [
+        "SendText",
+        "SendImageTyped",
+        "SendVideoTyped",
+        "SendDocumentTyped",
+        "SendAudioTyped",
+        "SendLocationTyped",
+        "SendContactTyped",
+        "SendLinkTyped",
+        "SendPollTyped",
+        "SendSeenTyped",
+        "SendTypingTyped",
+    ];
+    // A bulk item is a send without its own session (the bulk names it once).
+    let items: Vec<Value> = any_kind
+        .iter()
+        .map(|name| {
+            let mut item = schemas[*name].clone();
+            if let Some(properties) = item["properties"].as_object_mut() {
+                properties.remove("sessionId");
+            }
+            item
+        })
+        .collect();
+    // A single send names its session (a key bound to one may leave it out: the one leniency
+    // the description does not show).
+    for name in any_kind.iter().copied().chain([
+        "SendImage",
+        "SendVideo",
+        "SendDocument",
+        "SendAudio",
+        "SendLocation",
+        "SendContact",
+        "SendLink",
+        "SendPoll",
+        "SendSeen",
+        "SendTyping",
+    ]) {
+        let schema = &mut schemas[name];
+        schema["properties"]["sessionId"] = session_id();
+        schema["properties"]["sessionId"]["description"] =
+            json!("The session to send from (a key bound to a session may leave it out).");
+        if let Some(required) = schema["required"].as_array_mut() {
+            required.push(json!("sessionId"));
+        }
+    }
+    schemas["SendRequest"] = json!({
+        "oneOf": any_kind.iter().map(|name| json!({"$ref": format!("#/components/schemas/{name}")})).collect::<Vec<_>>(),
+        "description": "One message; `type` (default `text`) decides which fields it takes."});
+    let mut session = session_id();
+    session["description"] = json!(
+        "The session every message goes through (a key bound to a session may leave it out)."
+    );
+    schemas["BulkRequest"] = json!({"type": "object", "additionalProperties": false,
+        "required": ["sessionId", "messages"],
         "properties": {
-            "sessionId": {"oneOf": [session_id(), {"type": "null"}],
-                          "description": "The session every message goes through (may be omitted with a key bound to a session)."},
+            "sessionId": session,
             "messages": {"type": "array", "minItems": 1, "maxItems": external::MAX_BULK_MESSAGES,
-                         "items": {"$ref": "#/components/schemas/SendRequest"},
-                         "description": "Each like a single send; an invalid one is refused alone."}}});
+                         "items": {"oneOf": items},
+                         "description": "Each like a single send, without `sessionId`; an invalid one is refused \
+                                         alone (`REJECTED` in the results) and the rest are accepted."}}});
     let body = |schema: &str| json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
     spec["paths"]["/api/v1/external/send"]["post"]["requestBody"] = body("SendRequest");
     spec["paths"]["/api/v1/external/send/bulk"]["post"]["requestBody"] = body("BulkRequest");

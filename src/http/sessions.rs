@@ -327,7 +327,7 @@ async fn session_action(id: String, action: &'static str, context: Ctx, user: Us
 /// ends when the gateway shuts down; reconnect then.
 #[utoipa::path(get, path = "/api/v1/sessions/{id}/events", tag = "sessions", params(("id" = String, Path)),
     responses((status = 200, description = "an endless `text/event-stream`: `event: session` with `data:` a session as JSON",
-               content_type = "text/event-stream", body = String),
+               content_type = "text/event-stream", body = SessionView),
               (status = 404, body = ErrorEnvelope),
               (status = 429, description = "too many open streams for this user (`TOO_MANY_STREAMS`)", body = ErrorEnvelope)),
     security(("bearer" = [])))]
@@ -408,14 +408,11 @@ pub async fn migrate_session(
     let request: MigrateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         MigrateRequest::default()
     } else {
-        // `null` is no body too.
-        serde_json::from_slice::<Option<MigrateRequest>>(&body)
-            .map_err(|e| ApiError::BadRequest {
-                code: "VALIDATION_ERROR",
-                message: format!("invalid request body: {e}"),
-                details: None,
-            })?
-            .unwrap_or_default()
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
+            code: "VALIDATION_ERROR",
+            message: format!("invalid request body: {e}"),
+            details: None,
+        })?
     };
     SessionId::parse("id", &id)?;
     TextRule::ID.check_optional("targetWorkerId", request.target_worker_id.as_deref())?;
