@@ -47,7 +47,7 @@ use crate::send::request::{MAX_CAPTION_CHARS, MAX_TEXT_CHARS, MAX_URL_CHARS};
         worker_api::message_status, worker_api::message_received,
     ),
     components(schemas(views::ErrorEnvelope, views::ErrorBody, views::UserView, views::AuthTokens,
-        views::ApiKeyView, views::SessionView, views::WorkerView)),
+        views::ApiKeyView, views::SessionView, views::WorkerView, crate::fleet::events::SessionEvent)),
     tags(
         (name = "auth", description = "Accounts and tokens"),
         (name = "users", description = "The caller's profile, tier and usage"),
@@ -100,8 +100,27 @@ pub fn description() -> Value {
             body["required"] = json!(false);
         }
     }
+    add_event_stream(&mut spec);
     add_error_answers(&mut spec);
     spec
+}
+
+/// The session event stream, event by event: `event: session`, `data:` the session as JSON
+/// first, then each change.
+fn add_event_stream(spec: &mut Value) {
+    let Some(answer) =
+        spec.pointer_mut("/paths/~1api~1v1~1sessions~1{id}~1events/get/responses/200")
+    else {
+        return;
+    };
+    answer["content"] = json!({"text/event-stream": {"schema": {
+        "type": "object", "required": ["event", "data"],
+        "properties": {
+            "event": {"const": "session"},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": {"anyOf": [{"$ref": "#/components/schemas/SessionView"},
+                                                 {"$ref": "#/components/schemas/SessionEvent"}]}}},
+        "description": "One event of the stream (the first is the session as it is, then each change)"}}});
 }
 
 fn add_security_schemes(spec: &mut Value) {
@@ -260,6 +279,11 @@ fn add_field_rules(spec: &mut Value) {
         ),
         ("RegisterBody", "version", text(TextRule::line(100))),
         ("RegisterBody", "environment", text(TextRule::line(100))),
+        (
+            "RegisterBody",
+            "maxSessions",
+            json!({"minimum": 1, "maximum": 100000}),
+        ),
         ("HeartbeatSession", "sessionId", session_id()),
         (
             "HeartbeatSession",
