@@ -1007,7 +1007,17 @@ fn not_found(what: &'static str) -> impl Fn(StoreError) -> FleetError {
     }
 }
 
+/// Words that are paths of the worker routes beside `/api/v1/workers/{id}`
+/// (`/api/v1/workers/register`): never a worker's id.
+pub const RESERVED_WORKER_IDS: [&str; 3] = ["stats", "register", "unregister"];
+
 fn validate_worker_id(id: &str) -> Result<(), InvalidInput> {
+    if RESERVED_WORKER_IDS.contains(&id) {
+        return Err(InvalidInput::new(
+            "workerId",
+            "is a word of the worker routes' paths; choose another id",
+        ));
+    }
     let ok = (1..=100).contains(&id.len())
         && id
             .bytes()

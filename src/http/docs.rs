@@ -166,6 +166,12 @@ fn phone() -> Value {
                            leading 0, which takes the configured `DEFAULT_COUNTRY_CODE`)"})
 }
 
+/// The id a worker registers under (not a word of the worker routes' own paths).
+fn new_worker_id() -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": 100, "pattern": "^[A-Za-z0-9_.:-]+$",
+           "not": {"enum": crate::fleet::RESERVED_WORKER_IDS}})
+}
+
 /// A worker's endpoint: `http(s)://host[:port]` (a name whose last label starts with a letter, or
 /// a dotted IPv4 address), nothing more.
 fn endpoint() -> Value {
@@ -241,11 +247,7 @@ fn add_field_rules(spec: &mut Value) {
         ("CreateSessionRequest", "sessionId", session_id()),
         ("MigrateRequest", "targetWorkerId", text(TextRule::ID)),
         ("AddWorkerRequest", "endpoint", endpoint()),
-        (
-            "AddWorkerRequest",
-            "workerId",
-            text(TextRule::token(100).non_empty()),
-        ),
+        ("AddWorkerRequest", "workerId", new_worker_id()),
         (
             "AddWorkerRequest",
             "description",
@@ -266,11 +268,7 @@ fn add_field_rules(spec: &mut Value) {
             "maxSessions",
             json!({"minimum": 1, "maximum": 100000}),
         ),
-        (
-            "RegisterBody",
-            "workerId",
-            text(TextRule::token(100).non_empty()),
-        ),
+        ("RegisterBody", "workerId", new_worker_id()),
         ("RegisterBody", "endpoint", endpoint()),
         (
             "RegisterBody",

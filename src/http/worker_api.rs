@@ -504,9 +504,6 @@ fn check_body(value: &Value) -> Result<(), InvalidInput> {
     security(("workerToken" = [])))]
 pub async fn register(context: Ctx, body: RegisterBody) -> ApiResult {
     WORKER_ID.check("workerId", &body.worker_id)?;
-    if super::workers_admin::RESERVED_SEGMENTS.contains(&body.worker_id.as_str()) {
-        return Err(InvalidInput::new("workerId", "is a reserved word; choose another id").into());
-    }
     ENDPOINT.check("endpoint", &body.endpoint)?;
     DESCRIPTION.check_optional("description", body.description.as_deref())?;
     LABEL.check_optional("version", body.version.as_deref())?;

@@ -72,10 +72,6 @@ const WORKER_ID: TextRule = TextRule::token(100).non_empty();
 /// A worker's description (the worker routes take the same).
 const DESCRIPTION: TextRule = TextRule::multiline(500);
 
-/// The literal segments of other routes at `/api/v1/workers/{id}`'s place: never a worker id
-/// (registration refuses them too).
-pub const RESERVED_SEGMENTS: [&str; 3] = ["stats", "register", "unregister"];
-
 /// Every admin worker route.
 pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
     let base = || warp::path!("api" / "v1" / "workers" / ..);
@@ -104,7 +100,7 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
             .and(warp::path::param::<String>())
             .and(warp::path::end())
             .and_then(|id: String| async move {
-                if RESERVED_SEGMENTS.contains(&id.as_str()) {
+                if crate::fleet::RESERVED_WORKER_IDS.contains(&id.as_str()) {
                     Err(warp::reject::not_found())
                 } else {
                     Ok(id)

@@ -39,6 +39,17 @@ async fn unknown_routes_and_methods_get_the_envelope(backend: Backend) {
     assert_eq!(answer.headers["allow"], "GET");
     let answer = app.delete("/api/v1/sessions/abc", None).await;
     answer.assert_error(401, "UNAUTHORIZED");
+    // ...so no worker may take such a word as its id.
+    let token = app.context.config.worker_auth_token.expose().clone();
+    let answer = app
+        .post(
+            "/api/workers/register",
+            Some(&token),
+            json!({"workerId": "stats", "endpoint": "http://127.0.0.1:9"}),
+        )
+        .await;
+    answer.assert_error(400, "VALIDATION_ERROR");
+    assert_eq!(answer.body["error"]["details"]["field"], "workerId");
     app.stop().await;
 }
 
