@@ -271,6 +271,15 @@ async fn identify(
         let (scheme, token) = value.trim().split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
+    // Two different credentials: which one acts is the client's mistake to fix, not ours to
+    // guess (and an invalid one must not pass unnoticed beside a valid one).
+    if let (Some(key), Some(_)) = (api_key, authorization)
+        && bearer != Some(key.trim())
+    {
+        return Err(warp::reject::custom(ApiError::Unauthorized(
+            "send one credential: X-API-Key or Authorization, not both",
+        )));
+    }
     if let Some(key) = api_key.or(bearer.filter(|token| looks_like_key(token))) {
         return api_key_principal(context, key.trim())
             .await

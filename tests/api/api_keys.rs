@@ -58,6 +58,34 @@ async fn create_list_use_and_revoke(backend: Backend) {
     app.get("/api/v1/users/profile", Some(&key))
         .await
         .assert_ok(200);
+    // Two credentials are one too many, whichever is valid: an invalid one never passes
+    // unnoticed beside a valid one.
+    for (x_api_key, bearer) in [
+        (key.as_str(), "garbage"),
+        (
+            "wg_doesnotexistdoesnotexistdoesnotexist",
+            login.access_token.as_str(),
+        ),
+        (key.as_str(), login.access_token.as_str()),
+    ] {
+        app.send(
+            app.client
+                .get(app.url("/api/v1/users/profile"))
+                .header("x-api-key", x_api_key)
+                .bearer_auth(bearer),
+        )
+        .await
+        .assert_error(401, "UNAUTHORIZED");
+    }
+    // The same key in both headers is one credential.
+    app.send(
+        app.client
+            .get(app.url("/api/v1/users/profile"))
+            .header("x-api-key", &key)
+            .bearer_auth(&key),
+    )
+    .await
+    .assert_ok(200);
 
     let revoked = app
         .delete(
