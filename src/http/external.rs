@@ -696,7 +696,7 @@ pub async fn get_message(id: String, context: Ctx, principal: Principal) -> ApiR
 #[allow(dead_code)]
 pub struct ListQuery {
     /// Only this session's messages.
-    #[param(rename = "sessionId", pattern = "^[A-Za-z0-9_-]{3,50}$")]
+    #[param(rename = "sessionId", pattern = "^([A-Za-z0-9_-]{3,50})?$")]
     session_id: Option<String>,
     /// Only messages in this status.
     status: Option<MessageStatus>,
@@ -706,7 +706,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `nextCursor` of the previous page.
-    #[param(pattern = "^[A-Za-z0-9_-]{1,256}$")]
+    #[param(pattern = "^[A-Za-z0-9_-]{0,256}$")]
     cursor: Option<String>,
 }
 
