@@ -8,7 +8,7 @@ pub mod password;
 mod service;
 pub mod throttle;
 
-pub use service::{AuthError, AuthService, LoginAttempt, TokenPair};
+pub use service::{AuthError, AuthService, LoginAttempt, REFRESH_TOKEN_RULE, TokenPair};
 
 use rand::Rng;
 use rand::distr::Alphanumeric;

@@ -75,7 +75,7 @@ pub struct TokenPair {
 }
 
 /// The text rule of a refresh token as presented (issued ones are 64 letters and digits).
-const REFRESH_TOKEN_RULE: TextRule = TextRule::token(256).non_empty();
+pub const REFRESH_TOKEN_RULE: TextRule = TextRule::token(256).non_empty();
 
 /// A login as received.
 #[derive(Debug)]

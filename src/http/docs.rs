@@ -190,9 +190,9 @@ fn worker_value() -> Value {
     let reference = json!({"$ref": "#/components/schemas/WorkerValue"});
     json!({"anyOf": [
         {"type": ["null", "boolean", "number"]},
-        text(TextRule::multiline(65_536)),
+        text(worker_api::BODY_TEXT),
         {"type": "array", "items": reference},
-        {"type": "object", "propertyNames": text(TextRule::line(100)), "additionalProperties": reference},
+        {"type": "object", "propertyNames": text(worker_api::LABEL), "additionalProperties": reference},
     ]})
 }
 
@@ -226,7 +226,7 @@ fn add_field_rules(spec: &mut Value) {
         (
             "RefreshRequest",
             "refreshToken",
-            text(TextRule::token(256).non_empty()),
+            text(crate::auth::REFRESH_TOKEN_RULE),
         ),
         (
             "ChangePasswordRequest",
@@ -251,7 +251,7 @@ fn add_field_rules(spec: &mut Value) {
         (
             "AddWorkerRequest",
             "description",
-            text(TextRule::multiline(500)),
+            text(worker_api::DESCRIPTION),
         ),
         (
             "AddWorkerRequest",
@@ -261,7 +261,7 @@ fn add_field_rules(spec: &mut Value) {
         (
             "UpdateWorkerRequest",
             "description",
-            text(TextRule::multiline(500)),
+            text(worker_api::DESCRIPTION),
         ),
         (
             "UpdateWorkerRequest",
@@ -270,51 +270,31 @@ fn add_field_rules(spec: &mut Value) {
         ),
         ("RegisterBody", "workerId", new_worker_id()),
         ("RegisterBody", "endpoint", endpoint()),
-        (
-            "RegisterBody",
-            "description",
-            text(TextRule::multiline(500)),
-        ),
-        ("RegisterBody", "version", text(TextRule::line(100))),
-        ("RegisterBody", "environment", text(TextRule::line(100))),
+        ("RegisterBody", "description", text(worker_api::DESCRIPTION)),
+        ("RegisterBody", "version", text(worker_api::LABEL)),
+        ("RegisterBody", "environment", text(worker_api::LABEL)),
         (
             "RegisterBody",
             "maxSessions",
             json!({"minimum": 1, "maximum": 100000}),
         ),
         ("HeartbeatSession", "sessionId", session_id()),
-        (
-            "HeartbeatSession",
-            "status",
-            text(TextRule::line(32).non_empty()),
-        ),
-        ("HeartbeatSession", "phoneNumber", text(TextRule::line(128))),
+        ("HeartbeatSession", "status", text(worker_api::STATUS)),
+        ("HeartbeatSession", "phoneNumber", text(worker_api::PHONE)),
         (
             "HeartbeatSession",
             "displayName",
-            text(TextRule::multiline(256)),
+            text(worker_api::DISPLAY_NAME),
         ),
         (
             "LegacyHeartbeatBody",
             "workerId",
-            text(TextRule::token(100).non_empty()),
+            text(worker_api::WORKER_ID),
         ),
         ("RecoveryResult", "sessionId", session_id()),
-        (
-            "RecoveryResult",
-            "status",
-            text(TextRule::line(32).non_empty()),
-        ),
-        (
-            "UnregisterBody",
-            "workerId",
-            text(TextRule::token(100).non_empty()),
-        ),
-        (
-            "UnregisterBody",
-            "endpoint",
-            text(TextRule::line(500).non_empty()),
-        ),
+        ("RecoveryResult", "status", text(worker_api::STATUS)),
+        ("UnregisterBody", "workerId", text(worker_api::WORKER_ID)),
+        ("UnregisterBody", "endpoint", text(worker_api::ENDPOINT)),
         ("SessionStatusBody", "sessionId", session_id()),
         (
             "SessionStatusBody",
@@ -322,32 +302,20 @@ fn add_field_rules(spec: &mut Value) {
             json!({"type": "string", "enum": ["INIT", "QR_REQUIRED", "CONNECTED",
                 "DISCONNECTED", "RECONNECTING", "ERROR", "LOGGED_OUT"]}),
         ),
-        ("SessionStatusBody", "qrCode", text(TextRule::line(4096))),
-        (
-            "SessionStatusBody",
-            "phoneNumber",
-            text(TextRule::line(128)),
-        ),
+        ("SessionStatusBody", "qrCode", text(worker_api::QR_CODE)),
+        ("SessionStatusBody", "phoneNumber", text(worker_api::PHONE)),
         (
             "SessionStatusBody",
             "displayName",
-            text(TextRule::multiline(256)),
+            text(worker_api::DISPLAY_NAME),
         ),
-        (
-            "SessionStatusBody",
-            "workerId",
-            text(TextRule::token(100).non_empty()),
-        ),
-        (
-            "SessionStatusBody",
-            "reason",
-            text(TextRule::multiline(2000)),
-        ),
+        ("SessionStatusBody", "workerId", text(worker_api::WORKER_ID)),
+        ("SessionStatusBody", "reason", text(worker_api::REASON)),
         ("MessageStatusBody", "sessionId", session_id()),
         (
             "MessageStatusBody",
             "messageId",
-            text(crate::delivery::events::MESSAGE_ID_RULE),
+            text(worker_api::MESSAGE_ID),
         ),
         (
             "MessageStatusBody",
@@ -358,21 +326,21 @@ fn add_field_rules(spec: &mut Value) {
         (
             "MessageStatusBody",
             "errorMessage",
-            text(TextRule::multiline(2000)),
+            text(worker_api::REASON),
         ),
         ("MessageReceivedBody", "sessionId", session_id()),
         (
             "MessageReceivedBody",
             "messageId",
-            text(crate::delivery::events::MESSAGE_ID_RULE),
+            text(worker_api::MESSAGE_ID),
         ),
-        ("MessageReceivedBody", "from", text(TextRule::line(128))),
-        ("MessageReceivedBody", "type", text(TextRule::line(100))),
+        ("MessageReceivedBody", "from", text(worker_api::PHONE)),
+        ("MessageReceivedBody", "type", text(worker_api::LABEL)),
     ];
     let schemas = &mut spec["components"]["schemas"];
     schemas["WorkerValue"] = worker_value();
     if let Some(received) = schemas.get_mut("MessageReceivedBody") {
-        received["propertyNames"] = text(TextRule::line(100));
+        received["propertyNames"] = text(worker_api::LABEL);
         received["additionalProperties"] = json!({"$ref": "#/components/schemas/WorkerValue"});
     }
     for (schema, property, rule) in rules {

@@ -64,33 +64,36 @@ pub fn parse_json_body<'body, T: Deserialize<'body>>(
             details: None,
         });
     }
-    let invalid_json = |err: serde_json::Error| ApiError::BadRequest {
-        code: "INVALID_JSON",
-        message: format!("invalid request body: {err}"),
-        details: None,
-    };
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let field = err.path().to_string();
-        let err = err.into_inner();
-        match err.classify() {
-            // Well-formed JSON of the wrong shape: name the field (`messages[2].to`).
-            serde_json::error::Category::Data if field != "." => ApiError::BadRequest {
-                code: "VALIDATION_ERROR",
-                message: format!("{field}: {err}"),
-                details: Some(serde_json::json!({ "field": field })),
-            },
-            serde_json::error::Category::Data => ApiError::BadRequest {
-                code: "VALIDATION_ERROR",
-                message: format!("invalid request body: {err}"),
-                details: None,
-            },
-            _ => invalid_json(err),
+    // The fast path is plain serde: no field tracking on a request that parses.
+    serde_json::from_slice(body).map_err(|err| match err.classify() {
+        // Well-formed JSON of the wrong shape: parsed again, tracking the path, to name the
+        // field (`messages[2].to`). Only failed requests pay for it.
+        serde_json::error::Category::Data => {
+            let field = serde_path_to_error::deserialize::<_, T>(
+                &mut serde_json::Deserializer::from_slice(body),
+            )
+            .err()
+            .map(|err| err.path().to_string())
+            .filter(|field| field != ".");
+            match field {
+                Some(field) => ApiError::BadRequest {
+                    code: "VALIDATION_ERROR",
+                    message: format!("{field}: {err}"),
+                    details: Some(serde_json::json!({ "field": field })),
+                },
+                None => ApiError::BadRequest {
+                    code: "VALIDATION_ERROR",
+                    message: format!("invalid request body: {err}"),
+                    details: None,
+                },
+            }
         }
-    })?;
-    // Nothing but whitespace may follow the value.
-    deserializer.end().map_err(invalid_json)?;
-    Ok(value)
+        _ => ApiError::BadRequest {
+            code: "INVALID_JSON",
+            message: format!("invalid request body: {err}"),
+            details: None,
+        },
+    })
 }
 
 /// A request's query string as name/value pairs (percent-decoded). Handlers take each

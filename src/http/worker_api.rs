@@ -462,27 +462,27 @@ fn whole(value: Option<f64>) -> Option<i64> {
 }
 
 /// Worker ids: what [`crate::fleet`] registers (checked there again with its own words).
-const WORKER_ID: TextRule = TextRule::token(100).non_empty();
+pub(crate) const WORKER_ID: TextRule = TextRule::token(100).non_empty();
 /// A status word as a worker spells it.
-const STATUS: TextRule = TextRule::line(32).non_empty();
+pub(crate) const STATUS: TextRule = TextRule::line(32).non_empty();
 /// WhatsApp's message ids and the gateway's.
-const MESSAGE_ID: TextRule = crate::delivery::events::MESSAGE_ID_RULE;
+pub(crate) const MESSAGE_ID: TextRule = crate::delivery::events::MESSAGE_ID_RULE;
 /// Phone numbers and JIDs.
-const PHONE: TextRule = TextRule::line(128);
+pub(crate) const PHONE: TextRule = TextRule::line(128);
 /// A WhatsApp profile name (pasted right-to-left names carry direction marks).
-const DISPLAY_NAME: TextRule = TextRule::multiline(256);
+pub(crate) const DISPLAY_NAME: TextRule = TextRule::multiline(256);
 /// A QR string (Baileys' are about 240 characters).
-const QR_CODE: TextRule = TextRule::line(4096);
+pub(crate) const QR_CODE: TextRule = TextRule::line(4096);
 /// Reasons and error messages.
-const REASON: TextRule = TextRule::multiline(2000);
+pub(crate) const REASON: TextRule = TextRule::multiline(2000);
 /// A registration's free text.
-const DESCRIPTION: TextRule = TextRule::multiline(500);
+pub(crate) const DESCRIPTION: TextRule = TextRule::multiline(500);
 /// A registration's version or environment.
-const LABEL: TextRule = TextRule::line(100);
+pub(crate) const LABEL: TextRule = TextRule::line(100);
 /// A URL a worker gives.
-const ENDPOINT: TextRule = TextRule::line(500).non_empty();
+pub(crate) const ENDPOINT: TextRule = TextRule::line(500).non_empty();
 /// Any string inside a received message's body.
-const BODY_TEXT: TextRule = TextRule::multiline(65_536);
+pub(crate) const BODY_TEXT: TextRule = TextRule::multiline(65_536);
 
 /// Checks every string (keys too) in a received message's body.
 fn check_body(value: &Value) -> Result<(), InvalidInput> {

@@ -14,7 +14,7 @@ use warp::reply::Response;
 use super::error::{ApiError, ApiResult, finish, not_found_as, success};
 use super::extract::{Ctx, administrator, json_body, path_id, with_context};
 use super::views::WorkerView;
-use crate::domain::{TextRule, WorkerStatus};
+use crate::domain::WorkerStatus;
 use crate::fleet::RegisterWorker;
 use crate::store::{StoreError, User};
 
@@ -67,10 +67,8 @@ pub struct FleetStats {
     pub utilization: f64,
 }
 
-/// A worker id as an administrator gives it (the worker routes take the same).
-const WORKER_ID: TextRule = TextRule::token(100).non_empty();
-/// A worker's description (the worker routes take the same).
-const DESCRIPTION: TextRule = TextRule::multiline(500);
+// A worker id and description take the worker routes' rules.
+use super::worker_api::{DESCRIPTION, WORKER_ID};
 
 /// Every admin worker route.
 pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {

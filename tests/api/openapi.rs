@@ -10,15 +10,7 @@ use crate::common::{Backend, TestApp};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documented_enums_are_the_wire_spellings() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let spec: Value = app
-        .client
-        .get(app.url("/api/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec = description(&app).await;
     let schemas = &spec["components"]["schemas"];
     let documented = |name: &str| -> Vec<String> {
         schemas[name]["enum"]
