@@ -59,6 +59,9 @@ pub struct TextRule {
     kind: TextKind,
     max_chars: usize,
     non_empty: bool,
+    /// The length is counted in UTF-16 code units, as JavaScript counts it: the rule of a
+    /// field a Node worker checks (an emoji outside the Basic Multilingual Plane counts 2).
+    utf16: bool,
 }
 
 impl TextRule {
@@ -72,6 +75,7 @@ impl TextRule {
             kind: TextKind::Token,
             max_chars,
             non_empty: false,
+            utf16: false,
         }
     }
 
@@ -81,6 +85,7 @@ impl TextRule {
             kind: TextKind::Line,
             max_chars,
             non_empty: false,
+            utf16: false,
         }
     }
 
@@ -90,6 +95,7 @@ impl TextRule {
             kind: TextKind::Multiline,
             max_chars,
             non_empty: false,
+            utf16: false,
         }
     }
 
@@ -101,9 +107,24 @@ impl TextRule {
         }
     }
 
-    /// The longest value accepted, in characters.
+    /// The same rule, its length counted in UTF-16 code units (JavaScript's `length`): for
+    /// fields that a worker checks with its own limits.
+    pub const fn utf16(self) -> Self {
+        Self {
+            utf16: true,
+            ..self
+        }
+    }
+
+    /// The longest value accepted, in characters (in UTF-16 code units if
+    /// [`TextRule::counts_utf16`]).
     pub const fn max_chars(self) -> usize {
         self.max_chars
+    }
+
+    /// Whether the length is counted in UTF-16 code units rather than characters.
+    pub const fn counts_utf16(self) -> bool {
+        self.utf16
     }
 
     /// Whether an empty (or all-blank) value is refused.
@@ -147,12 +168,24 @@ impl TextRule {
         if let Some(bad) = raw.chars().find(|&c| !self.allows(c)) {
             return Err(InvalidInput::new(field, self.refusal(bad)));
         }
-        // Cheap first: a string of at most `max_chars` bytes has at most that many characters.
-        if raw.len() > self.max_chars && raw.chars().count() > self.max_chars {
-            return Err(InvalidInput::new(
-                field,
-                format!("must be at most {} characters", self.max_chars),
-            ));
+        // Cheap first: a string of at most `max_chars` bytes has at most that many characters,
+        // and at most that many UTF-16 code units (no character takes more units than bytes).
+        if raw.len() > self.max_chars {
+            if self.utf16 && raw.encode_utf16().count() > self.max_chars {
+                return Err(InvalidInput::new(
+                    field,
+                    format!(
+                        "must be at most {} UTF-16 code units (most emoji count 2)",
+                        self.max_chars
+                    ),
+                ));
+            }
+            if !self.utf16 && raw.chars().count() > self.max_chars {
+                return Err(InvalidInput::new(
+                    field,
+                    format!("must be at most {} characters", self.max_chars),
+                ));
+            }
         }
         if self.non_empty && raw.trim().is_empty() {
             return Err(InvalidInput::new(field, "must not be empty"));
@@ -305,6 +338,15 @@ string_enum! {
         Disconnected = "DISCONNECTED",
         Reconnecting = "RECONNECTING",
         Error = "ERROR",
+    }
+}
+
+impl SessionStatus {
+    /// Whether a report of this status moves a session backwards (away from running):
+    /// `INIT`, `DISCONNECTED`, `RECONNECTING`, `ERROR`. A stale worker's report is always one of
+    /// these; `QR_REQUIRED` and `CONNECTED` come only from a worker that runs the session.
+    pub fn is_setback(self) -> bool {
+        !matches!(self, SessionStatus::QrRequired | SessionStatus::Connected)
     }
 }
 
@@ -476,13 +518,17 @@ impl SessionId {
     }
 }
 
-/// A WhatsApp recipient as workers expect it: `<8–15 digits>@s.whatsapp.net`.
+/// A WhatsApp recipient as workers expect it: `<10–15 digits>@s.whatsapp.net`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct PhoneJid(String);
 
 impl PhoneJid {
     /// The longest number accepted as typed (separators included).
     pub const MAX_CHARS: usize = 64;
+    /// The fewest digits of a number, country code included.
+    pub const MIN_DIGITS: usize = 10;
+    /// The most digits of a number (E.164), country code included.
+    pub const MAX_DIGITS: usize = 15;
 
     /// Normalises what customers type: `+62 812-3456-7890`, `6281234567890`, `081234567890`
     /// (a leading 0 is a local number: it takes `default_country_code`), or an existing JID.
@@ -515,10 +561,12 @@ impl PhoneJid {
         } else if !international && digits.starts_with('0') {
             digits = format!("{default_country_code}{}", digits.trim_start_matches('0'));
         }
-        if !(8..=15).contains(&digits.len()) {
+        // The existing worker refuses fewer than 10 digits (WORKER_PROTOCOL.md, "What the
+        // existing worker really does" 3): refused here, not after a 202.
+        if !(Self::MIN_DIGITS..=Self::MAX_DIGITS).contains(&digits.len()) {
             return Err(InvalidInput::new(
                 field,
-                "must have 8 to 15 digits including the country code",
+                "must have 10 to 15 digits including the country code",
             ));
         }
         Ok(Self(format!("{digits}@s.whatsapp.net")))

@@ -1,8 +1,10 @@
 //! One delivery attempt of a lane head and its verdict.
 //!
-//! The worker protocol's rules: `2xx` is sent; `429`, `5xx`, timeouts and unreachable workers
-//! are transient; other `4xx` refuse the message for good, unless they only say the session is
-//! not (yet) on that worker, which is what a migration looks like from here. A deleted or
+//! The worker protocol's rules: `2xx` is sent; `429` (after its `Retry-After`), `5xx`,
+//! timeouts and unreachable workers are transient; other `4xx` refuse the message for good, with
+//! the worker's own reason, unless they only say the session is not ready on that worker
+//! (`404`, `409`, or the existing worker's `400 SESSION_NOT_CONNECTED` while it reconnects):
+//! that is a session reconnecting or a migration settling, and the message waits. A deleted or
 //! logged-out session fails its messages. Transient failures retry with backoff until
 //! `DELIVERY_MAX_WAIT_MS` after acceptance or `DELIVERY_MAX_ATTEMPTS` attempts.
 
@@ -16,7 +18,7 @@ use super::RETRY_BACKOFF;
 use super::sessions::{SessionDirectory, SessionEntry};
 use crate::app::AppContext;
 use crate::domain::{SessionStatus, now_ms};
-use crate::fleet::client::WorkerCallError;
+use crate::fleet::client::{OnWorker, Refusal, WorkerCallError};
 use crate::metrics::DeliveryStage;
 
 /// What became of an attempt.
@@ -88,9 +90,14 @@ impl Attempt {
 
     fn retry(&self, reason: impl Into<String>) -> Verdict {
         Verdict::Retry {
-            delay: RETRY_BACKOFF.delay(self.failed_attempts, rand::random()),
+            delay: self.retry_delay(),
             reason: reason.into(),
         }
+    }
+
+    /// The backoff before this message's next attempt.
+    fn retry_delay(&self) -> Duration {
+        RETRY_BACKOFF.delay(self.failed_attempts, rand::random())
     }
 
     async fn try_once(&self) -> Verdict {
@@ -116,8 +123,11 @@ impl Attempt {
             .fleet
             .client()
             .send_message(
-                &route.endpoint,
-                session_id,
+                OnWorker {
+                    endpoint: &route.endpoint,
+                    session_id,
+                    user_id: Some(&self.envelope.user_id),
+                },
                 &self.envelope.message_id,
                 &self.envelope.payload,
             )
@@ -138,7 +148,18 @@ impl Attempt {
                     .map(str::to_owned),
                 pace: pace(&self.context, &entry),
             },
-            Err(WorkerCallError::Busy) => self.retry("the worker is rate limiting (429)"),
+            Err(WorkerCallError::Busy { retry_after }) => {
+                let reason = "the worker is rate limiting this session's sends (429)";
+                match retry_after {
+                    // The worker says when: no sooner (a retry before it is another 429), and
+                    // not much later either.
+                    Some(after) => Verdict::Retry {
+                        delay: after.max(self.retry_delay()),
+                        reason: reason.to_owned(),
+                    },
+                    None => self.retry(reason),
+                }
+            }
             Err(WorkerCallError::Failed { status, .. }) => {
                 self.retry(format!("the worker failed ({status})"))
             }
@@ -186,35 +207,21 @@ impl Attempt {
         if fresh.route.as_ref() != Some(used) {
             return self.retry("the session moved to another worker");
         }
-        let message = body
-            .pointer("/error/message")
-            .or_else(|| body.pointer("/message"))
-            .and_then(Value::as_str)
-            .map_or_else(|| "no reason given".to_owned(), printable);
-        if matches!(status, 404 | 409) {
-            // "Session not found / not connected" from the owner we believe in: ownership is
-            // settling (a restart or migration in progress). Wait for it, within the bounds.
+        let refusal = Refusal::read(status, body);
+        if refusal.session_not_ready() {
+            // "Session not connected / not found" from the owner we believe in: the session is
+            // reconnecting, or ownership is settling (a restart or migration in progress). Not
+            // a refusal of the message: it waits like a session whose worker is down, within
+            // the same bounds.
             return self.retry(format!(
-                "the worker does not hold the session yet ({status}: {message})"
+                "the session is not ready on its worker ({refusal})"
             ));
         }
         Verdict::Failed {
-            reason: format!("the worker refused the message ({status}): {message}"),
+            reason: format!("the worker refused the message ({refusal})"),
         }
     }
 }
-
-/// A worker's words as they may travel on: control characters become spaces (a NUL in a
-/// reason would be a status the store cannot hold), at most [`MAX_REASON_CHARS`] characters.
-fn printable(raw: &str) -> String {
-    raw.chars()
-        .take(MAX_REASON_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-/// The longest worker reason kept in a message's status.
-const MAX_REASON_CHARS: usize = 500;
 
 fn session_gone() -> Verdict {
     Verdict::Failed {

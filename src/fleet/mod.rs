@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use self::client::{StartSession, WorkerCallError, WorkerClient};
+use self::client::{OnWorker, WorkerCallError, WorkerClient};
 use self::events::{SessionEvent, SessionEvents};
 use self::migration::{MigrateSession, MigrationQueue};
 use self::routing::{Route, RouteCache};
@@ -467,7 +467,8 @@ impl Fleet {
         Ok(self.store.sessions_on_worker(worker_id).await?)
     }
 
-    /// Applies a worker's recovery results: SUCCESS → CONNECTED and routed, FAILED → ERROR.
+    /// Applies a worker's recovery results: SUCCESS (or `recovered`) → CONNECTED and routed,
+    /// FAILED (or `error`) → ERROR.
     pub async fn recovery_results(
         &self,
         worker_id: &str,
@@ -487,9 +488,11 @@ impl Fleet {
                 self.fence(&worker, session_id);
                 continue;
             }
+            // The protocol's words and the existing worker's (`recovered`, `failed`, `error`,
+            // upper-cased by the caller); anything else (`SKIPPED`) changes nothing.
             let status = match outcome.as_str() {
-                "SUCCESS" => SessionStatus::Connected,
-                "FAILED" => SessionStatus::Error,
+                "SUCCESS" | "RECOVERED" => SessionStatus::Connected,
+                "FAILED" | "ERROR" => SessionStatus::Error,
                 _ => continue,
             };
             let report = SessionReport {
@@ -564,6 +567,15 @@ impl Fleet {
                 session_id: session.id,
             });
         }
+        // The existing worker names itself only on QR_REQUIRED, so an anonymous report may
+        // come from a worker that no longer owns the session (it posts DISCONNECTED when a
+        // migration stops it there). A move backwards is applied only as the owner confirms
+        // it, with the status the owner gives; forward moves come only from a live session.
+        let status = if report.worker_id.is_none() && status.is_setback() {
+            self.confirm_setback(&session, &owner, status).await?
+        } else {
+            status
+        };
         let update = SessionReport {
             status: Some(status),
             phone_number: report.phone_number.filter(|p| !p.is_empty()),
@@ -592,6 +604,42 @@ impl Fleet {
         }
         self.publish(&updated);
         Ok(updated)
+    }
+
+    /// Asks the owner for the session's status before an anonymous report that moves it
+    /// backwards is applied: the owner's own setback status (it may be more exact than the
+    /// report's), or `STALE_REPORT` when the owner runs the session fine, does not hold it
+    /// (yet: a migration's start in flight), or cannot be asked (its next heartbeat tells).
+    async fn confirm_setback(
+        &self,
+        session: &Session,
+        owner: &str,
+        reported: SessionStatus,
+    ) -> Result<SessionStatus, FleetError> {
+        let stale = |why: String| FleetError::Conflict {
+            code: "STALE_REPORT",
+            message: format!(
+                "{reported} for session {} was not applied: {why}; a report without workerId \
+                 that moves a session backwards needs its owner's confirmation",
+                session.id
+            ),
+        };
+        let worker = self.store.worker_by_id(owner).await?;
+        let live = self
+            .client
+            .session_status(on_worker(&worker.endpoint, session))
+            .await
+            .map_err(|err| stale(format!("its owner {owner} could not confirm it ({err})")))?;
+        let confirmed = live
+            .pointer("/data/status")
+            .and_then(Value::as_str)
+            .and_then(|raw| parse_reported_status(&raw.to_ascii_uppercase()).ok())
+            .map(|(status, _)| status);
+        match confirmed {
+            Some(status) if status.is_setback() => Ok(status),
+            Some(status) => Err(stale(format!("its owner {owner} reports {status}"))),
+            None => Err(stale(format!("its owner {owner} gave no status for it"))),
+        }
     }
 
     // ----- session operations (dashboard) ----------------------------------------------------
@@ -683,12 +731,9 @@ impl Fleet {
     async fn start_on(&self, worker: &Worker, session: &Session) -> Result<(), WorkerCallError> {
         self.client
             .start_session(
-                &worker.endpoint,
-                &StartSession {
-                    session_id: &session.id,
-                    user_id: &session.user_id,
-                    session_name: &session.name,
-                },
+                on_worker(&worker.endpoint, session),
+                &session.user_id,
+                &session.name,
             )
             .await
             .map(|_| ())
@@ -706,7 +751,7 @@ impl Fleet {
         })?;
         Ok(self
             .client
-            .session_action(&route.endpoint, &session.id, action)
+            .session_action(on_worker(&route.endpoint, session), action)
             .await?)
     }
 
@@ -714,7 +759,7 @@ impl Fleet {
     pub async fn live_status(&self, session: &Session) -> Option<Value> {
         let route = self.route(session).await.ok().flatten()?;
         self.client
-            .session_status(&route.endpoint, &session.id)
+            .session_status(on_worker(&route.endpoint, session))
             .await
             .ok()
     }
@@ -724,7 +769,7 @@ impl Fleet {
         if let Ok(Some(route)) = self.route(session).await
             && let Err(err) = self
                 .client
-                .delete_session(&route.endpoint, &session.id)
+                .delete_session(on_worker(&route.endpoint, session))
                 .await
         {
             tracing::warn!(session = %session.id, error = %err, "could not stop the session on its worker");
@@ -878,7 +923,10 @@ impl Fleet {
             .as_deref()
             .and_then(|id| workers.iter().find(|w| w.id == id))
         {
-            let _ = self.client.delete_session(&old.endpoint, &session.id).await;
+            let _ = self
+                .client
+                .delete_session(on_worker(&old.endpoint, &session))
+                .await;
         }
         match self.start_on(target, &moved).await {
             Ok(()) | Err(WorkerCallError::Refused { status: 409, .. }) => {
@@ -984,10 +1032,23 @@ impl Fleet {
     fn fence(&self, worker: &Worker, session_id: &str) {
         tracing::warn!(worker = %worker.id, session = %session_id, "fenced a report from a non-owner; stopping the session there");
         let client = self.client.clone();
+        let store = self.store.clone();
         let endpoint = worker.endpoint.clone();
         let session_id = session_id.to_owned();
         tokio::spawn(async move {
-            if let Err(err) = client.delete_session(&endpoint, &session_id).await {
+            // The stop is charged to the session's owner where the gateway knows it (the
+            // worker's rate limits are per X-User-Id), to nobody's budget for a stray.
+            let owner = store
+                .session_by_id(&session_id)
+                .await
+                .ok()
+                .map(|s| s.user_id);
+            let on = OnWorker {
+                endpoint: &endpoint,
+                session_id: &session_id,
+                user_id: owner.as_deref(),
+            };
+            if let Err(err) = client.delete_session(on).await {
                 tracing::debug!(error = %err, "fencing stop failed");
             }
         });
@@ -1071,6 +1132,15 @@ pub fn normalize_endpoint(raw: &str) -> Result<String, InvalidInput> {
 fn endpoint_host_port(endpoint: &str) -> Option<(String, u16)> {
     let url = reqwest::Url::parse(endpoint).ok()?;
     Some((url.host_str()?.to_owned(), url.port_or_known_default()?))
+}
+
+/// A call about `session` on the worker at `endpoint`, in its owner's name.
+fn on_worker<'a>(endpoint: &'a str, session: &'a Session) -> OnWorker<'a> {
+    OnWorker {
+        endpoint,
+        session_id: &session.id,
+        user_id: Some(&session.user_id),
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,10 @@ use warp::reply::{Reply, Response};
 
 use super::{admin, auth, external, health, sessions, users, views, worker_api, workers_admin};
 use crate::domain::{DisplayName, Email, Password, TextRule};
-use crate::send::request::{MAX_CAPTION_CHARS, MAX_TEXT_CHARS, MAX_URL_CHARS};
+use crate::send::request::{
+    CONTACT_TEXT_RULE, LINK_DESCRIPTION_RULE, LINK_TITLE_RULE, LOCATION_ADDRESS_RULE,
+    LOCATION_NAME_RULE, MAX_CAPTION_CHARS, MAX_URL_CHARS, MESSAGE_RULE,
+};
 
 /// The API description from the handlers' annotations; [`description`] completes it.
 #[derive(OpenApi)]
@@ -143,6 +146,14 @@ fn text(rule: TextRule) -> Value {
     if rule.refuses_empty() {
         schema["minLength"] = json!(1);
     }
+    if rule.counts_utf16() {
+        // JSON Schema counts characters; the rule counts as the worker does.
+        schema["description"] = json!(format!(
+            "At most {} UTF-16 code units (a character outside the Basic Multilingual Plane, \
+             such as most emoji, counts 2)",
+            rule.max_chars()
+        ));
+    }
     schema
 }
 
@@ -157,10 +168,10 @@ fn http_url() -> Value {
            "pattern": "^https?://[^/?#\\s\\u0000-\\u001F\\u007F-\\u009F][^\\s\\u0000-\\u001F\\u007F-\\u009F]*$"})
 }
 
-/// A recipient: 8 to 15 digits with the country code, separators allowed, or a JID.
+/// A recipient: 10 to 15 digits with the country code, separators allowed, or a JID.
 fn phone() -> Value {
     json!({"type": "string", "maxLength": 64,
-           "pattern": "^(\\+?[ ().-]*[1-9][ ().-]*([0-9][ ().-]*){7,14}|[1-9][0-9]{7,14}@s\\.whatsapp\\.net)$",
+           "pattern": "^(\\+?[ ().-]*[1-9][ ().-]*([0-9][ ().-]*){9,14}|[1-9][0-9]{9,14}@s\\.whatsapp\\.net)$",
            "description": "`+62 812-3456-7890`, `6281234567890` or `6281234567890@s.whatsapp.net` \
                            (also accepted: `00` before the country code, and a local number with a \
                            leading 0, which takes the configured `DEFAULT_COUNTRY_CODE`)"})
@@ -196,16 +207,18 @@ fn worker_value() -> Value {
     ]})
 }
 
+/// An e-mail address as [`Email::parse`] takes it.
+fn email() -> Value {
+    let mut schema = text(Email::RULE);
+    schema["format"] = json!("email");
+    schema
+}
+
 /// Merges the rules the handlers check into the generated schemas' properties.
 fn add_field_rules(spec: &mut Value) {
     let display_name = || {
         let mut schema = text(DisplayName::RULE.non_empty());
         schema["description"] = json!("1 to 100 characters after trimming, one line");
-        schema
-    };
-    let email = || {
-        let mut schema = text(Email::RULE);
-        schema["format"] = json!("email");
         schema
     };
     let new_password = || {
@@ -440,12 +453,11 @@ fn add_send_bodies(spec: &mut Value) {
     };
     let optional = |schema: Value| json!({"oneOf": [schema, {"type": "null"}]});
     let caption = || optional(text(TextRule::multiline(MAX_CAPTION_CHARS)));
-    let line256 = || optional(text(TextRule::line(256)));
     let kinds = [
         (
             "SendText",
             "text",
-            json!({"message": text(TextRule::multiline(MAX_TEXT_CHARS).non_empty())}),
+            json!({"message": text(MESSAGE_RULE)}),
             vec!["message"],
         ),
         (
@@ -482,7 +494,8 @@ fn add_send_bodies(spec: &mut Value) {
             "required": ["latitude", "longitude"],
             "properties": {"latitude": {"type": "number", "minimum": -90, "maximum": 90},
                            "longitude": {"type": "number", "minimum": -180, "maximum": 180},
-                           "name": line256(), "address": line256()}}}),
+                           "name": optional(text(LOCATION_NAME_RULE)),
+                           "address": optional(text(LOCATION_ADDRESS_RULE))}}}),
             vec!["location"],
         ),
         (
@@ -490,9 +503,10 @@ fn add_send_bodies(spec: &mut Value) {
             "contact",
             json!({"contact": {"type": "object", "additionalProperties": false,
             "required": ["name", "phone"],
-            "properties": {"name": text(TextRule::line(256).non_empty()),
+            "properties": {"name": text(CONTACT_TEXT_RULE.non_empty()),
                            "phone": {"allOf": [phone(), {"maxLength": 32}]},
-                           "email": line256(), "organization": line256()}}}),
+                           "email": optional(email()),
+                           "organization": optional(text(CONTACT_TEXT_RULE))}}}),
             vec!["contact"],
         ),
         (
@@ -500,8 +514,8 @@ fn add_send_bodies(spec: &mut Value) {
             "link",
             json!({"link": {"type": "object", "additionalProperties": false,
             "required": ["url"],
-            "properties": {"url": http_url(), "title": line256(),
-                           "description": optional(text(TextRule::multiline(1024))),
+            "properties": {"url": http_url(), "title": optional(text(LINK_TITLE_RULE)),
+                           "description": optional(text(LINK_DESCRIPTION_RULE)),
                            "thumbnail": http_url()}}}),
             vec!["link"],
         ),

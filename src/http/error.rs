@@ -281,6 +281,10 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// `Retry-After` of a worker's `429` that gave none: its session-operation budget is 5 per 5
+/// minutes, so a minute is about when one frees.
+const WORKER_BUSY_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 impl From<crate::fleet::FleetError> for ApiError {
     fn from(err: crate::fleet::FleetError) -> Self {
         use crate::fleet::FleetError;
@@ -301,16 +305,22 @@ impl From<crate::fleet::FleetError> for ApiError {
                 code: "STALE_OWNER",
                 message: format!("worker {worker_id} does not own session {session_id}; stop it"),
             },
-            FleetError::Worker(WorkerCallError::Refused { status, body }) => ApiError::Conflict {
+            FleetError::Worker(err @ WorkerCallError::Refused { .. }) => ApiError::Conflict {
                 code: "WORKER_REFUSED",
-                message: format!(
-                    "the worker refused the request ({status}): {}",
-                    body["error"]["message"]
-                        .as_str()
-                        .or(body["message"].as_str())
-                        .unwrap_or("no reason given")
-                ),
+                message: match err.refusal() {
+                    Some(refusal) => format!("the worker refused the request ({refusal})"),
+                    None => err.to_string(),
+                },
             },
+            FleetError::Worker(WorkerCallError::Busy { retry_after }) => {
+                ApiError::TooManyRequests {
+                    code: "WORKER_RATE_LIMITED",
+                    message: "the session's worker is rate limiting operations on your sessions; \
+                    retry after the time in Retry-After"
+                        .to_owned(),
+                    retry_after: retry_after.unwrap_or(WORKER_BUSY_RETRY_AFTER),
+                }
+            }
             FleetError::Worker(other) => ApiError::ServiceUnavailable {
                 code: "WORKER_UNAVAILABLE",
                 message: other.to_string(),

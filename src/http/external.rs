@@ -35,7 +35,9 @@ use crate::domain::{
 };
 use crate::quota::{QuotaDecision, QuotaKind};
 use crate::send::{MessageIds, MessageKind, SendRequest, ValidatedSend};
-use crate::store::{IdempotencyClaim, MessageListQuery, MessageRecord, StoreError, User};
+use crate::store::{
+    IdempotencyClaim, MessageListQuery, MessageRecord, SessionOwnership, StoreError, User,
+};
 
 /// Most messages in one bulk request.
 pub const MAX_BULK_MESSAGES: usize = 1000;
@@ -168,7 +170,7 @@ pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h; another body under the same key is `409`")),
     responses((status = 202, body = Envelope<SendAnswer>),
               (status = 404, description = "the session is not the caller's", body = ErrorEnvelope),
-              (status = 409, description = "Idempotency-Key in use or used with another body", body = ErrorEnvelope)),
+              (status = 409, description = "Idempotency-Key in use or used with another body (IDEMPOTENCY_KEY_IN_PROGRESS, IDEMPOTENCY_KEY_REUSED), or the session was never connected (SESSION_NOT_CONNECTED: connect it first)", body = ErrorEnvelope)),
     security(("apiKey" = []), ("bearer" = [])))]
 pub async fn send_single(
     context: Ctx,
@@ -194,7 +196,8 @@ pub async fn send_single(
                 .validate(forced_kind, &context.config.default_country_code)
                 .map_err(ApiError::validation)?;
             let session_id = resolve_session(principal, send.session_id.as_ref())?;
-            ensure_owned(context, &principal.user, &session_id).await?;
+            let ownership = ensure_owned(context, &principal.user, &session_id).await?;
+            ensure_sendable(ownership, &session_id)?;
             let decision = charge_messages(context, &principal.user, 1).await?;
             let to = send.to.clone();
             let kind = send.kind;
@@ -304,7 +307,7 @@ pub struct BulkItemError {
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h; another body under the same key is `409`")),
     responses((status = 202, body = Envelope<BulkAnswer>),
               (status = 404, description = "the session is not the caller's", body = ErrorEnvelope),
-              (status = 409, description = "Idempotency-Key in use or used with another body", body = ErrorEnvelope)),
+              (status = 409, description = "Idempotency-Key in use or used with another body (IDEMPOTENCY_KEY_IN_PROGRESS, IDEMPOTENCY_KEY_REUSED), or the session was never connected (SESSION_NOT_CONNECTED: connect it first)", body = ErrorEnvelope)),
     security(("apiKey" = []), ("bearer" = [])))]
 pub async fn send_bulk(
     context: Ctx,
@@ -344,7 +347,7 @@ pub async fn send_bulk(
                 .transpose()
                 .map_err(ApiError::validation)?;
             let session_id = resolve_session(principal, session.as_ref())?;
-            ensure_owned(context, &principal.user, &session_id).await?;
+            let ownership = ensure_owned(context, &principal.user, &session_id).await?;
 
             let country_code = &context.config.default_country_code;
             let mut results = Vec::with_capacity(request.messages.len());
@@ -394,6 +397,7 @@ pub async fn send_bulk(
                     details: Some(json!({ "results": results })),
                 });
             }
+            ensure_sendable(ownership, &session_id)?;
             let decision = charge_messages(context, &principal.user, accepted_count as u64).await?;
             let accepted = context
                 .ingress
@@ -614,16 +618,38 @@ fn resolve_session(
     }
 }
 
-async fn ensure_owned(context: &Ctx, user: &User, session_id: &SessionId) -> Result<(), ApiError> {
-    if context
+/// The session is the user's (another user's, or none, is `404`); what is known of its
+/// placement.
+async fn ensure_owned(
+    context: &Ctx,
+    user: &User,
+    session_id: &SessionId,
+) -> Result<SessionOwnership, ApiError> {
+    match context
         .ingress
         .owns_session(&context.store, &user.id, session_id.as_str())
         .await?
     {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound("session"))
+        SessionOwnership::NotOwned => Err(ApiError::NotFound("session")),
+        placed => Ok(placed),
     }
+}
+
+/// A send can be delivered some time only to a session that was placed on a worker (now or
+/// before: a disconnected or reconnecting session's sends wait, bounded). One nobody ever
+/// connected is `409`, at once: its sends would only fail after the delivery bound.
+fn ensure_sendable(ownership: SessionOwnership, session_id: &SessionId) -> Result<(), ApiError> {
+    if ownership != SessionOwnership::NeverPlaced {
+        return Ok(());
+    }
+    Err(ApiError::Conflict {
+        code: "SESSION_NOT_CONNECTED",
+        message: format!(
+            "session {id} was never connected: connect it \
+             (POST /api/v1/sessions/{id}/connect) and scan its QR code, then send",
+            id = session_id.as_str()
+        ),
+    })
 }
 
 fn log_unavailable(err: producers::AppendError) -> ApiError {

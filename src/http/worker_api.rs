@@ -147,10 +147,13 @@ impl Metric {
     }
 }
 
-/// Recovery results body (counts flat or under `summary`; only the results matter).
+/// Recovery results body (counts flat or under `summary`; only the results matter). The
+/// existing worker may send only a `summary`, with `recoveryResults` empty or absent: nothing to
+/// apply (its session-status callbacks tell each session's fate).
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoveryBody {
+    #[serde(default)]
     recovery_results: Vec<RecoveryResult>,
 }
 

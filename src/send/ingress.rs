@@ -13,7 +13,7 @@ use producers::{AppendError, LogProducer, OutboundEnvelope};
 
 use super::request::ValidatedSend;
 use crate::domain::{SessionId, now_ms};
-use crate::store::{Store, StoreError};
+use crate::store::{SessionOwnership, Store, StoreError};
 
 /// How long a confirmed "this user owns this session" is trusted without asking the store. A
 /// session deleted within this window may still get a send accepted; delivery then fails it
@@ -117,13 +117,14 @@ impl Ingress {
         &self.log
     }
 
-    /// Whether `user_id` owns the live session `session_id`, from a short-lived cache.
+    /// Whether `user_id` owns the live session `session_id` (and whether it was ever placed),
+    /// from a short-lived cache of placed sessions.
     pub async fn owns_session(
         &self,
         store: &Store,
         user_id: &str,
         session_id: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<SessionOwnership, StoreError> {
         let key = (user_id.to_owned(), session_id.to_owned());
         let now = Instant::now();
         if self
@@ -131,11 +132,11 @@ impl Ingress {
             .get(&key)
             .is_some_and(|confirmed| now.duration_since(*confirmed) < OWNERSHIP_TTL)
         {
-            return Ok(true);
+            return Ok(SessionOwnership::Placed);
         }
-        let owns = store.user_owns_session(user_id, session_id).await?;
+        let ownership = store.session_ownership(user_id, session_id).await?;
         let mut owned = self.lock();
-        if owns {
+        if ownership == SessionOwnership::Placed {
             if owned.len() >= OWNERSHIP_CAPACITY {
                 owned.retain(|_, confirmed| now.duration_since(*confirmed) < OWNERSHIP_TTL);
             }
@@ -143,7 +144,7 @@ impl Ingress {
         } else {
             owned.remove(&key);
         }
-        Ok(owns)
+        Ok(ownership)
     }
 
     /// Forgets a session's cached ownership (it was deleted here).

@@ -6,14 +6,32 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::domain::{InvalidInput, PhoneJid, SessionId, TextRule};
+use crate::domain::{Email, InvalidInput, PhoneJid, SessionId, TextRule};
 
-/// Longest text message accepted (WhatsApp's own limit is far higher; this keeps rows small).
+/// Longest text message accepted, in UTF-16 code units as the existing worker counts them.
 pub const MAX_TEXT_CHARS: usize = 4096;
 /// Longest media caption.
 pub const MAX_CAPTION_CHARS: usize = 1024;
 /// Longest media or link URL.
 pub const MAX_URL_CHARS: usize = 2048;
+
+// The rules of the fields the existing worker checks with limits of its own
+// (WORKER_PROTOCOL.md, "What the existing worker really does" 3), counted as it counts them
+// (JavaScript string length: UTF-16 code units), so that what it would refuse is a `400` here,
+// not a `202` that fails later.
+
+/// A text message's `message`.
+pub const MESSAGE_RULE: TextRule = TextRule::multiline(MAX_TEXT_CHARS).utf16().non_empty();
+/// `location.name`.
+pub const LOCATION_NAME_RULE: TextRule = TextRule::line(100).utf16();
+/// `location.address`.
+pub const LOCATION_ADDRESS_RULE: TextRule = TextRule::line(200).utf16();
+/// `contact.name` and `contact.organization`.
+pub const CONTACT_TEXT_RULE: TextRule = TextRule::line(100).utf16();
+/// `link.title`.
+pub const LINK_TITLE_RULE: TextRule = TextRule::line(100).utf16();
+/// `link.description`.
+pub const LINK_DESCRIPTION_RULE: TextRule = TextRule::multiline(300).utf16();
 
 /// The kinds of message a worker can send, with their protocol (`type`) and store spellings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,8 +233,7 @@ impl SendRequest {
         }
         match kind {
             MessageKind::Text => {
-                let text =
-                    required_text("message", self.message, TextRule::multiline(MAX_TEXT_CHARS))?;
+                let text = required_text("message", self.message, MESSAGE_RULE)?;
                 body.insert("message".into(), json!(text));
             }
             MessageKind::Image
@@ -372,7 +389,12 @@ fn location(value: Option<Value>) -> Result<Value, InvalidInput> {
     out.insert("latitude".into(), json!(coordinate("latitude", 90.0)?));
     out.insert("longitude".into(), json!(coordinate("longitude", 180.0)?));
     for key in ["name", "address"] {
-        if let Some(text) = optional_string("location", &map, key, TextRule::line(256))? {
+        let rule = if key == "name" {
+            LOCATION_NAME_RULE
+        } else {
+            LOCATION_ADDRESS_RULE
+        };
+        if let Some(text) = optional_string("location", &map, key, rule)? {
             out.insert(key.into(), json!(text));
         }
     }
@@ -385,24 +407,46 @@ fn contact(value: Option<Value>, default_country_code: &str) -> Result<Value, In
         value,
         &["name", "phone", "email", "organization"],
     )?;
-    let name = optional_string("contact", &map, "name", TextRule::line(256))?
+    let name = optional_string("contact", &map, "name", CONTACT_TEXT_RULE)?
         .filter(|n| !n.trim().is_empty())
         .ok_or_else(|| InvalidInput::new("contact", "`name` is required"))?;
     let phone = optional_string("contact", &map, "phone", TextRule::line(32))?
         .ok_or_else(|| InvalidInput::new("contact", "`phone` is required"))?;
-    let digits = PhoneJid::parse("contact", &phone, default_country_code)?;
+    let jid = PhoneJid::parse("contact", &phone, default_country_code)?;
     let mut out = Map::new();
     out.insert("name".into(), json!(name));
-    out.insert(
-        "phone".into(),
-        json!(digits.as_str().trim_end_matches("@s.whatsapp.net")),
-    );
-    for key in ["email", "organization"] {
-        if let Some(text) = optional_string("contact", &map, key, TextRule::line(256))? {
-            out.insert(key.into(), json!(text));
-        }
+    out.insert("phone".into(), json!(contact_phone(&jid)));
+    if let Some(email) = optional_string("contact", &map, "email", Email::RULE)? {
+        let email = Email::parse(&email).map_err(|_| {
+            InvalidInput::new(
+                "contact",
+                "`email` must be an e-mail address like name@example.com",
+            )
+        })?;
+        out.insert("email".into(), json!(email.as_str()));
+    }
+    if let Some(text) = optional_string("contact", &map, "organization", CONTACT_TEXT_RULE)? {
+        out.insert("organization".into(), json!(text));
     }
     Ok(Value::Object(out))
+}
+
+/// A contact's phone as the existing worker takes it: its own pattern,
+/// `^(\+?62|62|0)?8\d{8,11}$` (Indonesian mobile numbers), as digits, anything else as a JID,
+/// which it also accepts (WORKER_PROTOCOL.md, "What the existing worker really does" 3).
+fn contact_phone(jid: &PhoneJid) -> &str {
+    let digits = jid
+        .as_str()
+        .strip_suffix("@s.whatsapp.net")
+        .unwrap_or(jid.as_str());
+    let indonesian_mobile = digits
+        .strip_prefix("628")
+        .is_some_and(|rest| (8..=11).contains(&rest.len()));
+    if indonesian_mobile {
+        digits
+    } else {
+        jid.as_str()
+    }
 }
 
 fn link(value: Option<Value>) -> Result<Value, InvalidInput> {
@@ -413,8 +457,8 @@ fn link(value: Option<Value>) -> Result<Value, InvalidInput> {
         json!(http_url("link", map.get("url").and_then(Value::as_str))?),
     );
     for (key, rule) in [
-        ("title", TextRule::line(256)),
-        ("description", TextRule::multiline(1024)),
+        ("title", LINK_TITLE_RULE),
+        ("description", LINK_DESCRIPTION_RULE),
     ] {
         if let Some(text) = optional_string("link", &map, key, rule)? {
             out.insert(key.into(), json!(text));
@@ -607,6 +651,92 @@ mod tests {
             assert_eq!(err.field, field, "{body}: {err}");
         }
         assert!(parse(json!({"to": to, "message": "hi", "colour": "red"})).is_err());
+    }
+
+    /// Every body the existing worker would refuse is refused here, as it counts.
+    #[test]
+    fn what_the_existing_worker_refuses_is_refused_at_ingress() {
+        let to = "6281234567890";
+        // 4096 UTF-16 code units pass; one more, or 2049 emoji (4098 units), do not.
+        assert!(parse(json!({"to": to, "message": "x".repeat(4096)})).is_ok());
+        assert!(parse(json!({"to": to, "message": "\u{1F600}".repeat(2048)})).is_ok());
+        let emoji = parse(json!({"to": to, "message": "\u{1F600}".repeat(2049)})).unwrap_err();
+        assert_eq!(emoji.field, "message");
+        assert!(emoji.problem.contains("UTF-16"), "{emoji}");
+        let long = |n: usize| "\u{e9}".repeat(n);
+        for (body, field) in [
+            // 9 digits with the country code: the worker wants 10 to 15.
+            (json!({"to": "628123456", "message": "hi"}), "to"),
+            (json!({"to": "+1 415 555 01", "message": "hi"}), "to"),
+            (
+                json!({"to": to, "type": "location", "location": {"latitude": 0, "longitude": 0, "name": long(101)}}),
+                "location",
+            ),
+            (
+                json!({"to": to, "type": "location", "location": {"latitude": 0, "longitude": 0, "address": long(201)}}),
+                "location",
+            ),
+            (
+                json!({"to": to, "type": "contact", "contact": {"name": long(101), "phone": to}}),
+                "contact",
+            ),
+            (
+                json!({"to": to, "type": "contact", "contact": {"name": "Ann", "phone": to, "organization": long(101)}}),
+                "contact",
+            ),
+            (
+                json!({"to": to, "type": "contact", "contact": {"name": "Ann", "phone": to, "email": "not-an-address"}}),
+                "contact",
+            ),
+            (
+                json!({"to": to, "type": "link", "link": {"url": "https://e.com", "title": long(101)}}),
+                "link",
+            ),
+            (
+                json!({"to": to, "type": "link", "link": {"url": "https://e.com", "description": long(301)}}),
+                "link",
+            ),
+        ] {
+            let err = parse(body.clone()).unwrap_err();
+            assert_eq!(err.field, field, "{body}: {err}");
+        }
+        // At the limits, accepted.
+        for body in [
+            json!({"to": "+1 415 555 0123", "message": "hi"}),
+            json!({"to": to, "type": "location", "location": {"latitude": 0, "longitude": 0, "name": long(100), "address": long(200)}}),
+            json!({"to": to, "type": "contact", "contact": {"name": long(100), "phone": to, "organization": long(100), "email": "Ann@Example.com"}}),
+            json!({"to": to, "type": "link", "link": {"url": "https://e.com", "title": long(100), "description": long(300)}}),
+        ] {
+            parse(body.clone()).unwrap_or_else(|e| panic!("{body}: {e}"));
+        }
+    }
+
+    /// The worker takes a contact's phone in its own (Indonesian mobile) pattern, or as a JID.
+    #[test]
+    fn contact_phones_go_to_the_worker_in_a_form_it_takes() {
+        let contact = |phone: &str| {
+            parse(json!({"to": "6281234567890", "type": "contact",
+                         "contact": {"name": "Ann", "phone": phone, "email": "Ann@Example.com"}}))
+            .unwrap()
+            .worker_body["contact"]
+                .clone()
+        };
+        assert_eq!(contact("0812 3456 7890")["phone"], "6281234567890");
+        assert_eq!(contact("+62 811 111 111")["phone"], "62811111111");
+        assert_eq!(
+            contact("+1 415 555 0123")["phone"],
+            "14155550123@s.whatsapp.net"
+        );
+        assert_eq!(
+            contact("+44 20 7946 0958")["phone"],
+            "442079460958@s.whatsapp.net"
+        );
+        // A 62 number that is not a mobile one is a JID too.
+        assert_eq!(
+            contact("+62 21 5555 1234")["phone"],
+            "622155551234@s.whatsapp.net"
+        );
+        assert_eq!(contact("0812 3456 7890")["email"], "ann@example.com");
     }
 
     #[test]

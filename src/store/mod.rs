@@ -37,7 +37,7 @@ pub use messages::{
     SentAnswer,
 };
 pub use refresh_tokens::{NewRefreshToken, RefreshOutcome, RefreshTokenRecord};
-pub use sessions::{Session, SessionReport};
+pub use sessions::{Session, SessionOwnership, SessionReport};
 pub use usage::UsageRecord;
 pub use users::{NewUser, User, UserListQuery, UserPage, UserUpdate};
 pub use workers::{Worker, WorkerMetricsSample, WorkerRegistration};

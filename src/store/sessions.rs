@@ -183,6 +183,28 @@ impl Store {
         Ok(found.is_some())
     }
 
+    /// Whether `user_id` owns the live session `session_id`, and if so whether it was ever
+    /// placed on a worker (a placement bumps the epoch, so epoch 0 without a worker is a
+    /// session nobody connected yet).
+    pub async fn session_ownership(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<SessionOwnership, StoreError> {
+        let found: Option<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT worker_id, epoch FROM sessions WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(match found {
+            None => SessionOwnership::NotOwned,
+            Some((None, 0)) => SessionOwnership::NeverPlaced,
+            Some(_) => SessionOwnership::Placed,
+        })
+    }
+
     /// Moves the session to `worker_id` (or to no worker) if its epoch is still `expected_epoch`;
     /// bumps the epoch and resets the status. `None` when another move won the race.
     pub async fn assign_session(
@@ -284,4 +306,15 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// What [`Store::session_ownership`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionOwnership {
+    /// No such live session of that user.
+    NotOwned,
+    /// The user's, never connected: no worker holds it or ever did.
+    NeverPlaced,
+    /// The user's, placed on a worker now or before.
+    Placed,
 }

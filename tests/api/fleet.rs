@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wa_gateway::sim::{SimWorker, SimWorkerConfig};
+use wa_gateway::sim::{SessionStatus, SimWorker, SimWorkerConfig};
 
 use crate::backend_tests;
 use crate::common::{Backend, Login, TestApp};
@@ -450,6 +450,51 @@ async fn reports_from_a_non_owner_are_fenced(backend: Backend) {
         .get("/api/v1/sessions/fence-0", Some(&admin.access_token))
         .await;
     assert_eq!(last.assert_ok(200)["status"], "CONNECTED");
+    // The existing worker names itself only on QR_REQUIRED: the old owner's DISCONNECTED
+    // without workerId (what it posts when the migration stops it) is not applied, since the
+    // new owner, asked, runs the session.
+    for status in ["DISCONNECTED", "ERROR", "INIT", "RECONNECTING"] {
+        let anonymous = app
+            .send(
+                app.client
+                    .post(app.url("/api/webhooks/session-status"))
+                    .bearer_auth(&token)
+                    .json(&json!({"sessionId": "fence-0", "status": status,
+                                  "timestamp": "2026-01-01T00:00:00Z"})),
+            )
+            .await;
+        anonymous.assert_error(409, "STALE_REPORT");
+        let now = app
+            .get("/api/v1/sessions/fence-0", Some(&admin.access_token))
+            .await;
+        let now = now.assert_ok(200);
+        assert_eq!(now["status"], "CONNECTED", "after an anonymous {status}");
+        assert_eq!(now["workerId"], "w-fence-2");
+    }
+    // Once the owner confirms a setback, an anonymous report is applied, with the owner's
+    // word for the status (here DISCONNECTED, where the report said RECONNECTING).
+    app.post(
+        "/api/v1/sessions/fence-0/disconnect",
+        Some(&admin.access_token),
+        json!({}),
+    )
+    .await
+    .assert_ok(200);
+    wait_for(Duration::from_secs(5), "the owner disconnected", || async {
+        w2.sessions()
+            .iter()
+            .any(|s| s.session_id == "fence-0" && s.status == SessionStatus::Disconnected)
+    })
+    .await;
+    let confirmed = app
+        .send(
+            app.client
+                .post(app.url("/api/webhooks/session-status"))
+                .bearer_auth(&token)
+                .json(&json!({"sessionId": "fence-0", "status": "RECONNECTING"})),
+        )
+        .await;
+    assert_eq!(confirmed.assert_ok(200)["status"], "DISCONNECTED");
     w1.kill().await;
     w2.kill().await;
     app.stop().await;
@@ -657,6 +702,41 @@ async fn malformed_worker_payloads_are_400_and_change_nothing(backend: Backend) 
         )
         .await;
     recovery.assert_ok(200);
+    // The existing worker's other recovery reports: a summary alone (no results, or an empty
+    // list) applies nothing; its lower-case words are understood. (The simulator stops first:
+    // its heartbeats would set the status it runs the session in between.)
+    w.kill().await;
+    let recover = |body: Value| {
+        app.client
+            .post(app.url("/api/workers/w-bad/sessions/recovery-status"))
+            .bearer_auth(&token)
+            .json(&body)
+    };
+    let summary = json!({"totalSessions": 1, "successfulRecoveries": 0, "failedRecoveries": 1});
+    for body in [
+        json!({ "summary": summary }),
+        json!({"recoveryResults": [], "summary": summary}),
+    ] {
+        let answer = app.send(recover(body)).await;
+        assert_eq!(answer.assert_ok(200)["processed"], 0);
+    }
+    let status_of = || async {
+        app.get("/api/v1/sessions/bad-0", Some(&admin.access_token))
+            .await
+            .assert_ok(200)["status"]
+            .clone()
+    };
+    assert_eq!(status_of().await, "CONNECTED");
+    for (word, expected) in [
+        ("error", "ERROR"),
+        ("recovered", "CONNECTED"),
+        ("failed", "ERROR"),
+    ] {
+        let body = json!({"recoveryResults": [{"sessionId": "bad-0", "status": word}]});
+        let answer = app.send(recover(body)).await;
+        assert_eq!(answer.assert_ok(200)["applied"], 1, "{word}");
+        assert_eq!(status_of().await, expected, "after {word}");
+    }
     let count = app
         .context
         .store
@@ -664,7 +744,6 @@ async fn malformed_worker_payloads_are_400_and_change_nothing(backend: Backend) 
         .await
         .unwrap();
     assert!(count >= 1, "heartbeat metrics are sampled");
-    w.kill().await;
     app.stop().await;
 }
 

@@ -1134,6 +1134,26 @@ async fn validation_errors_are_clear_4xx(backend: Backend) {
             400,
             "VALIDATION_ERROR",
         ),
+        // What the existing worker would refuse is refused here, as it counts: 9 digits,
+        // 2049 emoji (4098 UTF-16 code units), a 101-character location name.
+        (
+            "/api/v1/external/send",
+            json!({"sessionId": session, "to": "628123456", "message": "nine digits"}),
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "/api/v1/external/send",
+            json!({"sessionId": session, "to": "6281234567890", "message": "\u{1F600}".repeat(2049)}),
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "/api/v1/external/sendLocation",
+            json!({"sessionId": session, "to": "6281234567890", "location": {"latitude": 1, "longitude": 1, "name": "n".repeat(101)}}),
+            400,
+            "VALIDATION_ERROR",
+        ),
     ];
     for (path, body, status, code) in cases {
         let answer = send(app, key, path, body.clone()).await;
@@ -1145,6 +1165,35 @@ async fn validation_errors_are_clear_4xx(backend: Backend) {
         );
         answer.assert_error(status, code);
     }
+    // A session nobody ever connected: 409 at once, single or bulk (a bad body is still 400
+    // first), where a 202 would only have failed after the delivery bound.
+    app.post(
+        "/api/v1/sessions",
+        Some(&setup.login.access_token),
+        json!({"name": "never", "sessionId": "never-connected"}),
+    )
+    .await
+    .assert_ok(201);
+    let never = text("never-connected", "6281234567890", "hi");
+    send(app, key, "/api/v1/external/send", never)
+        .await
+        .assert_error(409, "SESSION_NOT_CONNECTED");
+    send(
+        app,
+        key,
+        "/api/v1/external/send/bulk",
+        json!({"sessionId": "never-connected", "messages": [{"to": "6281234567890", "message": "hi"}]}),
+    )
+    .await
+    .assert_error(409, "SESSION_NOT_CONNECTED");
+    send(
+        app,
+        key,
+        "/api/v1/external/send",
+        json!({"sessionId": "never-connected", "to": "1", "message": "hi"}),
+    )
+    .await
+    .assert_error(400, "VALIDATION_ERROR");
     // Malformed JSON, no credentials, a bad key.
     let raw = app
         .send(
