@@ -114,6 +114,7 @@ impl AppContext {
                 monitor_interval: config.worker_monitor_interval,
                 probe_interval: config.worker_probe_interval,
                 metrics_retention: config.worker_metrics_retention,
+                reconcile_after: config.session_reconcile_after,
             },
         ));
         let pipeline = Pipeline::connect(&config).await?;

@@ -243,6 +243,10 @@ pub struct Config {
     pub worker_probe_interval: Duration,
     /// Timeout of one gateway → worker call (`WORKER_REQUEST_TIMEOUT_MS`, 10000).
     pub worker_request_timeout: Duration,
+    /// A session that should run on its worker but is missing from that worker's heartbeats
+    /// this long after it was placed there is started again (`SESSION_RECONCILE_AFTER_MS`,
+    /// 60000: two of the existing worker's heartbeat periods).
+    pub session_reconcile_after: Duration,
     /// How long worker metrics samples are kept (`WORKER_METRICS_RETENTION_HOURS`, 24).
     pub worker_metrics_retention: Duration,
     /// Country calling code put in front of local numbers (`0812…`) (`DEFAULT_COUNTRY_CODE`, 62).
@@ -455,6 +459,9 @@ impl Config {
             ),
             worker_request_timeout: Duration::from_millis(
                 source.positive_or("WORKER_REQUEST_TIMEOUT_MS", 10_000)?,
+            ),
+            session_reconcile_after: Duration::from_millis(
+                source.positive_or("SESSION_RECONCILE_AFTER_MS", 60_000)?,
             ),
             worker_metrics_retention: Duration::from_secs(
                 3600 * source.positive_or("WORKER_METRICS_RETENTION_HOURS", 24)?,

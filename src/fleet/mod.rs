@@ -92,6 +92,24 @@ pub struct FleetSettings {
     pub probe_interval: Duration,
     /// How long metrics samples are kept.
     pub metrics_retention: Duration,
+    /// A session missing from its owner's heartbeats this long after its placement is
+    /// started there again.
+    pub reconcile_after: Duration,
+}
+
+/// What [`Fleet::connect`] achieved.
+#[derive(Debug)]
+pub enum Connected {
+    /// The worker started the session (its QR or connection follows by callback).
+    Started(Session),
+    /// The session is placed, but its worker is rate limiting session starts: the start is
+    /// queued on that worker and happens by itself.
+    Queued {
+        /// The session as placed.
+        session: Session,
+        /// The worker's `Retry-After`, if it gave one.
+        retry_after: Option<Duration>,
+    },
 }
 
 /// A worker's registration as received.
@@ -397,13 +415,17 @@ impl Fleet {
         })
     }
 
-    /// Records a heartbeat and reconciles the sessions it lists. Sessions the worker lists but
-    /// does not own are fenced: the worker is told to stop them.
+    /// Records a heartbeat and reconciles the sessions it lists (`None`: a heartbeat without a
+    /// session list, which tells nothing about them). Sessions the worker lists but does not
+    /// own are fenced: the worker is told to stop them. Sessions it owns and should run but
+    /// does not list, past [`FleetSettings::reconcile_after`] since their placement, are
+    /// started there again: a start that failed or met a `429`, or a worker that restarted
+    /// without them.
     pub async fn heartbeat(
         &self,
         worker_id: &str,
         sample: &WorkerMetricsSample,
-        sessions: &[ReportedSession],
+        sessions: Option<&[ReportedSession]>,
     ) -> Result<(), FleetError> {
         let recorded = match self.store.record_heartbeat(worker_id, sample).await {
             Ok(recorded) => {
@@ -429,6 +451,10 @@ impl Fleet {
             .into_iter()
             .map(|session| (session.id.clone(), session))
             .collect();
+        let Some(sessions) = sessions else {
+            return Ok(());
+        };
+        self.reconcile(&worker, &owned, sessions).await?;
         for reported in sessions {
             let Some(session) = owned.get(&reported.session_id) else {
                 self.fence(&worker, &reported.session_id);
@@ -455,6 +481,52 @@ impl Fleet {
                 self.publish(&updated);
             }
         }
+        Ok(())
+    }
+
+    /// Starts again, on `worker`, each session it owns and should run but did not list, once
+    /// its placement is older than the bound (a fresh one may not be listed yet).
+    async fn reconcile(
+        &self,
+        worker: &Worker,
+        owned: &std::collections::HashMap<String, Session>,
+        listed: &[ReportedSession],
+    ) -> Result<(), FleetError> {
+        let listed: std::collections::HashSet<&str> =
+            listed.iter().map(|s| s.session_id.as_str()).collect();
+        let oldest = now_ms() - self.settings.reconcile_after.as_millis() as i64;
+        for session in owned.values() {
+            if listed.contains(session.id.as_str())
+                || !session.should_run()
+                || session.updated_at > oldest
+            {
+                continue;
+            }
+            tracing::info!(session = %session.id, worker = %worker.id, "session missing from its worker's heartbeat; starting it there again");
+            self.start_later(session, &worker.id, "missing from its worker's heartbeat")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Enqueues a start of `session` on `worker_id`, where it is placed already (a start that
+    /// met a `429`, or a session its worker does not run): the same worker, later, at the same
+    /// epoch.
+    async fn start_later(
+        &self,
+        session: &Session,
+        worker_id: &str,
+        reason: &str,
+    ) -> Result<(), FleetError> {
+        self.migrations
+            .enqueue(MigrateSession {
+                session_id: session.id.clone(),
+                from_worker_id: Some(worker_id.to_owned()),
+                expected_epoch: session.epoch,
+                target_worker_id: Some(worker_id.to_owned()),
+                reason: reason.to_owned(),
+            })
+            .await?;
         Ok(())
     }
 
@@ -676,8 +748,11 @@ impl Fleet {
             })
     }
 
-    /// Places the session on a worker (if it has no live one) and starts it there.
-    pub async fn connect(&self, session: &Session) -> Result<Session, FleetError> {
+    /// Places the session on a worker (if it has no live one) and starts it there. A worker
+    /// that is rate limiting (`429`) keeps the session: the start is queued on it
+    /// ([`Connected::Queued`]) and happens by itself later; another worker is never tried for
+    /// that, nor is it "no capacity".
+    pub async fn connect(&self, session: &Session) -> Result<Connected, FleetError> {
         let workers = self.store.list_workers().await?;
         let now = now_ms();
         if let Some(current) = session
@@ -687,12 +762,20 @@ impl Fleet {
             && current.status == WorkerStatus::Online
             && current.is_alive(now, self.timeout_ms())
         {
-            match self.start_on(current, session).await {
-                Ok(()) | Err(WorkerCallError::Refused { status: 409, .. }) => {
-                    return Ok(self.store.session_by_id(&session.id).await?);
+            return match self.start_on(current, session).await {
+                Ok(()) | Err(WorkerCallError::Refused { status: 409, .. }) => Ok(
+                    Connected::Started(self.store.session_by_id(&session.id).await?),
+                ),
+                Err(WorkerCallError::Busy { retry_after }) => {
+                    self.start_later(session, &current.id, "connect met a 429")
+                        .await?;
+                    Ok(Connected::Queued {
+                        session: session.clone(),
+                        retry_after,
+                    })
                 }
-                Err(err) => return Err(err.into()),
-            }
+                Err(err) => Err(err.into()),
+            };
         }
         let mut excluded: Vec<String> = Vec::new();
         let mut epoch = session.epoch;
@@ -715,10 +798,20 @@ impl Fleet {
             };
             epoch = assigned.epoch;
             match self.start_on(target, &assigned).await {
-                Ok(()) => {
+                Ok(()) | Err(WorkerCallError::Refused { status: 409, .. }) => {
                     self.cache_route(&assigned, target).await;
                     self.publish(&assigned);
-                    return Ok(assigned);
+                    return Ok(Connected::Started(assigned));
+                }
+                Err(WorkerCallError::Busy { retry_after }) => {
+                    self.cache_route(&assigned, target).await;
+                    self.publish(&assigned);
+                    self.start_later(&assigned, &target.id, "connect met a 429")
+                        .await?;
+                    return Ok(Connected::Queued {
+                        session: assigned,
+                        retry_after,
+                    });
                 }
                 Err(err) => {
                     tracing::warn!(session = %session.id, worker = %target.id, error = %err, "start failed; trying another worker");
@@ -886,6 +979,9 @@ impl Fleet {
         if session.epoch != job.expected_epoch || session.worker_id != job.from_worker_id {
             return Ok(MigrationOutcome::Skipped("session already moved"));
         }
+        if job.target_worker_id.is_some() && job.target_worker_id == job.from_worker_id {
+            return self.start_in_place(&session).await;
+        }
         let workers = self.store.list_workers().await?;
         let exclude: Vec<&str> = job.from_worker_id.iter().map(String::as_str).collect();
         let target = match &job.target_worker_id {
@@ -936,6 +1032,16 @@ impl Fleet {
                     epoch: moved.epoch,
                 })
             }
+            Err(WorkerCallError::Busy { .. }) => {
+                // Rate limited: the target keeps it and the start is asked again later.
+                self.start_later(&moved, &target.id, "migration start met a 429")
+                    .await?;
+                tracing::info!(session = %session.id, to = %target.id, epoch = moved.epoch, "session migrated; its start waits for the worker's rate limit");
+                Ok(MigrationOutcome::Moved {
+                    to_worker_id: target.id.clone(),
+                    epoch: moved.epoch,
+                })
+            }
             Err(err) => {
                 // The target did not take it: the next attempt moves it again from there.
                 tracing::warn!(session = %session.id, to = %target.id, error = %err, "start on migration target failed");
@@ -949,6 +1055,56 @@ impl Fleet {
                     })
                     .await?;
                 Ok(MigrationOutcome::Skipped("target refused; re-enqueued"))
+            }
+        }
+    }
+
+    /// Starts a session again on the worker it is placed on (a start-later job): done when the
+    /// worker runs it; later while the worker is rate limiting or does not answer; moved to
+    /// another worker when this one refuses it for good.
+    async fn start_in_place(
+        &self,
+        session: &Session,
+    ) -> Result<migration::MigrationOutcome, FleetError> {
+        use migration::MigrationOutcome;
+        let Some(worker_id) = session.worker_id.as_deref() else {
+            return Ok(MigrationOutcome::Skipped("session not placed"));
+        };
+        let worker = match self.store.worker_by_id(worker_id).await {
+            Ok(worker) => worker,
+            Err(StoreError::NotFound) => return Ok(MigrationOutcome::Skipped("worker gone")),
+            Err(err) => return Err(err.into()),
+        };
+        if worker.status != WorkerStatus::Online || !self.is_alive(&worker, now_ms()) {
+            // Its evacuation moves the session.
+            return Ok(MigrationOutcome::Skipped("worker not online"));
+        }
+        match self.start_on(&worker, session).await {
+            Ok(()) | Err(WorkerCallError::Refused { status: 409, .. }) => {
+                tracing::info!(session = %session.id, worker = %worker.id, epoch = session.epoch, "session started on its worker");
+                Ok(MigrationOutcome::Moved {
+                    to_worker_id: worker.id.clone(),
+                    epoch: session.epoch,
+                })
+            }
+            Err(WorkerCallError::Busy { .. }) => Ok(MigrationOutcome::RetryLater(
+                "the worker is rate limiting session starts (429)",
+            )),
+            Err(err) if err.is_transient() => Ok(MigrationOutcome::RetryLater(
+                "the worker did not take the start",
+            )),
+            Err(err) => {
+                tracing::warn!(session = %session.id, worker = %worker.id, error = %err, "the worker refused the start; moving the session");
+                self.migrations
+                    .enqueue(MigrateSession {
+                        session_id: session.id.clone(),
+                        from_worker_id: Some(worker.id.clone()),
+                        expected_epoch: session.epoch,
+                        target_worker_id: None,
+                        reason: format!("start on {} refused", worker.id),
+                    })
+                    .await?;
+                Ok(MigrationOutcome::Skipped("start refused; moving"))
             }
         }
     }

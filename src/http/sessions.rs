@@ -14,6 +14,7 @@ use super::error::{ApiError, ApiResult, finish, success};
 use super::extract::{Ctx, administrator, json_body, user_session, with_context};
 use super::views::SessionView;
 use crate::domain::{DisplayName, Role, SessionId, TextRule};
+use crate::fleet::Connected;
 use crate::store::{Session, StoreError, User};
 
 #[allow(unused_imports)]
@@ -215,16 +216,40 @@ pub async fn delete_session(id: String, context: Ctx, user: User) -> ApiResult {
     ))
 }
 
-/// Places the session on the healthy worker with the most headroom and starts it.
+/// Places the session on the healthy worker with the most headroom and starts it. `200`: the
+/// worker started it (the QR follows). `202`: the session is placed but its worker is rate
+/// limiting session starts (the existing worker allows each customer 5 per 5 minutes); the
+/// start is queued there and happens by itself, `Retry-After` says about when; follow the
+/// session's status (SSE) for its QR.
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/connect", tag = "sessions", params(("id" = String, Path)),
     responses((status = 200, body = Envelope<SessionView>),
+              (status = 202, description = "placed; the worker is rate limiting session starts, so the start is queued on it and happens by itself (Retry-After: about when)",
+               body = Envelope<SessionView>,
+               headers(("Retry-After" = u64, description = "Seconds until the worker is expected to take the start"))),
               (status = 503, description = "no worker available", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn connect_session(id: String, context: Ctx, user: User) -> ApiResult {
     let session = visible_session(&context, &user, &id).await?;
-    let session = context.fleet.connect(&session).await?;
-    Ok(success(StatusCode::OK, &SessionView::from(&session)))
+    match context.fleet.connect(&session).await? {
+        Connected::Started(session) => Ok(success(StatusCode::OK, &SessionView::from(&session))),
+        Connected::Queued {
+            session,
+            retry_after,
+        } => {
+            let seconds = retry_after.map_or(QUEUED_START_RETRY_AFTER_SECS, |after| {
+                after.as_secs().max(1)
+            });
+            let answer = success(StatusCode::ACCEPTED, &SessionView::from(&session));
+            Ok(
+                warp::reply::with_header(answer, "retry-after", seconds.to_string())
+                    .into_response(),
+            )
+        }
+    }
 }
+
+/// `Retry-After` of a queued start when the worker gave none.
+const QUEUED_START_RETRY_AFTER_SECS: u64 = 60;
 
 /// A session with its current QR.
 #[derive(Serialize, ToSchema)]

@@ -559,6 +559,7 @@ pub async fn heartbeat(worker_id: String, context: Ctx, body: HeartbeatBody) -> 
             .active_sessions
             .whole("activeSessions", SESSIONS_MAX)?,
     };
+    let listed = body.sessions.is_some();
     let sessions: Vec<ReportedSession> = body
         .sessions
         .unwrap_or_default()
@@ -578,7 +579,7 @@ pub async fn heartbeat(worker_id: String, context: Ctx, body: HeartbeatBody) -> 
         .collect::<Result<_, InvalidInput>>()?;
     context
         .fleet
-        .heartbeat(&worker_id, &sample, &sessions)
+        .heartbeat(&worker_id, &sample, listed.then_some(sessions.as_slice()))
         .await?;
     Ok(success(
         StatusCode::OK,
@@ -607,7 +608,7 @@ pub async fn legacy_heartbeat(context: Ctx, body: LegacyHeartbeatBody) -> ApiRes
     };
     context
         .fleet
-        .heartbeat(&body.worker_id, &sample, &[])
+        .heartbeat(&body.worker_id, &sample, None)
         .await?;
     Ok(success(
         StatusCode::OK,

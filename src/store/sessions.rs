@@ -42,6 +42,22 @@ pub struct Session {
     pub updated_at: i64,
 }
 
+impl Session {
+    /// Whether its worker should be running it: placed, not logged out, and not stopped on
+    /// purpose or for good (`DISCONNECTED`, `ERROR`).
+    pub fn should_run(&self) -> bool {
+        self.worker_id.is_some()
+            && self.logged_out_at.is_none()
+            && matches!(
+                self.status,
+                SessionStatus::Init
+                    | SessionStatus::QrRequired
+                    | SessionStatus::Connected
+                    | SessionStatus::Reconnecting
+            )
+    }
+}
+
 #[derive(FromRow)]
 struct SessionRow {
     id: String,
