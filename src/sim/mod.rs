@@ -37,7 +37,8 @@
 //! (the QR was not scanned in time: `INIT` for the existing worker, a fresh QR otherwise),
 //! `POST /sim/sessions/{id}/logout-from-phone` (like a logout, with `loggedOutFromPhone`),
 //! `POST /sim/sessions/{id}/inbound` `{from, message?, type?}` (forwarded to
-//! `POST /api/webhooks/message-received`). None of them is rate-limited.
+//! `POST /api/webhooks/message-received`). None of them is rate-limited, not even by the global
+//! limit.
 
 mod gateway;
 mod limits;

@@ -156,8 +156,9 @@ pub struct RateLimits {
     pub session_operations: RateLimit,
     /// `POST /api/{sessionId}/send`, keyed by the session alone.
     pub sends: RateLimit,
-    /// Every route but `GET /health`, keyed by client IP: the existing worker's limit under
-    /// `NODE_ENV=production`. `None` (the default): off, as when `RATE_LIMITING_ENABLED=false`.
+    /// Every route but `GET /health` (and the simulator's own `/sim/…` controls), keyed by
+    /// client IP: the existing worker's limit under `NODE_ENV=production`. `None` (the default):
+    /// off, as when `RATE_LIMITING_ENABLED=false`.
     pub global: Option<RateLimit>,
 }
 

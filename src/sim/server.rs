@@ -10,8 +10,9 @@
 //!
 //! Rate limits (`Quirks::rate_limits`) are checked before anything else a route does, as the
 //! existing worker's middleware is: session operations by client IP and `X-User-Id`, sends by
-//! session, and the optional global limit by client IP on every route but `GET /health`. The
-//! client IP is the connection's peer address, which the accept loop hands to the routes.
+//! session, and the optional global limit by client IP on every route but `GET /health` and the
+//! `/sim/…` controls (which the existing worker does not have). The client IP is the
+//! connection's peer address, which the accept loop hands to the routes.
 //!
 //! The accept loop keeps every connection task in a `JoinSet` owned by the server task, so
 //! aborting that task (a kill) drops every connection at once, in-flight requests included.
@@ -359,7 +360,7 @@ pub(crate) fn routes(worker: Arc<Worker>) -> BoxedFilter<(Response,)> {
         .and(warp::body::bytes())
         .then(sim_control);
 
-    let api = start
+    let worker_api = start
         .or(status)
         .unify()
         .or(control)
@@ -372,22 +373,26 @@ pub(crate) fn routes(worker: Arc<Worker>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(manage)
         .unify()
-        .or(sim_messages)
-        .unify()
+        .boxed();
+    // Checked before any path: every request that reaches it counts, even one that matches no
+    // route, as in the existing worker. The simulation controls come first and never reach it.
+    let worker_api = if global_limit {
+        within_global_limit(for_global_limit)
+            .and(worker_api)
+            .boxed()
+    } else {
+        worker_api
+    };
+    let sim_api = sim_messages
         .or(sim_sessions)
         .unify()
         .or(sim_control)
-        .unify()
-        .boxed();
+        .unify();
+    let api = sim_api.or(worker_api).unify().boxed();
     let api = if open_routes {
         api
     } else {
         authorized(token).and(api).boxed()
-    };
-    let api = if global_limit {
-        within_global_limit(for_global_limit).and(api).boxed()
-    } else {
-        api
     };
     health
         .or(api)

@@ -1689,6 +1689,10 @@ async fn the_production_global_limit_spares_health() {
             .unwrap();
         assert_eq!(status, 200);
     }
+    // Nor the simulation controls.
+    for _ in 0..5 {
+        assert_eq!(client.get("/sim/sessions").await.0, 200);
+    }
     assert_eq!(client.get("/api/sessions").await.0, 200);
     assert_eq!(client.get("/no/such/route").await.0, 404);
     let refused = client
