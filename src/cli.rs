@@ -186,8 +186,8 @@ pub struct SimWorkerArgs {
     /// The sends' window.
     #[arg(long, help_heading = RATE_LIMITS, default_value_t = millis(crate::sim::DEFAULT_SENDS_WINDOW))]
     pub sends_window_ms: u64,
-    /// Also limit every route but GET /health per client IP, like the existing worker with
-    /// NODE_ENV=production (and RATE_LIMITING_ENABLED not false).
+    /// Also limit every route but GET /health (and the /sim controls) per client IP, like the
+    /// existing worker with NODE_ENV=production (and RATE_LIMITING_ENABLED not false).
     #[arg(long, help_heading = RATE_LIMITS, conflicts_with_all = ["ideal", "no_quirk_rate_limits"])]
     pub global_rate_limit: bool,
     /// Requests admitted per window by --global-rate-limit.

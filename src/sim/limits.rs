@@ -14,6 +14,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use warp::http::HeaderValue;
+
 use super::quirks::{RateLimit, RateLimits};
 use super::state::lock;
 
@@ -25,9 +27,9 @@ const MAX_KEYS: usize = 100_000;
 pub(crate) struct Caller {
     /// The peer address of the connection (the whole gateway is one client IP).
     pub(crate) ip: Option<IpAddr>,
-    /// The `X-User-Id` header: the gateway sends the session owner's id, so each of its
+    /// The `X-User-Id` header, as sent: the gateway sends the session owner's id, so each of its
     /// customers has a budget of its own.
-    pub(crate) user_id: Option<String>,
+    pub(crate) user_id: Option<HeaderValue>,
 }
 
 /// A refusal: how long until the key's window ends, and what to tell the caller.
@@ -320,9 +322,9 @@ mod tests {
         });
         let now = Instant::now();
         let ip = Some(IpAddr::from([10, 0, 0, 1]));
-        let caller = |user: Option<&str>| Caller {
+        let caller = |user: Option<&'static str>| Caller {
             ip,
-            user_id: user.map(str::to_owned),
+            user_id: user.map(HeaderValue::from_static),
         };
         assert!(limiters.session_operation(&caller(None), now).is_ok());
         assert!(limiters.session_operation(&caller(None), now).is_err());

@@ -205,11 +205,6 @@ struct RateLimited(Limited);
 
 impl warp::reject::Reject for RateLimited {}
 
-/// The peer address of a connection, put in each request's extensions by the accept loop: the
-/// client IP of the rate limits.
-#[derive(Clone, Copy, Debug)]
-struct ClientAddr(SocketAddr);
-
 /// Passes only requests that carry `Authorization: Bearer <token>`.
 fn authorized(token: Arc<str>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
@@ -234,26 +229,34 @@ fn authorized(token: Arc<str>) -> impl Filter<Extract = (), Error = Rejection> +
 fn within_global_limit(
     worker: Arc<Worker>,
 ) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::ext::optional::<ClientAddr>()
-        .and_then(move |addr: Option<ClientAddr>| {
+    caller()
+        .and_then(move |caller: Caller| {
             let worker = Arc::clone(&worker);
             async move {
                 worker
-                    .admit_global(addr.map(|ClientAddr(addr)| addr.ip()), Instant::now())
+                    .admit_global(caller.ip, Instant::now())
                     .map_err(|limited| warp::reject::custom(RateLimited(limited)))
             }
         })
         .untuple_one()
 }
 
-/// The client IP and `X-User-Id` (an empty header counts as absent, as in the existing worker).
-fn caller() -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
-    warp::ext::optional::<ClientAddr>()
-        .and(warp::header::optional::<String>("x-user-id"))
-        .map(|addr: Option<ClientAddr>, user_id: Option<String>| Caller {
-            ip: addr.map(|ClientAddr(addr)| addr.ip()),
-            user_id: user_id.filter(|user_id| !user_id.is_empty()),
-        })
+/// The client IP and `X-User-Id` of the request, as [`caller_of`] found them.
+fn caller() -> impl Filter<Extract = (Caller,), Error = Infallible> + Clone {
+    warp::ext::optional::<Caller>().map(Option::unwrap_or_default)
+}
+
+/// Who calls, for the rate limits: the connection's peer address and the raw `X-User-Id` value
+/// (any bytes: a header the limiter cannot read still keys a budget, and never fails a request).
+/// An empty header counts as absent, as in the existing worker.
+fn caller_of(peer: SocketAddr, headers: &warp::http::HeaderMap) -> Caller {
+    Caller {
+        ip: Some(peer.ip()),
+        user_id: headers
+            .get("x-user-id")
+            .filter(|value| !value.is_empty())
+            .cloned(),
+    }
 }
 
 /// The one place where warp rejections become the error envelope.
@@ -692,7 +695,7 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let warp_service = warp_service.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            handle(request, ClientAddr(peer), warp_service.clone())
+            handle(request, peer, warp_service.clone())
         });
         let connection = graceful.watch(
             hyper::server::conn::http1::Builder::new()
@@ -714,17 +717,18 @@ pub(crate) async fn serve(
 }
 
 /// Reads the body under [`MAX_BODY_BYTES`] (chunked bodies included), then runs the routes with
-/// the peer address in the request's extensions.
+/// the [`Caller`] in the request's extensions.
 async fn handle<S>(
     request: hyper::Request<Incoming>,
-    peer: ClientAddr,
+    peer: SocketAddr,
     mut warp_service: S,
 ) -> Result<Response, Infallible>
 where
     S: tower_service::Service<hyper::Request<Full<Bytes>>, Response = Response, Error = Infallible>,
 {
     let (mut parts, body) = request.into_parts();
-    parts.extensions.insert(peer);
+    let caller = caller_of(peer, &parts.headers);
+    parts.extensions.insert(caller);
     match http_body_util::Limited::new(body, MAX_BODY_BYTES)
         .collect()
         .await

@@ -1562,6 +1562,19 @@ async fn session_operations_are_limited_per_ip_and_user_id() {
     }
     // An empty header is no header.
     assert_eq!(client.start_as(&unique("rl"), Some("")).await.status, 429);
+    // Bytes that are not text still key a budget of their own (and fail nothing).
+    let odd = reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").unwrap();
+    for expected in [201, 201, 429] {
+        let answer = client
+            .http
+            .post(format!("{}/api/sessions/start", client.base))
+            .header("X-User-Id", odd.clone())
+            .json(&json!({ "sessionId": unique("rl"), "userId": "user-odd" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), expected);
+    }
     // Reads and sim controls are not session operations.
     for _ in 0..5 {
         assert_eq!(client.get("/api/sessions").await.0, 200);
