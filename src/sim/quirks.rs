@@ -14,8 +14,9 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Quirks {
     /// A send (or manage call) for a session that is not connected answers `400` with
-    /// `{"code": "SESSION_NOT_CONNECTED", "message": "Session not connected. Status: <STATUS>"}`.
-    /// Off: `409` with the same code and message.
+    /// `{"code": "SESSION_NOT_CONNECTED", "message": "Session not connected. Status: <STATUS>"}`
+    /// (`NOT_FOUND` for a session this worker does not hold). Off: `409` with the same code and
+    /// the message `session is not connected`.
     pub not_connected_400: bool,
     /// Validation errors read `{"success": false, "error": "Validation error", "details":
     /// [{"field", "message"}]}` (`error` is a string). Off: the envelope
