@@ -26,6 +26,8 @@ pub enum Command {
     /// Apply database migrations and exit.
     Migrate,
     /// Run a simulated Baileys worker (tests, demos, benchmarks, smoke tests of a deployment).
+    /// By default it reproduces the existing worker's quirks (docs/WORKER_PROTOCOL.md, "What the
+    /// existing worker really does"); `--ideal` turns them all off.
     SimWorker(SimWorkerArgs),
     /// Benchmark the send pipeline: spawn a gateway and simulated workers (or use --target),
     /// send, check delivery, print one RESULT line.
@@ -127,6 +129,125 @@ pub struct SimWorkerArgs {
     /// in a remote fleet for.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
     pub nice: u8,
+
+    /// Behave like an ideal worker: every quirk below off, and a full recovery-status
+    /// (`--recovery-report` still overrides that).
+    #[arg(long, help_heading = QUIRKS)]
+    pub ideal: bool,
+    /// 409 instead of 400 SESSION_NOT_CONNECTED for a send to a session that is not connected.
+    #[arg(long, help_heading = QUIRKS)]
+    pub no_quirk_not_connected_400: bool,
+    /// Validation errors as {"error": {"code": "VALIDATION_ERROR", "message", "details":
+    /// {"field"}}} instead of {"error": "Validation error", "details": [{"field", "message"}]}.
+    #[arg(long, help_heading = QUIRKS)]
+    pub no_quirk_validation_shape: bool,
+    /// Check send bodies for shape and types only (`to` with 8 to 15 digits), without the
+    /// existing worker's rules: `to` with 10 to 15 digits, UTF-16 lengths, contact e-mail and
+    /// phone formats.
+    #[arg(long, help_heading = QUIRKS)]
+    pub no_quirk_strict_validation: bool,
+    /// No rate limits (no 429 ever).
+    #[arg(long, help_heading = QUIRKS)]
+    pub no_quirk_rate_limits: bool,
+    /// Name this worker (workerId) in every session-status callback, not only in QR_REQUIRED.
+    #[arg(long, help_heading = QUIRKS)]
+    pub no_quirk_callbacks_without_worker_id: bool,
+    /// Report a failed session as ERROR (not INIT), say nothing while connecting, keep QRs
+    /// until scanned (no INIT when one expires), add reason LOGGED_OUT to logouts.
+    #[arg(long, help_heading = QUIRKS)]
+    pub no_quirk_status_vocabulary: bool,
+    /// On SIGINT/SIGTERM only unregister: keep the sessions' credentials (no logout of every
+    /// session).
+    #[arg(long, help_heading = QUIRKS)]
+    pub no_quirk_logout_on_shutdown: bool,
+    /// Heartbeat cpuUsage and memoryUsage as small figures growing with the sessions, instead
+    /// of a random 30-50 CPU and a Node-like heap percentage.
+    #[arg(long, help_heading = QUIRKS)]
+    pub no_quirk_node_metrics: bool,
+    /// Require the bearer token (WORKER_AUTH_TOKEN) on every route but GET /health.
+    #[arg(long, help_heading = QUIRKS)]
+    pub no_quirk_open_routes: bool,
+    /// What to post to /sessions/recovery-status after restoring assigned sessions: none (the
+    /// existing worker), summary-only (empty recoveryResults, counts under summary),
+    /// lower-case (recovered/failed/error) or full (SUCCESS/FAILED/SKIPPED). Default: none, or
+    /// full with --ideal.
+    #[arg(long, help_heading = QUIRKS)]
+    pub recovery_report: Option<crate::sim::RecoveryReport>,
+    /// Session operations (start, restart, disconnect, logout, delete) admitted per window and
+    /// per client IP + X-User-Id header.
+    #[arg(long, help_heading = RATE_LIMITS, default_value_t = crate::sim::DEFAULT_SESSION_OPERATIONS_LIMIT)]
+    pub session_operations_limit: u32,
+    /// The session operations' window.
+    #[arg(long, help_heading = RATE_LIMITS, default_value_t = millis(crate::sim::DEFAULT_SESSION_OPERATIONS_WINDOW))]
+    pub session_operations_window_ms: u64,
+    /// Sends admitted per window and per session.
+    #[arg(long, help_heading = RATE_LIMITS, default_value_t = crate::sim::DEFAULT_SENDS_LIMIT)]
+    pub sends_limit: u32,
+    /// The sends' window.
+    #[arg(long, help_heading = RATE_LIMITS, default_value_t = millis(crate::sim::DEFAULT_SENDS_WINDOW))]
+    pub sends_window_ms: u64,
+    /// Also limit every route but GET /health (and the /sim controls) per client IP, like the
+    /// existing worker with NODE_ENV=production (and RATE_LIMITING_ENABLED not false).
+    #[arg(long, help_heading = RATE_LIMITS, conflicts_with_all = ["ideal", "no_quirk_rate_limits"])]
+    pub global_rate_limit: bool,
+    /// Requests admitted per window by --global-rate-limit.
+    #[arg(long, help_heading = RATE_LIMITS, default_value_t = crate::sim::DEFAULT_GLOBAL_LIMIT)]
+    pub global_limit: u32,
+    /// The window of --global-rate-limit.
+    #[arg(long, help_heading = RATE_LIMITS, default_value_t = millis(crate::sim::DEFAULT_GLOBAL_WINDOW))]
+    pub global_window_ms: u64,
+}
+
+/// `sim-worker --help` headings.
+const QUIRKS: &str = "Quirks of the existing worker (all on by default)";
+const RATE_LIMITS: &str = "Rate limits (when the rate-limit quirk is on)";
+
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl SimWorkerArgs {
+    /// The quirks these flags ask for: the existing worker's, minus what `--ideal` or a
+    /// `--no-quirk-…` flag turns off.
+    pub fn quirks(&self) -> crate::sim::Quirks {
+        use crate::sim::{Quirks, RateLimit, RateLimits};
+        use std::time::Duration;
+        let base = if self.ideal {
+            Quirks::ideal()
+        } else {
+            Quirks::real()
+        };
+        let rate_limits = RateLimits {
+            session_operations: RateLimit {
+                max_requests: self.session_operations_limit,
+                window: Duration::from_millis(self.session_operations_window_ms),
+            },
+            sends: RateLimit {
+                max_requests: self.sends_limit,
+                window: Duration::from_millis(self.sends_window_ms),
+            },
+            global: self.global_rate_limit.then_some(RateLimit {
+                max_requests: self.global_limit,
+                window: Duration::from_millis(self.global_window_ms),
+            }),
+        };
+        Quirks {
+            not_connected_400: base.not_connected_400 && !self.no_quirk_not_connected_400,
+            validation_error_shape: base.validation_error_shape && !self.no_quirk_validation_shape,
+            strict_validation: base.strict_validation && !self.no_quirk_strict_validation,
+            rate_limits: base
+                .rate_limits
+                .filter(|_| !self.no_quirk_rate_limits)
+                .map(|_| rate_limits),
+            callbacks_without_worker_id: base.callbacks_without_worker_id
+                && !self.no_quirk_callbacks_without_worker_id,
+            status_vocabulary: base.status_vocabulary && !self.no_quirk_status_vocabulary,
+            recovery_report: self.recovery_report.unwrap_or(base.recovery_report),
+            logout_on_shutdown: base.logout_on_shutdown && !self.no_quirk_logout_on_shutdown,
+            node_metrics: base.node_metrics && !self.no_quirk_node_metrics,
+            open_routes: base.open_routes && !self.no_quirk_open_routes,
+        }
+    }
 }
 
 fn parse_role(raw: &str) -> Result<Role, String> {
@@ -244,6 +365,7 @@ async fn sim_worker(args: SimWorkerArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.fail_rate) {
         anyhow::bail!("--fail-rate must be between 0 and 1");
     }
+    let quirks = args.quirks();
     let sim = crate::sim::SimWorkerConfig {
         listen: args.listen,
         backend_url: args.backend.trim_end_matches('/').to_owned(),
@@ -258,6 +380,7 @@ async fn sim_worker(args: SimWorkerArgs) -> anyhow::Result<()> {
         register_delay: std::time::Duration::ZERO,
         register_retries: 5,
         register_retry_interval: std::time::Duration::from_secs(5),
+        quirks,
     };
     if args.nice == 0 {
         return crate::sim::run(sim, shutdown_signal()).await;

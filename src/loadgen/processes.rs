@@ -142,7 +142,7 @@ impl Processes {
             let name = format!("sim-{index}");
             let mut command = child_command(&executable, &processes.dir.path);
             command
-                .arg("sim-worker")
+                .args(["sim-worker", "--ideal"])
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--backend", &processes.base_url])
                 .args(["--worker-id", &format!("lg-{}-w{index}", options.run_id)])

@@ -132,7 +132,8 @@ pub(crate) struct AssignedSession {
     pub(crate) session_name: Option<String>,
 }
 
-/// `POST /api/workers/{workerId}/sessions/recovery-status`.
+/// `POST /api/workers/{workerId}/sessions/recovery-status` as the protocol documents it: the
+/// counts at the top level.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct RecoveryReport {
@@ -142,12 +143,31 @@ pub(crate) struct RecoveryReport {
     pub(crate) failed_recoveries: u64,
 }
 
+/// The same report with the counts nested under `summary`, as the existing worker sends it
+/// (with an empty `recoveryResults`, or with lower-case statuses).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SummarizedRecoveryReport {
+    pub(crate) recovery_results: Vec<RecoveryResult>,
+    pub(crate) summary: RecoverySummary,
+}
+
+/// The counts of a [`SummarizedRecoveryReport`].
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RecoverySummary {
+    pub(crate) total_sessions: u64,
+    pub(crate) successful_recoveries: u64,
+    pub(crate) failed_recoveries: u64,
+    pub(crate) skipped_recoveries: u64,
+}
+
 /// The outcome for one assigned session.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct RecoveryResult {
     pub(crate) session_id: String,
-    /// `SUCCESS` or `FAILED`.
+    /// `SUCCESS`, `FAILED` or `SKIPPED`; in lower case `recovered`, `failed` or `error`.
     pub(crate) status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
@@ -162,7 +182,9 @@ pub(crate) struct SessionStatusReport {
     pub(crate) session_id: String,
     pub(crate) status: SessionStatus,
     pub(crate) timestamp: String,
-    pub(crate) worker_id: String,
+    /// Absent from most reports of a worker with `Quirks::callbacks_without_worker_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) worker_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) qr_code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,6 +195,9 @@ pub(crate) struct SessionStatusReport {
     pub(crate) reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) logged_out_at: Option<String>,
+    /// `true` when the phone logged the session out (not a logout through the API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) logged_out_from_phone: Option<bool>,
 }
 
 /// `POST /api/webhooks/message-status`.
@@ -276,10 +301,11 @@ impl GatewayClient {
             .map_err(|err| GatewayError::Malformed(format!("assigned sessions: {err}")))
     }
 
-    /// `POST /api/workers/{workerId}/sessions/recovery-status`, retried like a callback.
-    pub(crate) async fn recovery_status(
+    /// `POST /api/workers/{workerId}/sessions/recovery-status` (either shape), retried like a
+    /// callback.
+    pub(crate) async fn recovery_status<T: Serialize>(
         &self,
-        report: &RecoveryReport,
+        report: &T,
     ) -> Result<(), GatewayError> {
         let path = format!("/api/workers/{}/sessions/recovery-status", self.worker_id);
         self.deliver(&path, report).await

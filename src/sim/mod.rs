@@ -4,26 +4,45 @@
 //! heartbeats, recovery, unregistration, status and message callbacks; the gateway-facing session
 //! and send endpoints with the real worker's strict validation) and holds no WhatsApp login.
 //!
+//! By default it also reproduces what the existing worker really does (the protocol's "What the
+//! existing worker really does"): `400 SESSION_NOT_CONNECTED`, its validation error shape and
+//! stricter rules, its rate limits, callbacks without `workerId` but on `QR_REQUIRED`, `INIT`
+//! for sessions that connect, fail or whose QR expired, logouts as `DISCONNECTED` +
+//! `loggedOutAt`, no recovery-status, a logout of every session on shutdown, a random
+//! `cpuUsage`, and no token check on its own routes. Each is a field of [`Quirks`]:
+//! [`Quirks::real`] is the default, [`Quirks::ideal`] the kind worker without any of them.
+//!
 //! Modules:
+//! - `quirks`: the switches for the existing worker's behaviours, and its rate limits.
 //! - `state`: sessions, accepted sends, the process-wide credential store.
 //! - `worker`: the session lifecycle, sends, registration, heartbeats and recovery at run time.
-//! - `server`: warp routes, the envelope, the accept loop.
+//! - `server`: warp routes, the envelope and how refusals read, the accept loop.
+//! - `limits`: the fixed-window rate limiters.
 //! - `gateway`: calls to the gateway, callbacks with retry.
 //! - `validate`: strict send and manage body validation.
 //!
 //! Invariants: nothing here imports the gateway's own modules (the simulator is an outside
 //! party, like the real worker); every background task of a worker lives in its task set, so
 //! [`SimWorker::kill`] leaves nothing running; session-status callbacks leave in the order the
-//! transitions happened; sends through one session are recorded in arrival order.
+//! transitions happened; sends through one session are recorded in arrival order; rate limiter
+//! state is bounded.
 //!
-//! Simulation controls (same bearer token as the rest): `GET /sim/messages` (every accepted send
-//! in arrival order; `?after=<n>` answers `{total, messages}` with only the sends from index `n`
-//! on, for pollers of large runs), `GET /sim/sessions`,
-//! `POST /sim/sessions/{id}/scan` (connect now), `POST /sim/sessions/{id}/drop` (`RECONNECTING`,
-//! then `CONNECTED` after 100 ms), `POST /sim/sessions/{id}/inbound` `{from, message?, type?}`
-//! (forwarded to `POST /api/webhooks/message-received`).
+//! Simulation controls (same bearer token as the rest, when the token is checked):
+//! `GET /sim/messages` (every accepted send in arrival order; `?after=<n>` answers
+//! `{total, messages}` with only the sends from index `n` on, for pollers of large runs),
+//! `GET /sim/sessions`, `POST /sim/sessions/{id}/scan` (connect now),
+//! `POST /sim/sessions/{id}/drop` (`RECONNECTING`, then `CONNECTED` after 100 ms; the existing
+//! worker reports `INIT` in between), `POST /sim/sessions/{id}/fail` (the connection fails until
+//! a restart: `ERROR`, or `INIT` for the existing worker), `POST /sim/sessions/{id}/expire-qr`
+//! (the QR was not scanned in time: `INIT` for the existing worker, a fresh QR otherwise),
+//! `POST /sim/sessions/{id}/logout-from-phone` (like a logout, with `loggedOutFromPhone`),
+//! `POST /sim/sessions/{id}/inbound` `{from, message?, type?}` (forwarded to
+//! `POST /api/webhooks/message-received`). None of them is rate-limited, not even by the global
+//! limit.
 
 mod gateway;
+mod limits;
+mod quirks;
 mod server;
 mod state;
 mod validate;
@@ -43,6 +62,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use quirks::{
+    DEFAULT_GLOBAL_LIMIT, DEFAULT_GLOBAL_WINDOW, DEFAULT_SENDS_LIMIT, DEFAULT_SENDS_WINDOW,
+    DEFAULT_SESSION_OPERATIONS_LIMIT, DEFAULT_SESSION_OPERATIONS_WINDOW, Quirks, RateLimit,
+    RateLimits, RecoveryReport,
+};
 pub use state::{ReceivedSend, SessionStatus, SimSessionView};
 
 use worker::Worker;
@@ -70,8 +94,8 @@ pub struct SimWorkerConfig {
     pub backend_url: String,
     /// This worker's id in the fleet (`--worker-id`).
     pub worker_id: String,
-    /// The shared secret (`WORKER_AUTH_TOKEN`), sent on every call and required on every request
-    /// but `GET /health`.
+    /// The shared secret (`WORKER_AUTH_TOKEN`), sent on every call and, unless
+    /// `quirks.open_routes`, required on every request but `GET /health`.
     pub auth_token: String,
     /// How many sessions this worker accepts (`--max-sessions`); more answer 503.
     pub max_sessions: u32,
@@ -95,10 +119,14 @@ pub struct SimWorkerConfig {
     pub register_retries: u32,
     /// Pause between registration attempts.
     pub register_retry_interval: Duration,
+    /// Which behaviours of the existing worker to reproduce (`--ideal` and the `--no-quirk-…`
+    /// flags); [`Quirks::real`] by default.
+    pub quirks: Quirks,
 }
 
 impl SimWorkerConfig {
-    /// A configuration with the CLI defaults, listening on a free loopback port.
+    /// A configuration with the CLI defaults (the existing worker's quirks included), listening on
+    /// a free loopback port.
     pub fn new(
         backend_url: impl Into<String>,
         worker_id: impl Into<String>,
@@ -118,6 +146,7 @@ impl SimWorkerConfig {
             register_delay: Duration::ZERO,
             register_retries: DEFAULT_REGISTER_RETRIES,
             register_retry_interval: DEFAULT_REGISTER_RETRY_INTERVAL,
+            quirks: Quirks::real(),
         }
     }
 
@@ -130,6 +159,20 @@ impl SimWorkerConfig {
             !self.worker_id.is_empty(),
             "the worker id must not be empty"
         );
+        if let Some(limits) = &self.quirks.rate_limits {
+            let windows = [
+                Some(limits.session_operations),
+                Some(limits.sends),
+                limits.global,
+            ];
+            anyhow::ensure!(
+                windows
+                    .iter()
+                    .flatten()
+                    .all(|limit| !limit.window.is_zero()),
+                "a rate-limit window must be longer than zero"
+            );
+        }
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.fail_rate),
             "the fail rate must be between 0 and 1, got {}",
@@ -162,6 +205,7 @@ impl std::fmt::Debug for SimWorkerConfig {
             .field("register_delay", &self.register_delay)
             .field("register_retries", &self.register_retries)
             .field("register_retry_interval", &self.register_retry_interval)
+            .field("quirks", &self.quirks)
             .finish()
     }
 }
@@ -227,11 +271,17 @@ impl SimWorker {
     }
 
     /// Unregisters (`DELETE /api/workers/unregister`, like the real worker on SIGINT) and stops.
-    /// Everything is stopped even when unregistering fails; the error is returned afterwards.
+    /// With `quirks.logout_on_shutdown` it then logs out every session, as the existing worker
+    /// does: `DISCONNECTED` + `loggedOutAt` reports (after the unregister) and wiped
+    /// credentials, so those sessions need a new QR afterwards. Everything is stopped even when
+    /// unregistering fails; the error is returned afterwards.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         // Background work first, so no heartbeat can re-register after the unregister.
         self.worker.tasks.close().await;
         let unregistered = self.worker.gateway.unregister(&self.worker.endpoint).await;
+        if self.worker.config.quirks.logout_on_shutdown {
+            self.worker.log_out_every_session().await;
+        }
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
@@ -280,7 +330,8 @@ impl Drop for SimWorker {
 }
 
 /// For the CLI: starts the worker, runs until `shutdown` resolves (ctrl-c, SIGTERM, SIGINT),
-/// then unregisters and stops.
+/// then unregisters, logs out every session unless the quirk is off, and stops
+/// ([`SimWorker::shutdown`]).
 pub async fn run(
     config: SimWorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -1,20 +1,30 @@
 //! The HTTP face of a simulated worker: the gateway-facing endpoints of the worker protocol, the
 //! `/sim/…` controls, and the accept loop.
 //!
-//! Every route but `GET /health` requires `Authorization: Bearer <token>`. Answers use the
-//! envelope `{"success": true, "data": …}` / `{"success": false, "error": {"code", "message"}}`;
-//! `GET /health` answers its object at the top level, as the protocol lists it.
+//! Every route but `GET /health` requires `Authorization: Bearer <token>`, unless
+//! `Quirks::open_routes` (the existing worker checks no token). Answers use the envelope
+//! `{"success": true, "data": …}` / `{"success": false, "error": {"code", "message"}}`;
+//! `GET /health` answers its object at the top level, as the protocol lists it. How a refusal
+//! reads (the validation error shape, `400` or `409` for a session that is not connected) is
+//! decided in one place, [`SimError::render`], from the worker's quirks.
+//!
+//! Rate limits (`Quirks::rate_limits`) are checked before anything else a route does, as the
+//! existing worker's middleware is: session operations by client IP and `X-User-Id`, sends by
+//! session, and the optional global limit by client IP on every route but `GET /health` and the
+//! `/sim/…` controls (which the existing worker does not have). The client IP is the
+//! connection's peer address, which the accept loop hands to the routes.
 //!
 //! The accept loop keeps every connection task in a `JoinSet` owned by the server task, so
 //! aborting that task (a kill) drops every connection at once, in-flight requests included.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -28,7 +38,9 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::state::{ReceivedSend, SessionId};
+use super::limits::{Caller, Limited};
+use super::quirks::Quirks;
+use super::state::{ReceivedSend, SessionId, SessionStatus};
 use super::validate::{ValidationError, validate_manage, validate_send};
 use super::worker::{SessionError, Worker};
 
@@ -44,6 +56,11 @@ struct SimError {
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// For `SESSION_NOT_CONNECTED`: the session's status (`NOT_FOUND` when it is not here), which
+    /// the existing worker puts in its message.
+    not_connected: Option<&'static str>,
+    /// For `429`: the `Retry-After` header, in seconds.
+    retry_after_seconds: Option<u64>,
 }
 
 impl SimError {
@@ -53,6 +70,8 @@ impl SimError {
             code,
             message: message.into(),
             field: None,
+            not_connected: None,
+            retry_after_seconds: None,
         }
     }
 
@@ -63,13 +82,54 @@ impl SimError {
         }
     }
 
-    fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(field) = self.field {
-            error["details"] = json!({ "field": field });
+    fn rate_limited(limited: &Limited) -> Self {
+        SimError {
+            retry_after_seconds: Some(limited.retry_after_seconds()),
+            ..SimError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMIT_EXCEEDED",
+                limited.message,
+            )
         }
-        let body = json!({ "success": false, "error": error });
-        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+
+    /// The answer as this worker words it.
+    fn render(self, quirks: &Quirks) -> Response {
+        let mut status = self.status;
+        let mut message = self.message;
+        if let Some(session_status) = self.not_connected
+            && quirks.not_connected_400
+        {
+            status = StatusCode::BAD_REQUEST;
+            message = format!("Session not connected. Status: {session_status}");
+        }
+        let body = if self.code == "VALIDATION_ERROR" && quirks.validation_error_shape {
+            json!({
+                "success": false,
+                "error": "Validation error",
+                "details": [{ "field": self.field.unwrap_or_default(), "message": message }],
+            })
+        } else {
+            let mut error = json!({ "code": self.code, "message": message });
+            if let Some(field) = self.field {
+                error["details"] = json!({ "field": field });
+            }
+            json!({ "success": false, "error": error })
+        };
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), status).into_response();
+        if let Some(seconds) = self.retry_after_seconds {
+            response
+                .headers_mut()
+                .insert(warp::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
+    }
+
+    /// For refusals that no quirk words differently (the body could not be read, so no route
+    /// ran).
+    fn plain(self) -> Response {
+        self.render(&Quirks::ideal())
     }
 }
 
@@ -79,11 +139,26 @@ impl From<SessionError> for SimError {
             SessionError::NotFound => (StatusCode::NOT_FOUND, "SESSION_NOT_FOUND"),
             SessionError::AlreadyExists => (StatusCode::CONFLICT, "SESSION_ALREADY_EXISTS"),
             SessionError::CapacityReached => (StatusCode::SERVICE_UNAVAILABLE, "CAPACITY_REACHED"),
-            SessionError::NotConnected => (StatusCode::CONFLICT, "SESSION_NOT_CONNECTED"),
+            SessionError::NotConnected(_) => (StatusCode::CONFLICT, "SESSION_NOT_CONNECTED"),
             SessionError::WrongState(_) => (StatusCode::CONFLICT, "INVALID_SESSION_STATE"),
             SessionError::SendFailed => (StatusCode::INTERNAL_SERVER_ERROR, "SEND_FAILED"),
         };
-        SimError::new(status, code, error.to_string())
+        let not_connected = match error {
+            SessionError::NotConnected(status) => {
+                Some(status.map_or("NOT_FOUND", |status| status.as_str()))
+            }
+            _ => None,
+        };
+        SimError {
+            not_connected,
+            ..SimError::new(status, code, error.to_string())
+        }
+    }
+}
+
+impl From<Limited> for SimError {
+    fn from(limited: Limited) -> Self {
+        SimError::rate_limited(&limited)
     }
 }
 
@@ -97,8 +172,8 @@ fn success<T: Serialize>(status: StatusCode, data: &T) -> Answer {
     .into_response())
 }
 
-fn finish(answer: Answer) -> Response {
-    answer.unwrap_or_else(SimError::into_response)
+fn finish(quirks: &Quirks, answer: Answer) -> Response {
+    answer.unwrap_or_else(|error| error.render(quirks))
 }
 
 fn parse_session_id(raw: &str) -> Result<SessionId, SimError> {
@@ -124,6 +199,12 @@ struct Unauthorized;
 
 impl warp::reject::Reject for Unauthorized {}
 
+/// Over the global rate limit (before any route ran).
+#[derive(Debug)]
+struct RateLimited(Limited);
+
+impl warp::reject::Reject for RateLimited {}
+
 /// Passes only requests that carry `Authorization: Bearer <token>`.
 fn authorized(token: Arc<str>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
@@ -144,14 +225,50 @@ fn authorized(token: Arc<str>) -> impl Filter<Extract = (), Error = Rejection> +
         .untuple_one()
 }
 
+/// Passes requests under the global rate limit (keyed by client IP).
+fn within_global_limit(
+    worker: Arc<Worker>,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    caller()
+        .and_then(move |caller: Caller| {
+            let worker = Arc::clone(&worker);
+            async move {
+                worker
+                    .admit_global(caller.ip, Instant::now())
+                    .map_err(|limited| warp::reject::custom(RateLimited(limited)))
+            }
+        })
+        .untuple_one()
+}
+
+/// The client IP and `X-User-Id` of the request, as [`caller_of`] found them.
+fn caller() -> impl Filter<Extract = (Caller,), Error = Infallible> + Clone {
+    warp::ext::optional::<Caller>().map(Option::unwrap_or_default)
+}
+
+/// Who calls, for the rate limits: the connection's peer address and the raw `X-User-Id` value
+/// (any bytes: a header the limiter cannot read still keys a budget, and never fails a request).
+/// An empty header counts as absent, as in the existing worker.
+fn caller_of(peer: SocketAddr, headers: &warp::http::HeaderMap) -> Caller {
+    Caller {
+        ip: Some(peer.ip()),
+        user_id: headers
+            .get("x-user-id")
+            .filter(|value| !value.is_empty())
+            .cloned(),
+    }
+}
+
 /// The one place where warp rejections become the error envelope.
-async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+async fn recover(rejection: Rejection, worker: Arc<Worker>) -> Result<Response, Infallible> {
     let error = if rejection.find::<Unauthorized>().is_some() {
         SimError::new(
             StatusCode::UNAUTHORIZED,
             "UNAUTHORIZED",
             "missing or invalid bearer token",
         )
+    } else if let Some(RateLimited(limited)) = rejection.find::<RateLimited>() {
+        SimError::rate_limited(limited)
     } else if rejection.is_not_found() {
         SimError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
@@ -164,15 +281,22 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         tracing::debug!(?rejection, "unhandled rejection");
         SimError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", "bad request")
     };
-    Ok(error.into_response())
+    Ok(error.render(&worker.config.quirks))
 }
 
 /// The whole route tree of one simulated worker.
 pub(crate) fn routes(worker: Arc<Worker>) -> BoxedFilter<(Response,)> {
     let token: Arc<str> = Arc::from(worker.config.auth_token.as_str());
+    let quirks = &worker.config.quirks;
+    let open_routes = quirks.open_routes;
+    let global_limit = quirks
+        .rate_limits
+        .is_some_and(|limits| limits.global.is_some());
+    let for_recover = Arc::clone(&worker);
+    let for_global_limit = Arc::clone(&worker);
     let with_worker = warp::any().map(move || Arc::clone(&worker));
 
-    // GET /health (no auth: the gateway's liveness probe)
+    // GET /health (no auth, no rate limit: the gateway's liveness probe)
     let health = warp::path!("health")
         .and(warp::get())
         .and(with_worker.clone())
@@ -182,6 +306,7 @@ pub(crate) fn routes(worker: Arc<Worker>) -> BoxedFilter<(Response,)> {
     let start = warp::path!("api" / "sessions" / "start")
         .and(warp::post())
         .and(with_worker.clone())
+        .and(caller())
         .and(warp::body::bytes())
         .then(start_session);
     // GET /api/sessions/{id}/status
@@ -193,11 +318,13 @@ pub(crate) fn routes(worker: Arc<Worker>) -> BoxedFilter<(Response,)> {
     let control = warp::path!("api" / "sessions" / String / String)
         .and(warp::post())
         .and(with_worker.clone())
+        .and(caller())
         .then(control_session);
     // DELETE /api/sessions/{id}
     let delete = warp::path!("api" / "sessions" / String)
         .and(warp::delete())
         .and(with_worker.clone())
+        .and(caller())
         .then(delete_session);
     // GET /api/sessions
     let list = warp::path!("api" / "sessions")
@@ -229,14 +356,14 @@ pub(crate) fn routes(worker: Arc<Worker>) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_worker.clone())
         .then(sim_sessions);
-    // POST /sim/sessions/{id}/scan · /drop · /inbound
+    // POST /sim/sessions/{id}/scan · /drop · /inbound · /fail · /expire-qr · /logout-from-phone
     let sim_control = warp::path!("sim" / "sessions" / String / String)
         .and(warp::post())
         .and(with_worker.clone())
         .and(warp::body::bytes())
         .then(sim_control);
 
-    let api = start
+    let worker_api = start
         .or(status)
         .unify()
         .or(control)
@@ -249,16 +376,31 @@ pub(crate) fn routes(worker: Arc<Worker>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(manage)
         .unify()
-        .or(sim_messages)
-        .unify()
+        .boxed();
+    // Checked before any path: every request that reaches it counts, even one that matches no
+    // route, as in the existing worker. The simulation controls come first and never reach it.
+    let worker_api = if global_limit {
+        within_global_limit(for_global_limit)
+            .and(worker_api)
+            .boxed()
+    } else {
+        worker_api
+    };
+    let sim_api = sim_messages
         .or(sim_sessions)
         .unify()
         .or(sim_control)
         .unify();
+    let api = sim_api.or(worker_api).unify().boxed();
+    let api = if open_routes {
+        api
+    } else {
+        authorized(token).and(api).boxed()
+    };
     health
-        .or(authorized(token).and(api))
+        .or(api)
         .unify()
-        .recover(recover)
+        .recover(move |rejection| recover(rejection, Arc::clone(&for_recover)))
         .unify()
         .boxed()
 }
@@ -266,29 +408,33 @@ pub(crate) fn routes(worker: Arc<Worker>) -> BoxedFilter<(Response,)> {
 /// `POST /api/sessions/start` `{sessionId, userId, sessionName?}` → 201 `{sessionId, status}`.
 /// Unlike send bodies, unknown fields are ignored here: the protocol only documents the
 /// strictness of sends.
-async fn start_session(worker: Arc<Worker>, body: Bytes) -> Response {
-    finish((|| {
-        let body = parse_json(&body)?;
-        let field = |name: &str| body.get(name).filter(|value| !value.is_null());
-        let id = match field("sessionId") {
-            Some(Value::String(raw)) => parse_session_id(raw)?,
-            _ => return Err(missing_string("sessionId")),
-        };
-        let user_id = match field("userId") {
-            Some(Value::String(user)) if !user.is_empty() => user.clone(),
-            _ => return Err(missing_string("userId")),
-        };
-        let session_name = match field("sessionName") {
-            None => None,
-            Some(Value::String(name)) => Some(name.clone()),
-            Some(_) => return Err(missing_string("sessionName")),
-        };
-        worker.start_session(id.clone(), Some(user_id), session_name)?;
-        success(
-            StatusCode::CREATED,
-            &json!({ "sessionId": id.as_str(), "status": "INIT" }),
-        )
-    })())
+async fn start_session(worker: Arc<Worker>, caller: Caller, body: Bytes) -> Response {
+    finish(
+        &worker.config.quirks,
+        (|| {
+            worker.admit_session_operation(&caller, Instant::now())?;
+            let body = parse_json(&body)?;
+            let field = |name: &str| body.get(name).filter(|value| !value.is_null());
+            let id = match field("sessionId") {
+                Some(Value::String(raw)) => parse_session_id(raw)?,
+                _ => return Err(missing_string("sessionId")),
+            };
+            let user_id = match field("userId") {
+                Some(Value::String(user)) if !user.is_empty() => user.clone(),
+                _ => return Err(missing_string("userId")),
+            };
+            let session_name = match field("sessionName") {
+                None => None,
+                Some(Value::String(name)) => Some(name.clone()),
+                Some(_) => return Err(missing_string("sessionName")),
+            };
+            worker.start_session(id.clone(), Some(user_id), session_name)?;
+            success(
+                StatusCode::CREATED,
+                &json!({ "sessionId": id.as_str(), "status": "INIT" }),
+            )
+        })(),
+    )
 }
 
 fn missing_string(field: &str) -> SimError {
@@ -304,60 +450,92 @@ fn missing_string(field: &str) -> SimError {
 
 /// `GET /api/sessions/{id}/status`.
 async fn session_status(raw_id: String, worker: Arc<Worker>) -> Response {
-    finish((|| {
-        let id = parse_session_id(&raw_id)?;
-        let detail = worker.session_detail(&id).ok_or(SessionError::NotFound)?;
-        success(StatusCode::OK, &detail)
-    })())
+    finish(
+        &worker.config.quirks,
+        (|| {
+            let id = parse_session_id(&raw_id)?;
+            let detail = worker.session_detail(&id).ok_or(SessionError::NotFound)?;
+            success(StatusCode::OK, &detail)
+        })(),
+    )
+}
+
+/// The session operations of `POST /api/sessions/{id}/{action}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Control {
+    Restart,
+    Disconnect,
+    Logout,
 }
 
 /// `POST /api/sessions/{id}/restart` · `/disconnect` · `/logout`.
-async fn control_session(raw_id: String, action: String, worker: Arc<Worker>) -> Response {
-    finish((|| {
-        let id = parse_session_id(&raw_id)?;
-        let data = match action.as_str() {
-            "restart" => {
-                worker.restart_session(&id)?;
-                json!({ "sessionId": id.as_str(), "status": "INIT" })
-            }
-            "disconnect" => {
-                worker.disconnect_session(&id)?;
-                json!({ "sessionId": id.as_str(), "status": "DISCONNECTED" })
-            }
-            "logout" => {
-                worker.logout_session(&id)?;
-                json!({ "sessionId": id.as_str(), "status": "DISCONNECTED", "reason": "LOGGED_OUT" })
-            }
-            _ => {
-                return Err(SimError::new(
-                    StatusCode::NOT_FOUND,
-                    "NOT_FOUND",
-                    "no such route",
-                ));
-            }
-        };
-        success(StatusCode::OK, &data)
-    })())
+async fn control_session(
+    raw_id: String,
+    action: String,
+    worker: Arc<Worker>,
+    caller: Caller,
+) -> Response {
+    finish(
+        &worker.config.quirks,
+        (|| {
+            let control = match action.as_str() {
+                "restart" => Control::Restart,
+                "disconnect" => Control::Disconnect,
+                "logout" => Control::Logout,
+                _ => {
+                    return Err(SimError::new(
+                        StatusCode::NOT_FOUND,
+                        "NOT_FOUND",
+                        "no such route",
+                    ));
+                }
+            };
+            worker.admit_session_operation(&caller, Instant::now())?;
+            let id = parse_session_id(&raw_id)?;
+            let data = match control {
+                Control::Restart => {
+                    worker.restart_session(&id)?;
+                    json!({ "sessionId": id.as_str(), "status": "INIT" })
+                }
+                Control::Disconnect => {
+                    worker.disconnect_session(&id)?;
+                    json!({ "sessionId": id.as_str(), "status": "DISCONNECTED" })
+                }
+                Control::Logout => {
+                    worker.logout_session(&id)?;
+                    json!({ "sessionId": id.as_str(), "status": "DISCONNECTED", "reason": "LOGGED_OUT" })
+                }
+            };
+            success(StatusCode::OK, &data)
+        })(),
+    )
 }
 
 /// `DELETE /api/sessions/{id}`.
-async fn delete_session(raw_id: String, worker: Arc<Worker>) -> Response {
-    finish((|| {
-        let id = parse_session_id(&raw_id)?;
-        worker.delete_session(&id)?;
-        success(
-            StatusCode::OK,
-            &json!({ "sessionId": id.as_str(), "deleted": true }),
-        )
-    })())
+async fn delete_session(raw_id: String, worker: Arc<Worker>, caller: Caller) -> Response {
+    finish(
+        &worker.config.quirks,
+        (|| {
+            worker.admit_session_operation(&caller, Instant::now())?;
+            let id = parse_session_id(&raw_id)?;
+            worker.delete_session(&id)?;
+            success(
+                StatusCode::OK,
+                &json!({ "sessionId": id.as_str(), "deleted": true }),
+            )
+        })(),
+    )
 }
 
 /// `GET /api/sessions`.
 async fn list_sessions(worker: Arc<Worker>) -> Response {
-    finish(success(StatusCode::OK, &worker.session_details()))
+    finish(
+        &worker.config.quirks,
+        success(StatusCode::OK, &worker.session_details()),
+    )
 }
 
-/// `POST /api/{id}/send`: strict validation, then the per-session queue.
+/// `POST /api/{id}/send`: rate limit, strict validation, then the per-session queue.
 async fn send_message(
     raw_id: String,
     worker: Arc<Worker>,
@@ -365,29 +543,34 @@ async fn send_message(
     body: Bytes,
 ) -> Response {
     let answer = async {
+        worker.admit_send(&raw_id, Instant::now())?;
         let id = parse_session_id(&raw_id)?;
         let body = parse_json(&body)?;
-        let validated = validate_send(&body).map_err(SimError::validation)?;
+        let validated = validate_send(&body, worker.send_rules()).map_err(SimError::validation)?;
         let sent = worker
             .send(&id, gateway_message_id, validated, body)
             .await?;
         success(StatusCode::OK, &sent)
     };
-    finish(answer.await)
+    let answer = answer.await;
+    finish(&worker.config.quirks, answer)
 }
 
 /// `POST /api/message/{id}/manage`.
 async fn manage_message(raw_id: String, worker: Arc<Worker>, body: Bytes) -> Response {
-    finish((|| {
-        let id = parse_session_id(&raw_id)?;
-        let body = parse_json(&body)?;
-        let managed = validate_manage(&body).map_err(SimError::validation)?;
-        worker.ensure_connected(&id)?;
-        success(
-            StatusCode::OK,
-            &json!({ "action": managed.action, "messageId": managed.message_id, "success": true }),
-        )
-    })())
+    finish(
+        &worker.config.quirks,
+        (|| {
+            let id = parse_session_id(&raw_id)?;
+            let body = parse_json(&body)?;
+            let managed = validate_manage(&body).map_err(SimError::validation)?;
+            worker.ensure_connected(&id)?;
+            success(
+                StatusCode::OK,
+                &json!({ "action": managed.action, "messageId": managed.message_id, "success": true }),
+            )
+        })(),
+    )
 }
 
 /// Query of `GET /sim/messages`.
@@ -405,8 +588,11 @@ async fn sim_messages(worker: Arc<Worker>, query: MessagesQuery) -> Response {
     let messages: Vec<&ReceivedSend> = newer.iter().map(Arc::as_ref).collect();
     match query.after {
         // The original answer, a bare array, which existing clients parse.
-        None => finish(success(StatusCode::OK, &messages)),
-        Some(_) => finish(success(StatusCode::OK, &MessagesPage { total, messages })),
+        None => finish(&worker.config.quirks, success(StatusCode::OK, &messages)),
+        Some(_) => finish(
+            &worker.config.quirks,
+            success(StatusCode::OK, &MessagesPage { total, messages }),
+        ),
     }
 }
 
@@ -422,51 +608,63 @@ struct MessagesPage<'a> {
 
 /// `GET /sim/sessions`.
 async fn sim_sessions(worker: Arc<Worker>) -> Response {
-    finish(success(StatusCode::OK, &worker.state.sessions().views()))
+    let views = worker.state.sessions().views();
+    finish(&worker.config.quirks, success(StatusCode::OK, &views))
 }
 
-/// `POST /sim/sessions/{id}/scan` · `/drop` · `/inbound`.
+/// `POST /sim/sessions/{id}/scan` · `/drop` · `/inbound` · `/fail` · `/expire-qr` ·
+/// `/logout-from-phone`.
 async fn sim_control(raw_id: String, action: String, worker: Arc<Worker>, body: Bytes) -> Response {
-    finish((|| {
-        let id = parse_session_id(&raw_id)?;
-        match action.as_str() {
-            "scan" => {
-                worker.scan(&id)?;
+    finish(
+        &worker.config.quirks,
+        (|| {
+            let id = parse_session_id(&raw_id)?;
+            let now_status = |status: SessionStatus| {
                 success(
                     StatusCode::OK,
-                    &json!({ "sessionId": id.as_str(), "status": "CONNECTED" }),
+                    &json!({ "sessionId": id.as_str(), "status": status }),
                 )
+            };
+            match action.as_str() {
+                "scan" => {
+                    worker.scan(&id)?;
+                    now_status(SessionStatus::Connected)
+                }
+                "drop" => {
+                    worker.drop_connection(&id)?;
+                    now_status(SessionStatus::Reconnecting)
+                }
+                "fail" => now_status(worker.fail_session(&id)?),
+                "expire-qr" => now_status(worker.expire_qr(&id, None)?),
+                "logout-from-phone" => {
+                    worker.logout_from_phone(&id)?;
+                    now_status(SessionStatus::Disconnected)
+                }
+                "inbound" => {
+                    let body = parse_json(&body)?;
+                    let text =
+                        |name: &str| body.get(name).and_then(Value::as_str).map(str::to_owned);
+                    let from = text("from")
+                        .filter(|from| !from.is_empty())
+                        .ok_or_else(|| missing_string("from"))?;
+                    // A bare number is the common case in demos; the gateway expects a JID.
+                    let from = if from.contains('@') {
+                        from
+                    } else {
+                        format!("{}@s.whatsapp.net", from.trim_start_matches('+'))
+                    };
+                    let kind = text("type").unwrap_or_else(|| "text".to_owned());
+                    let message_id = worker.inbound(&id, from, kind, text("message"))?;
+                    success(StatusCode::OK, &json!({ "messageId": message_id }))
+                }
+                _ => Err(SimError::new(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    "no such route",
+                )),
             }
-            "drop" => {
-                worker.drop_connection(&id)?;
-                success(
-                    StatusCode::OK,
-                    &json!({ "sessionId": id.as_str(), "status": "RECONNECTING" }),
-                )
-            }
-            "inbound" => {
-                let body = parse_json(&body)?;
-                let text = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_owned);
-                let from = text("from")
-                    .filter(|from| !from.is_empty())
-                    .ok_or_else(|| missing_string("from"))?;
-                // A bare number is the common case in demos; the gateway expects a JID.
-                let from = if from.contains('@') {
-                    from
-                } else {
-                    format!("{}@s.whatsapp.net", from.trim_start_matches('+'))
-                };
-                let kind = text("type").unwrap_or_else(|| "text".to_owned());
-                let message_id = worker.inbound(&id, from, kind, text("message"))?;
-                success(StatusCode::OK, &json!({ "messageId": message_id }))
-            }
-            _ => Err(SimError::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                "no such route",
-            )),
-        }
-    })())
+        })(),
+    )
 }
 
 /// Serves `filter` on `listener` until `shutdown` resolves, then lets in-flight requests finish
@@ -481,9 +679,9 @@ pub(crate) async fn serve(
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %err, "accept failed");
@@ -497,7 +695,7 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let warp_service = warp_service.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            handle(request, warp_service.clone())
+            handle(request, peer, warp_service.clone())
         });
         let connection = graceful.watch(
             hyper::server::conn::http1::Builder::new()
@@ -518,16 +716,23 @@ pub(crate) async fn serve(
     }
 }
 
-/// Reads the body under [`MAX_BODY_BYTES`] (chunked bodies included), then runs the routes.
+/// Reads the body under [`MAX_BODY_BYTES`] (chunked bodies included), then runs the routes with
+/// the [`Caller`] in the request's extensions.
 async fn handle<S>(
     request: hyper::Request<Incoming>,
+    peer: SocketAddr,
     mut warp_service: S,
 ) -> Result<Response, Infallible>
 where
     S: tower_service::Service<hyper::Request<Full<Bytes>>, Response = Response, Error = Infallible>,
 {
-    let (parts, body) = request.into_parts();
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    let (mut parts, body) = request.into_parts();
+    let caller = caller_of(peer, &parts.headers);
+    parts.extensions.insert(caller);
+    match http_body_util::Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => {
             let request = hyper::Request::from_parts(parts, Full::new(collected.to_bytes()));
             warp_service.call(request).await
@@ -542,13 +747,13 @@ where
                 "PAYLOAD_TOO_LARGE",
                 format!("the body exceeds {MAX_BODY_BYTES} bytes"),
             )
-            .into_response())
+            .plain())
         }
         Err(err) => Ok(SimError::new(
             StatusCode::BAD_REQUEST,
             "BODY_READ_ERROR",
             format!("could not read the body: {err}"),
         )
-        .into_response()),
+        .plain()),
     }
 }

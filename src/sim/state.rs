@@ -9,7 +9,7 @@
 //! generation it was scheduled at and does nothing if the session moved on in the meantime.
 //! That is how `scan`, `restart` or `disconnect` cancel pending timers without tracking them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -246,6 +246,11 @@ impl Sessions {
         self.entries.remove(id)
     }
 
+    /// Removes every session; returns their ids.
+    pub(crate) fn remove_all(&mut self) -> Vec<SessionId> {
+        std::mem::take(&mut self.entries).into_keys().collect()
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&SessionId, &SessionEntry)> {
         self.entries.iter()
     }
@@ -339,26 +344,41 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 ///
 /// On a real fleet Baileys credentials live in storage shared by all workers, so a session that
 /// migrates to another worker reconnects without a new QR scan. Simulated workers in one process
-/// share this set the same way; workers in separate processes do not (they go through the QR
+/// share this store the same way; workers in separate processes do not (they go through the QR
 /// flow again, which auto-connect completes). Tests must therefore use unique session ids.
+///
+/// The store also remembers which credentials a logout wiped, so that a recovery in this process
+/// does not assume them back (a recovery in another process cannot know, and does).
 pub(crate) struct CredentialStore;
 
-static CREDENTIALS: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
+/// What this process knows about a session's credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Credentials {
+    Stored,
+    Wiped,
+}
+
+static CREDENTIALS: LazyLock<Mutex<HashMap<String, Credentials>>> = LazyLock::new(Default::default);
 
 impl CredentialStore {
     /// Remembers that `id` has logged in.
     pub(crate) fn store(id: &SessionId) {
-        lock(&CREDENTIALS).insert(id.as_str().to_owned());
+        lock(&CREDENTIALS).insert(id.as_str().to_owned(), Credentials::Stored);
     }
 
     /// Whether `id` can connect without a QR scan.
     pub(crate) fn has(id: &SessionId) -> bool {
-        lock(&CREDENTIALS).contains(id.as_str())
+        lock(&CREDENTIALS).get(id.as_str()) == Some(&Credentials::Stored)
     }
 
-    /// Forgets `id` (logout).
+    /// Forgets `id`'s credentials (logout).
     pub(crate) fn wipe(id: &SessionId) {
-        lock(&CREDENTIALS).remove(id.as_str());
+        lock(&CREDENTIALS).insert(id.as_str().to_owned(), Credentials::Wiped);
+    }
+
+    /// Whether a logout in this process wiped `id`'s credentials (and no login stored new ones).
+    pub(crate) fn was_wiped(id: &SessionId) -> bool {
+        lock(&CREDENTIALS).get(id.as_str()) == Some(&Credentials::Wiped)
     }
 }
 

@@ -13,7 +13,9 @@ use tokio::sync::oneshot;
 use warp::Filter;
 use warp::http::StatusCode;
 
-use super::{SessionStatus, SimWorker, SimWorkerConfig};
+use super::{
+    Quirks, RateLimit, RateLimits, RecoveryReport, SessionStatus, SimWorker, SimWorkerConfig,
+};
 
 const TOKEN: &str = "test-worker-token";
 const TO: &str = "6281234567890@s.whatsapp.net";
@@ -45,6 +47,7 @@ struct Behaviour {
 struct FakeGateway {
     url: String,
     calls: Arc<Mutex<Vec<Call>>>,
+    behaviour: Arc<Behaviour>,
     /// Dropping it stops the server.
     _stop: oneshot::Sender<()>,
 }
@@ -56,7 +59,8 @@ impl FakeGateway {
 
     async fn start_with(behaviour: Behaviour) -> FakeGateway {
         let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
-        let answers = Arc::new(behaviour);
+        let behaviour = Arc::new(behaviour);
+        let answers = Arc::clone(&behaviour);
         let recorded = Arc::clone(&calls);
         let filter = warp::method()
             .and(warp::path::full())
@@ -92,8 +96,14 @@ impl FakeGateway {
         FakeGateway {
             url: format!("http://{addr}"),
             calls,
+            behaviour,
             _stop: stop,
         }
+    }
+
+    /// From now on, registrations ask for recovery of `sessions`.
+    fn assign(&self, sessions: Vec<Value>) {
+        *self.behaviour.assigned_sessions.lock().unwrap() = Some(sessions);
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -126,7 +136,16 @@ impl FakeGateway {
         .await
     }
 
+    /// An ideal worker (every quirk off) with slow timers: the tests of the lifecycle itself.
     fn config(&self, worker_id: &str) -> SimWorkerConfig {
+        SimWorkerConfig {
+            quirks: Quirks::ideal(),
+            ..self.real_config(worker_id)
+        }
+    }
+
+    /// The existing worker as it really is (the default), with slow timers.
+    fn real_config(&self, worker_id: &str) -> SimWorkerConfig {
         SimWorkerConfig {
             heartbeat_interval: Duration::from_secs(60),
             auto_connect: Duration::from_secs(60),
@@ -244,6 +263,51 @@ impl Client {
         Ok((status, body))
     }
 
+    /// A call as the gateway makes it about a user's session: the token, and `X-User-Id` when
+    /// given. Answers the status, the `Retry-After` header and the body.
+    async fn call_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user_id: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN);
+        if let Some(user_id) = user_id {
+            request = request.header("X-User-Id", user_id);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|value| value.to_str().unwrap().parse().unwrap());
+        let body = response.json().await.unwrap_or(Value::Null);
+        Answer {
+            status,
+            retry_after,
+            body,
+        }
+    }
+
+    /// `POST /api/sessions/start` for `user_id` (as `X-User-Id` too, when given).
+    async fn start_as(&self, session_id: &str, user_id: Option<&str>) -> Answer {
+        let body = json!({ "sessionId": session_id, "userId": user_id.unwrap_or("user-1") });
+        self.call_as(
+            reqwest::Method::POST,
+            "/api/sessions/start",
+            user_id,
+            Some(body),
+        )
+        .await
+    }
+
     async fn get(&self, path: &str) -> (u16, Value) {
         self.request(reqwest::Method::GET, path, Some(TOKEN), None, None)
             .await
@@ -289,6 +353,14 @@ impl Client {
         gateway.session_report(&id, "CONNECTED").await;
         id
     }
+}
+
+/// One answer of [`Client::call_as`].
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    retry_after: Option<u64>,
+    body: Value,
 }
 
 fn error_code(body: &Value) -> &str {
@@ -1100,4 +1172,1109 @@ async fn session_controls_report_their_transitions() {
     assert_eq!(status, 404);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(gateway.session_reports(&id).len(), reports_before);
+}
+
+// ----- the existing worker's quirks, each on (the default) and off ------------------------------
+
+/// Statuses of the session-status reports about `session_id`, in arrival order.
+fn statuses_of(gateway: &FakeGateway, session_id: &str) -> Vec<String> {
+    gateway
+        .session_reports(session_id)
+        .iter()
+        .map(|report| report["status"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Waits until the reports about `session_id` are exactly `expected`, then a little longer to
+/// see that nothing else follows.
+async fn reported_exactly(gateway: &FakeGateway, session_id: &str, expected: &[&str]) {
+    eventually(&format!("reports {expected:?} for {session_id}"), || {
+        (statuses_of(gateway, session_id).len() >= expected.len()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(statuses_of(gateway, session_id), expected);
+}
+
+#[test]
+fn the_default_is_the_real_worker() {
+    let config = SimWorkerConfig::new("http://127.0.0.1:9", "w", TOKEN);
+    assert_eq!(config.quirks, Quirks::real());
+    assert_eq!(Quirks::default(), Quirks::real());
+    let real = Quirks::real();
+    assert!(
+        real.not_connected_400
+            && real.validation_error_shape
+            && real.strict_validation
+            && real.callbacks_without_worker_id
+            && real.status_vocabulary
+            && real.logout_on_shutdown
+            && real.node_metrics
+            && real.open_routes
+    );
+    assert_eq!(real.recovery_report, RecoveryReport::None);
+    assert_eq!(real.rate_limits, Some(RateLimits::real()));
+    let limits = RateLimits::real();
+    assert_eq!(
+        (
+            limits.session_operations.max_requests,
+            limits.session_operations.window
+        ),
+        (5, Duration::from_secs(300))
+    );
+    assert_eq!(
+        (limits.sends.max_requests, limits.sends.window),
+        (10, Duration::from_secs(60))
+    );
+    assert_eq!(limits.global, None);
+    let ideal = Quirks::ideal();
+    assert!(
+        !ideal.not_connected_400
+            && !ideal.validation_error_shape
+            && !ideal.strict_validation
+            && !ideal.callbacks_without_worker_id
+            && !ideal.status_vocabulary
+            && !ideal.logout_on_shutdown
+            && !ideal.node_metrics
+            && !ideal.open_routes
+    );
+    assert_eq!(ideal.rate_limits, None);
+    assert_eq!(ideal.recovery_report, RecoveryReport::Full);
+}
+
+#[test]
+fn sim_worker_flags_set_the_quirks() {
+    use clap::Parser;
+    let quirks_of = |extra: &[&str]| {
+        let mut argv = vec![
+            "wa-gateway",
+            "sim-worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "http://127.0.0.1:9",
+            "--worker-id",
+            "w",
+        ];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            Some(crate::cli::Command::SimWorker(args)) => args.quirks(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(quirks_of(&[]), Quirks::real());
+    assert_eq!(quirks_of(&["--ideal"]), Quirks::ideal());
+    let each_off = quirks_of(&[
+        "--no-quirk-not-connected-400",
+        "--no-quirk-validation-shape",
+        "--no-quirk-strict-validation",
+        "--no-quirk-rate-limits",
+        "--no-quirk-callbacks-without-worker-id",
+        "--no-quirk-status-vocabulary",
+        "--no-quirk-logout-on-shutdown",
+        "--no-quirk-node-metrics",
+        "--no-quirk-open-routes",
+        "--recovery-report",
+        "full",
+    ]);
+    assert_eq!(each_off, Quirks::ideal());
+    assert_eq!(
+        quirks_of(&["--no-quirk-open-routes"]),
+        Quirks {
+            open_routes: false,
+            ..Quirks::real()
+        }
+    );
+    assert_eq!(
+        quirks_of(&["--ideal", "--recovery-report", "summary-only"]).recovery_report,
+        RecoveryReport::SummaryOnly
+    );
+    let limits = quirks_of(&[
+        "--session-operations-limit",
+        "2",
+        "--session-operations-window-ms",
+        "1500",
+        "--sends-limit",
+        "3",
+        "--sends-window-ms",
+        "250",
+        "--global-rate-limit",
+        "--global-limit",
+        "7",
+        "--global-window-ms",
+        "900",
+    ])
+    .rate_limits
+    .unwrap();
+    assert_eq!(
+        limits,
+        RateLimits {
+            session_operations: RateLimit {
+                max_requests: 2,
+                window: Duration::from_millis(1500)
+            },
+            sends: RateLimit {
+                max_requests: 3,
+                window: Duration::from_millis(250)
+            },
+            global: Some(RateLimit {
+                max_requests: 7,
+                window: Duration::from_millis(900)
+            }),
+        }
+    );
+    let with_global = quirks_of(&["--global-rate-limit"]).rate_limits.unwrap();
+    assert_eq!(with_global.global, Some(RateLimits::production_global()));
+    // The global limit needs the rate limits on.
+    for conflicting in ["--ideal", "--no-quirk-rate-limits"] {
+        let parsed = crate::cli::Cli::try_parse_from([
+            "wa-gateway",
+            "sim-worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "http://127.0.0.1:9",
+            "--worker-id",
+            "w",
+            "--global-rate-limit",
+            conflicting,
+        ]);
+        assert!(parsed.is_err(), "{conflicting}");
+    }
+    let bad = crate::cli::Cli::try_parse_from([
+        "wa-gateway",
+        "sim-worker",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "http://127.0.0.1:9",
+        "--worker-id",
+        "w",
+        "--recovery-report",
+        "SOME",
+    ]);
+    assert!(bad.is_err());
+}
+
+#[tokio::test]
+async fn not_connected_is_400_for_the_real_worker_409_for_the_ideal() {
+    let gateway = FakeGateway::start().await;
+    let real = SimWorker::start(gateway.real_config("sim-nc-real"))
+        .await
+        .unwrap();
+    let ideal = SimWorker::start(gateway.config("sim-nc-ideal"))
+        .await
+        .unwrap();
+    let text = json!({ "to": TO, "type": "text", "message": "hi" });
+    let star = json!({ "action": "star", "messageId": "3EB0AA", "phone": "6281234567890" });
+    for (worker, not_connected) in [(&real, 400), (&ideal, 409)] {
+        let client = Client::new(worker);
+        let waiting = unique("nc");
+        assert_eq!(client.start(&waiting).await.0, 201);
+        gateway.session_report(&waiting, "QR_REQUIRED").await;
+        let (status, body) = client.send(&waiting, None, text.clone()).await;
+        let (status_of_missing, body_of_missing) =
+            client.send(&unique("nowhere"), None, text.clone()).await;
+        let (status_of_manage, _) = client
+            .post(&format!("/api/message/{waiting}/manage"), star.clone())
+            .await;
+        assert_eq!(
+            (status, status_of_missing, status_of_manage),
+            (not_connected, not_connected, not_connected)
+        );
+        if not_connected == 400 {
+            assert_eq!(
+                body,
+                json!({"success": false, "error": {"code": "SESSION_NOT_CONNECTED", "message": "Session not connected. Status: QR_REQUIRED"}})
+            );
+            assert_eq!(
+                body_of_missing,
+                json!({"success": false, "error": {"code": "SESSION_NOT_CONNECTED", "message": "Session not connected. Status: NOT_FOUND"}})
+            );
+        } else {
+            assert_eq!(
+                body,
+                json!({"success": false, "error": {"code": "SESSION_NOT_CONNECTED", "message": "session is not connected"}})
+            );
+            assert_eq!(error_code(&body_of_missing), "SESSION_NOT_CONNECTED");
+        }
+        assert!(worker.messages().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn validation_errors_have_the_real_shape_and_rules() {
+    let gateway = FakeGateway::start().await;
+    let real = SimWorker::start(gateway.real_config("sim-val-real"))
+        .await
+        .unwrap();
+    let ideal = SimWorker::start(gateway.config("sim-val-ideal"))
+        .await
+        .unwrap();
+    let long_emoji_text = "😀".repeat(2049);
+    for (worker, is_real) in [(&real, true), (&ideal, false)] {
+        let client = Client::new(worker);
+        let id = client.connected_session(&gateway, "val").await;
+        let (status, body) = client
+            .send(&id, None, json!({ "to": TO, "type": "text" }))
+            .await;
+        assert_eq!(status, 400);
+        if is_real {
+            assert_eq!(
+                body,
+                json!({"success": false, "error": "Validation error", "details": [{"field": "message", "message": "\"message\" is required"}]})
+            );
+        } else {
+            assert_eq!(
+                body,
+                json!({"success": false, "error": {"code": "VALIDATION_ERROR", "message": "\"message\" is required", "details": {"field": "message"}}})
+            );
+        }
+        // The session id is validated the same way.
+        let (status, body) = client
+            .send(
+                "x",
+                None,
+                json!({ "to": TO, "type": "text", "message": "hi" }),
+            )
+            .await;
+        assert_eq!(status, 400);
+        assert_eq!(body["error"] == "Validation error", is_real, "{body}");
+
+        // An emoji counts 2: 2049 of them are 4098 UTF-16 code units.
+        let (status, body) = client
+            .send(
+                &id,
+                None,
+                json!({ "to": TO, "type": "text", "message": long_emoji_text }),
+            )
+            .await;
+        if is_real {
+            assert_eq!(status, 400, "{body}");
+            assert_eq!(body["details"][0]["field"], "message");
+            assert_eq!(
+                body["details"][0]["message"],
+                "\"message\" length must be less than or equal to 4096 characters long"
+            );
+        } else {
+            assert_eq!(status, 200, "{body}");
+        }
+        // A JID as contact phone: fine for both; an international number is not, for the
+        // existing worker.
+        let contact = |phone: &str| json!({ "to": TO, "type": "contact", "contact": { "name": "Ann", "phone": phone } });
+        let (status, body) = client
+            .send(&id, None, contact("14155550123@s.whatsapp.net"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = client.send(&id, None, contact("+14155550123")).await;
+        assert_eq!(status, if is_real { 400 } else { 200 }, "{body}");
+        // A 9-digit `to`.
+        let (status, _) = client
+            .send(
+                &id,
+                None,
+                json!({ "to": "123456789@s.whatsapp.net", "type": "text", "message": "hi" }),
+            )
+            .await;
+        assert_eq!(status, if is_real { 400 } else { 200 });
+    }
+}
+
+/// A worker whose rate limits are `session_operations` per minute and `sends` per minute.
+fn limited_config(
+    gateway: &FakeGateway,
+    worker_id: &str,
+    session_operations: u32,
+    sends: u32,
+) -> SimWorkerConfig {
+    let mut config = gateway.real_config(worker_id);
+    config.quirks.rate_limits = Some(RateLimits {
+        session_operations: RateLimit {
+            max_requests: session_operations,
+            window: Duration::from_secs(60),
+        },
+        sends: RateLimit {
+            max_requests: sends,
+            window: Duration::from_secs(60),
+        },
+        global: None,
+    });
+    config
+}
+
+#[tokio::test]
+async fn session_operations_are_limited_per_ip_and_user_id() {
+    let gateway = FakeGateway::start().await;
+    let worker = SimWorker::start(limited_config(&gateway, "sim-rl-ops", 2, 100))
+        .await
+        .unwrap();
+    let client = Client::new(&worker);
+    let other_client = Client::new(&worker);
+
+    // Without X-User-Id: one budget per IP, whichever connection the calls come on, shared by
+    // every kind of session operation.
+    let first = unique("rl");
+    assert_eq!(client.start_as(&first, None).await.status, 201);
+    let deleted = other_client
+        .call_as(
+            reqwest::Method::DELETE,
+            &format!("/api/sessions/{first}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 200, "{deleted:?}");
+    let refused = client
+        .call_as(
+            reqwest::Method::POST,
+            &format!("/api/sessions/{first}/restart"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(
+        refused.body,
+        json!({"success": false, "error": {"code": "RATE_LIMIT_EXCEEDED", "message": "Too many session operations, please try again later"}})
+    );
+    let retry_after = refused.retry_after.expect("Retry-After");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    for action in ["disconnect", "logout"] {
+        let answer = other_client
+            .call_as(
+                reqwest::Method::POST,
+                &format!("/api/sessions/{first}/{action}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, 429, "{action}");
+    }
+    assert_eq!(client.start_as(&unique("rl"), None).await.status, 429);
+
+    // Each X-User-Id has its own budget.
+    for user in ["user-a", "user-b"] {
+        assert_eq!(client.start_as(&unique("rl"), Some(user)).await.status, 201);
+        assert_eq!(client.start_as(&unique("rl"), Some(user)).await.status, 201);
+        let refused = client.start_as(&unique("rl"), Some(user)).await;
+        assert_eq!(refused.status, 429, "{user}");
+        assert!(refused.retry_after.is_some());
+    }
+    // An empty header is no header.
+    assert_eq!(client.start_as(&unique("rl"), Some("")).await.status, 429);
+    // Bytes that are not text still key a budget of their own (and fail nothing).
+    let odd = reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").unwrap();
+    for expected in [201, 201, 429] {
+        let answer = client
+            .http
+            .post(format!("{}/api/sessions/start", client.base))
+            .header("X-User-Id", odd.clone())
+            .json(&json!({ "sessionId": unique("rl"), "userId": "user-odd" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), expected);
+    }
+    // Reads and sim controls are not session operations.
+    for _ in 0..5 {
+        assert_eq!(client.get("/api/sessions").await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn sends_are_limited_per_session() {
+    let gateway = FakeGateway::start().await;
+    let worker = SimWorker::start(limited_config(&gateway, "sim-rl-sends", 100, 2))
+        .await
+        .unwrap();
+    let client = Client::new(&worker);
+    let first = client.connected_session(&gateway, "rls").await;
+    let second = client.connected_session(&gateway, "rls").await;
+    let text = json!({ "to": TO, "type": "text", "message": "hi" });
+    for _ in 0..2 {
+        assert_eq!(client.send(&first, None, text.clone()).await.0, 200);
+    }
+    let refused = client
+        .call_as(
+            reqwest::Method::POST,
+            &format!("/api/{first}/send"),
+            Some("another-user"),
+            Some(text.clone()),
+        )
+        .await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(
+        refused.body,
+        json!({"success": false, "error": {"code": "RATE_LIMIT_EXCEEDED", "message": "Message rate limit exceeded, please slow down"}})
+    );
+    assert!(refused.retry_after.is_some_and(|s| (1..=60).contains(&s)));
+    // The limit counts before validation: even a broken body is refused with 429 now.
+    let (status, _) = client.send(&first, None, json!({})).await;
+    assert_eq!(status, 429);
+    assert_eq!(client.send(&second, None, text).await.0, 200);
+    assert_eq!(worker.messages().len(), 3);
+}
+
+#[tokio::test]
+async fn a_slot_frees_when_the_window_ends() {
+    let gateway = FakeGateway::start().await;
+    let mut config = gateway.real_config("sim-rl-window");
+    let window = Duration::from_millis(300);
+    config.quirks.rate_limits = Some(RateLimits {
+        session_operations: RateLimit {
+            max_requests: 1,
+            window,
+        },
+        ..RateLimits::real()
+    });
+    let worker = SimWorker::start(config).await.unwrap();
+    let client = Client::new(&worker);
+    let started = tokio::time::Instant::now();
+    assert_eq!(client.start_as(&unique("rlw"), None).await.status, 201);
+    let refused = client.start_as(&unique("rlw"), None).await;
+    assert_eq!((refused.status, refused.retry_after), (429, Some(1)));
+    // Refusals meanwhile do not extend the window.
+    let next = unique("rlw");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let answer = client.start_as(&next, None).await;
+        if answer.status == 201 {
+            break;
+        }
+        assert_eq!(answer.status, 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no slot after the window"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() >= window);
+}
+
+#[tokio::test]
+async fn without_the_rate_limit_quirk_nothing_is_limited() {
+    let gateway = FakeGateway::start().await;
+    let mut config = gateway.real_config("sim-rl-off");
+    config.quirks.rate_limits = None;
+    let worker = SimWorker::start(config).await.unwrap();
+    let client = Client::new(&worker);
+    for _ in 0..8 {
+        assert_eq!(client.start_as(&unique("rloff"), None).await.status, 201);
+    }
+    let id = client.connected_session(&gateway, "rloff").await;
+    for _ in 0..12 {
+        let (status, _) = client
+            .send(
+                &id,
+                None,
+                json!({ "to": TO, "type": "text", "message": "hi" }),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    // The ideal worker has none either.
+    let ideal = SimWorker::start(gateway.config("sim-rl-ideal"))
+        .await
+        .unwrap();
+    let client = Client::new(&ideal);
+    for _ in 0..8 {
+        assert_eq!(client.start_as(&unique("rlid"), None).await.status, 201);
+    }
+}
+
+#[tokio::test]
+async fn the_production_global_limit_spares_health() {
+    let gateway = FakeGateway::start().await;
+    let mut config = gateway.real_config("sim-rl-global");
+    config.quirks.rate_limits = Some(RateLimits {
+        global: Some(RateLimit {
+            max_requests: 2,
+            window: Duration::from_secs(60),
+        }),
+        ..RateLimits::real()
+    });
+    let worker = SimWorker::start(config).await.unwrap();
+    let client = Client::new(&worker);
+    for _ in 0..5 {
+        let (status, _) = client
+            .request(reqwest::Method::GET, "/health", None, None, None)
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    // Nor the simulation controls.
+    for _ in 0..5 {
+        assert_eq!(client.get("/sim/sessions").await.0, 200);
+    }
+    assert_eq!(client.get("/api/sessions").await.0, 200);
+    assert_eq!(client.get("/no/such/route").await.0, 404);
+    let refused = client
+        .call_as(reqwest::Method::GET, "/api/sessions", None, None)
+        .await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(
+        refused.body,
+        json!({"success": false, "error": {"code": "RATE_LIMIT_EXCEEDED", "message": "Too many requests from this IP, please try again later"}})
+    );
+    assert!(refused.retry_after.is_some());
+    // By IP: X-User-Id makes no difference here.
+    let refused = client
+        .call_as(reqwest::Method::GET, "/api/sessions", Some("u"), None)
+        .await;
+    assert_eq!(refused.status, 429);
+}
+
+#[tokio::test]
+async fn callbacks_name_the_worker_only_when_showing_a_qr() {
+    let gateway = FakeGateway::start().await;
+    for (config, everywhere) in [
+        (gateway.real_config("sim-wid-real"), false),
+        (gateway.config("sim-wid-ideal"), true),
+    ] {
+        let worker_id = config.worker_id.clone();
+        let worker = SimWorker::start(config).await.unwrap();
+        let client = Client::new(&worker);
+        let id = client.connected_session(&gateway, "wid").await;
+        let (status, _) = client
+            .post(&format!("/api/sessions/{id}/disconnect"), json!({}))
+            .await;
+        assert_eq!(status, 200);
+        gateway.session_report(&id, "DISCONNECTED").await;
+        let reports = gateway.session_reports(&id);
+        assert!(reports.len() >= 3, "{reports:?}");
+        for report in reports {
+            let names_itself = everywhere || report["status"] == "QR_REQUIRED";
+            if names_itself {
+                assert_eq!(report["workerId"], worker_id.as_str(), "{report}");
+            } else {
+                assert!(report.get("workerId").is_none(), "{report}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn connecting_failed_and_expired_qr_are_init_for_the_real_worker() {
+    let gateway = FakeGateway::start().await;
+    let real = SimWorker::start(gateway.real_config("sim-voc-real"))
+        .await
+        .unwrap();
+    let client = Client::new(&real);
+
+    // Connecting is reported as INIT, before the QR.
+    let id = client.connected_session(&gateway, "voc").await;
+    reported_exactly(&gateway, &id, &["INIT", "QR_REQUIRED", "CONNECTED"]).await;
+    // A failure is INIT too, and stays until a restart.
+    let (status, body) = client
+        .post(&format!("/sim/sessions/{id}/fail"), json!({}))
+        .await;
+    assert_eq!((status, &body["data"]["status"]), (200, &json!("INIT")));
+    reported_exactly(&gateway, &id, &["INIT", "QR_REQUIRED", "CONNECTED", "INIT"]).await;
+    let (_, detail) = client.get(&format!("/api/sessions/{id}/status")).await;
+    assert_eq!(detail["data"]["status"], "INIT");
+    assert_eq!(detail["data"]["phoneNumber"], Value::Null);
+    // A reconnect opens a new socket: RECONNECTING, INIT, CONNECTED.
+    let dropped = client.connected_session(&gateway, "voc-drop").await;
+    client
+        .post(&format!("/sim/sessions/{dropped}/drop"), json!({}))
+        .await;
+    reported_exactly(
+        &gateway,
+        &dropped,
+        &[
+            "INIT",
+            "QR_REQUIRED",
+            "CONNECTED",
+            "RECONNECTING",
+            "INIT",
+            "CONNECTED",
+        ],
+    )
+    .await;
+    // An expired QR: INIT, and no connection after it.
+    let expiring = unique("voc-qr");
+    assert_eq!(client.start(&expiring).await.0, 201);
+    gateway.session_report(&expiring, "QR_REQUIRED").await;
+    let (status, body) = client
+        .post(&format!("/sim/sessions/{expiring}/expire-qr"), json!({}))
+        .await;
+    assert_eq!((status, &body["data"]["status"]), (200, &json!("INIT")));
+    reported_exactly(&gateway, &expiring, &["INIT", "QR_REQUIRED", "INIT"]).await;
+    let (_, detail) = client
+        .get(&format!("/api/sessions/{expiring}/status"))
+        .await;
+    assert!(detail["data"].get("qrCode").is_none());
+    // Only a QR can expire.
+    let (status, body) = client
+        .post(&format!("/sim/sessions/{expiring}/expire-qr"), json!({}))
+        .await;
+    assert_eq!((status, error_code(&body)), (409, "INVALID_SESSION_STATE"));
+    let all_statuses: Vec<String> = gateway
+        .calls_to("POST", "/api/webhooks/session-status")
+        .iter()
+        .map(|call| call.body["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !all_statuses
+            .iter()
+            .any(|s| s == "ERROR" || s == "LOGGED_OUT")
+    );
+}
+
+#[tokio::test]
+async fn the_ideal_worker_reports_error_and_renews_an_expired_qr() {
+    let gateway = FakeGateway::start().await;
+    let ideal = SimWorker::start(SimWorkerConfig {
+        auto_connect: Duration::from_millis(200),
+        ..gateway.config("sim-voc-ideal")
+    })
+    .await
+    .unwrap();
+    let client = Client::new(&ideal);
+    let id = client.connected_session(&gateway, "voci").await;
+    reported_exactly(&gateway, &id, &["QR_REQUIRED", "CONNECTED"]).await;
+    let (status, body) = client
+        .post(&format!("/sim/sessions/{id}/fail"), json!({}))
+        .await;
+    assert_eq!((status, &body["data"]["status"]), (200, &json!("ERROR")));
+    reported_exactly(&gateway, &id, &["QR_REQUIRED", "CONNECTED", "ERROR"]).await;
+    let (status, _) = client
+        .post(&format!("/sim/sessions/{id}/fail"), json!({}))
+        .await;
+    assert_eq!(status, 409);
+
+    let expiring = unique("voci-qr");
+    assert_eq!(client.start(&expiring).await.0, 201);
+    let first_qr = gateway.session_report(&expiring, "QR_REQUIRED").await;
+    let (status, body) = client
+        .post(&format!("/sim/sessions/{expiring}/expire-qr"), json!({}))
+        .await;
+    assert_eq!(
+        (status, &body["data"]["status"]),
+        (200, &json!("QR_REQUIRED"))
+    );
+    // A fresh QR, then auto-connect still completes the login.
+    reported_exactly(&gateway, &expiring, &["QR_REQUIRED", "QR_REQUIRED"]).await;
+    let reports = gateway.session_reports(&expiring);
+    assert_ne!(reports[1]["qrCode"], first_qr["qrCode"]);
+    gateway.session_report(&expiring, "CONNECTED").await;
+    let dropped = client.connected_session(&gateway, "voci-drop").await;
+    client
+        .post(&format!("/sim/sessions/{dropped}/drop"), json!({}))
+        .await;
+    reported_exactly(
+        &gateway,
+        &dropped,
+        &["QR_REQUIRED", "CONNECTED", "RECONNECTING", "CONNECTED"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_logout_is_disconnected_with_logged_out_at() {
+    let gateway = FakeGateway::start().await;
+    for (config, is_real) in [
+        (gateway.real_config("sim-lo-real"), true),
+        (gateway.config("sim-lo-ideal"), false),
+    ] {
+        let worker = SimWorker::start(config).await.unwrap();
+        let client = Client::new(&worker);
+        let by_api = client.connected_session(&gateway, "lo").await;
+        let by_phone = client.connected_session(&gateway, "lo-phone").await;
+        let (status, _) = client
+            .post(&format!("/api/sessions/{by_api}/logout"), json!({}))
+            .await;
+        assert_eq!(status, 200);
+        let (status, body) = client
+            .post(
+                &format!("/sim/sessions/{by_phone}/logout-from-phone"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["data"]["status"]),
+            (200, &json!("DISCONNECTED"))
+        );
+        for (id, from_phone) in [(&by_api, false), (&by_phone, true)] {
+            let report = gateway.session_report(id, "DISCONNECTED").await;
+            let keys: Vec<&str> = report
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut expected = vec!["loggedOutAt", "sessionId", "status", "timestamp"];
+            if from_phone {
+                expected.push("loggedOutFromPhone");
+                assert_eq!(report["loggedOutFromPhone"], true);
+            }
+            if !is_real {
+                expected.extend(["reason", "workerId"]);
+                assert_eq!(report["reason"], "LOGGED_OUT");
+            }
+            let mut keys = keys;
+            keys.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(keys, expected, "{report}");
+            assert!(report["loggedOutAt"].as_str().unwrap().ends_with('Z'));
+        }
+        assert!(worker.sessions().is_empty());
+        // The credentials are gone: the next start needs a QR.
+        assert_eq!(client.start(&by_phone).await.0, 201);
+        eventually("a new QR", || {
+            let qrs = statuses_of(&gateway, &by_phone)
+                .iter()
+                .filter(|s| *s == "QR_REQUIRED")
+                .count();
+            (qrs == 2).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Assigned sessions: `good` (valid) and an id the worker refuses.
+fn recovery_gateway_behaviour(good: &str) -> Behaviour {
+    Behaviour {
+        assigned_sessions: Mutex::new(Some(vec![
+            json!({ "sessionId": "bad id!", "userId": "user-1" }),
+            json!({ "sessionId": good, "userId": "user-1", "sessionName": "Sales", "status": "CONNECTED" }),
+        ])),
+        ..Behaviour::default()
+    }
+}
+
+/// Starts a recovering worker of `quirks`; returns once `good` is CONNECTED, with the
+/// recovery-status posts so far.
+async fn recover_with(quirks: Quirks, worker_id: &str) -> (FakeGateway, String, Vec<Call>) {
+    let good = unique("rec");
+    let gateway = FakeGateway::start_with(recovery_gateway_behaviour(&good)).await;
+    let worker = SimWorker::start(SimWorkerConfig {
+        quirks,
+        ..gateway.config(worker_id)
+    })
+    .await
+    .unwrap();
+    gateway.session_report(&good, "CONNECTED").await;
+    assert!(
+        statuses_of(&gateway, &good)
+            .iter()
+            .all(|status| status != "QR_REQUIRED")
+    );
+    let path = format!("/api/workers/{worker_id}/sessions/recovery-status");
+    // The report, when there is one, follows the connection at once.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let posted = gateway.calls_to("POST", &path);
+    assert_eq!(worker.sessions().len(), 1);
+    (gateway, good, posted)
+}
+
+#[tokio::test]
+async fn recovery_posts_no_status_by_default() {
+    let (gateway, good, posted) = recover_with(Quirks::real(), "sim-rec-none").await;
+    assert!(posted.is_empty(), "{posted:?}");
+    assert_eq!(
+        gateway
+            .calls_to("GET", "/api/workers/sim-rec-none/sessions/assigned")
+            .len(),
+        1
+    );
+    // Reported through callbacks instead: connecting, then connected.
+    assert_eq!(statuses_of(&gateway, &good), ["INIT", "CONNECTED"]);
+}
+
+#[tokio::test]
+async fn recovery_summary_only() {
+    let quirks = Quirks {
+        recovery_report: RecoveryReport::SummaryOnly,
+        ..Quirks::real()
+    };
+    let (_gateway, _good, posted) = recover_with(quirks, "sim-rec-summary").await;
+    assert_eq!(posted.len(), 1);
+    assert_eq!(
+        posted[0].body,
+        json!({
+            "recoveryResults": [],
+            "summary": { "totalSessions": 2, "successfulRecoveries": 1, "failedRecoveries": 1, "skippedRecoveries": 0 },
+        })
+    );
+}
+
+#[tokio::test]
+async fn recovery_in_lower_case() {
+    let quirks = Quirks {
+        recovery_report: RecoveryReport::LowerCase,
+        ..Quirks::real()
+    };
+    let (_gateway, good, posted) = recover_with(quirks, "sim-rec-lower").await;
+    assert_eq!(posted.len(), 1);
+    let body = &posted[0].body;
+    assert_eq!(
+        body["summary"],
+        json!({ "totalSessions": 2, "successfulRecoveries": 1, "failedRecoveries": 1, "skippedRecoveries": 0 })
+    );
+    let results = body["recoveryResults"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["sessionId"], "bad id!");
+    assert_eq!(results[0]["status"], "error");
+    assert!(results[0]["error"].is_string());
+    assert_eq!(results[1]["sessionId"], good);
+    assert_eq!(results[1]["status"], "recovered");
+    assert!(results[1]["recoveredAt"].is_string());
+    assert!(body.get("totalSessions").is_none());
+}
+
+#[tokio::test]
+async fn recovery_in_full_for_the_ideal_worker() {
+    let (gateway, good, posted) = recover_with(Quirks::ideal(), "sim-rec-full").await;
+    assert_eq!(posted.len(), 1);
+    let body = &posted[0].body;
+    assert_eq!(body["totalSessions"], 2);
+    assert_eq!(body["successfulRecoveries"], 1);
+    assert_eq!(body["failedRecoveries"], 1);
+    assert!(body.get("summary").is_none());
+    let statuses: Vec<&Value> = body["recoveryResults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|result| &result["status"])
+        .collect();
+    assert_eq!(statuses, [&json!("FAILED"), &json!("SUCCESS")]);
+    assert_eq!(statuses_of(&gateway, &good), ["CONNECTED"]);
+}
+
+#[tokio::test]
+async fn shutdown_logs_every_session_out_for_the_real_worker() {
+    let gateway = FakeGateway::start().await;
+    // Through `run`, the SIGINT path of the CLI, on a port picked beforehand.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = SimWorkerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        ..gateway.real_config("sim-sigint")
+    };
+    let (interrupt, interrupted) = oneshot::channel::<()>();
+    let running = tokio::spawn(super::run(config, async move {
+        let _ = interrupted.await;
+    }));
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id = unique("sigint");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while client
+            .request(reqwest::Method::GET, "/health", None, None, None)
+            .await
+            .is_err()
+        {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(client.start(&id).await.0, 201);
+        gateway.session_report(&id, "QR_REQUIRED").await;
+        client
+            .post(&format!("/sim/sessions/{id}/scan"), json!({}))
+            .await;
+        gateway.session_report(&id, "CONNECTED").await;
+        ids.push(id);
+    }
+    interrupt.send(()).unwrap();
+    running.await.unwrap().unwrap();
+
+    let calls = gateway.calls();
+    let unregistered_at = calls
+        .iter()
+        .position(|call| call.method == "DELETE" && call.path == "/api/workers/unregister")
+        .expect("unregistered");
+    for id in &ids {
+        let logged_out_at = calls
+            .iter()
+            .position(|call| {
+                call.path == "/api/webhooks/session-status"
+                    && call.body["sessionId"] == id.as_str()
+                    && call.body["status"] == "DISCONNECTED"
+            })
+            .expect("a logout report");
+        assert!(
+            logged_out_at > unregistered_at,
+            "the existing worker unregisters first"
+        );
+        let report = &calls[logged_out_at].body;
+        assert!(report["loggedOutAt"].is_string());
+        assert!(report.get("reason").is_none());
+        assert!(report.get("workerId").is_none());
+    }
+    // After a restart, the sessions need a new QR: neither a start nor a recovery reconnects
+    // them without one.
+    let restarted = SimWorker::start(gateway.real_config("sim-sigint-2"))
+        .await
+        .unwrap();
+    let client = Client::new(&restarted);
+    assert_eq!(client.start(&ids[0]).await.0, 201);
+    eventually("a new QR after the restart", || {
+        let qrs = statuses_of(&gateway, &ids[0])
+            .iter()
+            .filter(|s| *s == "QR_REQUIRED")
+            .count();
+        (qrs == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_recovery_after_the_shutdown_logout_needs_a_qr() {
+    let gateway = FakeGateway::start().await;
+    let first = SimWorker::start(gateway.real_config("sim-sigint-rec"))
+        .await
+        .unwrap();
+    let id = Client::new(&first)
+        .connected_session(&gateway, "sigrec")
+        .await;
+    first.shutdown().await.unwrap();
+    gateway.session_report(&id, "DISCONNECTED").await;
+
+    gateway.assign(vec![json!({ "sessionId": id, "userId": "user-1" })]);
+    let quirks = Quirks {
+        recovery_report: RecoveryReport::Full,
+        ..Quirks::real()
+    };
+    let _second = SimWorker::start(SimWorkerConfig {
+        quirks,
+        ..gateway.real_config("sim-sigint-rec")
+    })
+    .await
+    .unwrap();
+    let report = eventually("the recovery report", || {
+        gateway
+            .calls_to(
+                "POST",
+                "/api/workers/sim-sigint-rec/sessions/recovery-status",
+            )
+            .pop()
+    })
+    .await;
+    assert_eq!(report.body["recoveryResults"][0]["status"], "FAILED");
+    assert_eq!(report.body["failedRecoveries"], 1);
+    eventually("a new QR for the recovered session", || {
+        let qrs = statuses_of(&gateway, &id)
+            .iter()
+            .filter(|s| *s == "QR_REQUIRED")
+            .count();
+        (qrs == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_of_the_ideal_worker_keeps_the_sessions_credentials() {
+    let gateway = FakeGateway::start().await;
+    let first = SimWorker::start(gateway.config("sim-shutdown-ideal"))
+        .await
+        .unwrap();
+    let id = Client::new(&first)
+        .connected_session(&gateway, "keep")
+        .await;
+    first.shutdown().await.unwrap();
+    assert_eq!(
+        gateway.calls_to("DELETE", "/api/workers/unregister").len(),
+        1
+    );
+    let second = SimWorker::start(gateway.config("sim-shutdown-ideal-2"))
+        .await
+        .unwrap();
+    assert_eq!(Client::new(&second).start(&id).await.0, 201);
+    reported_exactly(&gateway, &id, &["QR_REQUIRED", "CONNECTED", "CONNECTED"]).await;
+}
+
+#[tokio::test]
+async fn heartbeat_metrics_like_node() {
+    let gateway = FakeGateway::start().await;
+    for (config, node) in [
+        (gateway.real_config("sim-metrics-real"), true),
+        (gateway.config("sim-metrics-ideal"), false),
+    ] {
+        let worker_id = config.worker_id.clone();
+        let _worker = SimWorker::start(SimWorkerConfig {
+            heartbeat_interval: Duration::from_millis(10),
+            ..config
+        })
+        .await
+        .unwrap();
+        let path = format!("/api/workers/{worker_id}/heartbeat");
+        let heartbeats = eventually("ten heartbeats", || {
+            let heartbeats = gateway.calls_to("PUT", &path);
+            (heartbeats.len() >= 10).then_some(heartbeats)
+        })
+        .await;
+        let cpu: Vec<f64> = heartbeats
+            .iter()
+            .map(|call| call.body["metrics"]["cpuUsage"].as_f64().unwrap())
+            .collect();
+        let memory: Vec<f64> = heartbeats
+            .iter()
+            .map(|call| call.body["metrics"]["memoryUsage"].as_f64().unwrap())
+            .collect();
+        if node {
+            assert!(
+                cpu.iter()
+                    .all(|c| (30.0..=50.0).contains(c) && c.fract() == 0.0),
+                "{cpu:?}"
+            );
+            assert!(
+                memory.iter().all(|m| (55.0..=95.0).contains(m)),
+                "{memory:?}"
+            );
+        } else {
+            assert!(cpu.iter().all(|c| *c == 1.0), "{cpu:?}");
+            assert!(memory.iter().all(|m| *m == 10.0), "{memory:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_real_worker_checks_no_token() {
+    let gateway = FakeGateway::start().await;
+    let worker = SimWorker::start(gateway.real_config("sim-open"))
+        .await
+        .unwrap();
+    let client = Client::new(&worker);
+    for token in [None, Some("wrong-token")] {
+        for path in ["/api/sessions", "/sim/messages", "/sim/sessions"] {
+            let (status, body) = client
+                .request(reqwest::Method::GET, path, token, None, None)
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{path}: {body}");
+        }
+        let (status, body) = client
+            .request(reqwest::Method::GET, "/no/such/route", token, None, None)
+            .await
+            .unwrap();
+        assert_eq!((status, error_code(&body)), (404, "NOT_FOUND"));
+    }
+    let (status, _) = client
+        .request(
+            reqwest::Method::POST,
+            "/api/sessions/start",
+            None,
+            None,
+            Some(json!({ "sessionId": unique("open"), "userId": "u" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    // Requiring it is a quirk switched off.
+    let mut config = gateway.real_config("sim-closed");
+    config.quirks.open_routes = false;
+    let closed = SimWorker::start(config).await.unwrap();
+    let (status, body) = Client::new(&closed)
+        .request(reqwest::Method::GET, "/api/sessions", None, None, None)
+        .await
+        .unwrap();
+    assert_eq!((status, error_code(&body)), (401, "UNAUTHORIZED"));
 }

@@ -5,6 +5,14 @@
 //! `X-Message-Id` header for that reason). Optional fields must be absent rather than `null`.
 //! Fields that belong to another message type count as unknown: a `text` send with a
 //! `caption` is refused.
+//!
+//! [`Rules::RealWorker`] adds the existing worker's value rules (`Quirks::strict_validation`):
+//! `to` with 10 to 15 digits, lengths counted in UTF-16 code units as JavaScript counts them
+//! (text 4096, `location.name` 100, `location.address` 200, `contact.name` and
+//! `contact.organization` 100, `link.title` 100, `link.description` 300), an e-mail address in
+//! `contact.email`, and a phone number (`^(\+?62|62|0)?8\d{8,11}$`) or a JID in `contact.phone`.
+
+use std::ops::RangeInclusive;
 
 use serde_json::{Map, Value};
 
@@ -115,8 +123,20 @@ impl ValidationError {
 
 type Checked<T> = Result<T, ValidationError>;
 
+/// Which value rules a send body must also pass, beyond its shape and types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rules {
+    /// The existing worker's: digit counts, UTF-16 lengths, e-mail and phone formats.
+    RealWorker,
+    /// Shape and types only, `to` with 8 to 15 digits (the ideal worker).
+    Lenient,
+}
+
+/// The longest `text` message the existing worker accepts, in UTF-16 code units.
+const MAX_TEXT_UTF16: usize = 4096;
+
 /// Validates a `POST /api/{sessionId}/send` body.
-pub(crate) fn validate_send(body: &Value) -> Checked<ValidatedSend> {
+pub(crate) fn validate_send(body: &Value, rules: Rules) -> Checked<ValidatedSend> {
     let object = Fields::root(body)?;
     let kind_raw = object.required_str("type")?;
     let kind = MessageKind::parse(kind_raw).ok_or_else(|| {
@@ -129,27 +149,35 @@ pub(crate) fn validate_send(body: &Value) -> Checked<ValidatedSend> {
     allowed.extend_from_slice(kind.own_fields());
     object.only(&allowed)?;
 
+    let strict = rules == Rules::RealWorker;
+    // A length limit that only the existing worker applies.
+    let max = |limit: usize| strict.then_some(limit);
     let to = object.required_str("to")?;
-    if !is_user_jid(to) {
+    let to_digits = if strict { 10..=15 } else { 8..=15 };
+    if !is_user_jid(to, to_digits.clone()) {
         return Err(ValidationError::new(
             "to",
-            "\"to\" must be <8 to 15 digits>@s.whatsapp.net",
+            format!(
+                "\"to\" must be <{} to {} digits>@s.whatsapp.net",
+                to_digits.start(),
+                to_digits.end()
+            ),
         ));
     }
     object.optional_bool("humanSimulation")?;
 
     match kind {
         MessageKind::Text => {
-            object.required_str("message")?;
+            object.required_text("message", max(MAX_TEXT_UTF16))?;
         }
         MessageKind::Image | MessageKind::Video => {
             object.required_str("mediaUrl")?;
-            object.optional_str("caption")?;
+            object.optional_text("caption", None)?;
         }
         MessageKind::Document => {
             object.required_str("mediaUrl")?;
             object.required_str("filename")?;
-            object.optional_str("caption")?;
+            object.optional_text("caption", None)?;
         }
         MessageKind::Audio => {
             object.required_str("mediaUrl")?;
@@ -159,24 +187,33 @@ pub(crate) fn validate_send(body: &Value) -> Checked<ValidatedSend> {
             location.only(&["latitude", "longitude", "name", "address"])?;
             location.required_number_in("latitude", -90.0, 90.0)?;
             location.required_number_in("longitude", -180.0, 180.0)?;
-            location.optional_str("name")?;
-            location.optional_str("address")?;
+            location.optional_text("name", max(100))?;
+            location.optional_text("address", max(200))?;
         }
         MessageKind::Contact => {
             let contact = object.required_object("contact")?;
             contact.only(&["name", "phone", "email", "organization"])?;
-            contact.required_str("name")?;
-            contact.required_str("phone")?;
-            contact.optional_str("email")?;
-            contact.optional_str("organization")?;
+            contact.required_text("name", max(100))?;
+            let phone = contact.required_str("phone")?;
+            if strict && !is_contact_phone(phone) {
+                return Err(contact.error(
+                    "phone",
+                    "must be a phone number like 081234567890, +6281234567890 or 6281234567890@s.whatsapp.net",
+                ));
+            }
+            let email = contact.optional_text("email", None)?;
+            if strict && email.is_some_and(|email| !is_email(email)) {
+                return Err(contact.error("email", "must be a valid email"));
+            }
+            contact.optional_text("organization", max(100))?;
         }
         MessageKind::Link => {
             let link = object.required_object("link")?;
             link.only(&["url", "title", "description", "thumbnail"])?;
             link.required_str("url")?;
-            link.optional_str("title")?;
-            link.optional_str("description")?;
-            link.optional_str("thumbnail")?;
+            link.optional_text("title", max(100))?;
+            link.optional_text("description", max(300))?;
+            link.optional_text("thumbnail", None)?;
         }
         MessageKind::Poll => {
             let poll = object.required_object("poll")?;
@@ -253,11 +290,61 @@ pub(crate) fn validate_manage(body: &Value) -> Checked<ValidatedManage> {
     })
 }
 
-/// `<8 to 15 digits>@s.whatsapp.net`.
-pub(crate) fn is_user_jid(to: &str) -> bool {
-    to.strip_suffix("@s.whatsapp.net").is_some_and(|digits| {
-        (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
-    })
+/// `<digits>@s.whatsapp.net` with a digit count in `digits`.
+fn is_user_jid(to: &str, digits: RangeInclusive<usize>) -> bool {
+    to.strip_suffix("@s.whatsapp.net")
+        .is_some_and(|number| digits.contains(&number.len()) && is_digits(number))
+}
+
+fn is_digits(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The existing worker's contact phone rule: `^(\+?62|62|0)?8\d{8,11}$` (an Indonesian mobile
+/// number, with or without its prefix) or a JID of 10 to 15 digits.
+fn is_contact_phone(phone: &str) -> bool {
+    let mobile = |rest: &str| {
+        rest.strip_prefix('8')
+            .is_some_and(|tail| (8..=11).contains(&tail.len()) && is_digits(tail))
+    };
+    let as_mobile = ["+62", "62", "0", ""]
+        .iter()
+        .any(|prefix| phone.strip_prefix(prefix).is_some_and(mobile));
+    as_mobile || is_user_jid(phone, 10..=15)
+}
+
+/// An e-mail address as a validator sees one: `local@domain.tld`, no spaces, a dotted domain
+/// of letters, digits and hyphens with an alphabetic top-level label of at least 2 letters.
+fn is_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+    let domain_ok = domain.len() <= 253
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        && domain
+            .rsplit_once('.')
+            .is_some_and(|(_, tld)| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()));
+    local_ok && domain_ok
+}
+
+/// The length JavaScript gives a string (UTF-16 code units): an emoji outside the Basic
+/// Multilingual Plane counts 2.
+fn utf16_len(text: &str) -> usize {
+    text.encode_utf16().count()
 }
 
 /// A JSON object being checked, with the dotted path that leads to it for error messages.
@@ -306,9 +393,37 @@ impl<'a> Fields<'a> {
     }
 
     fn optional_str(&self, key: &str) -> Checked<()> {
+        self.optional_text(key, None).map(drop)
+    }
+
+    /// A required, non-blank string of at most `max` UTF-16 code units when `max` is given.
+    fn required_text(&self, key: &str, max: Option<usize>) -> Checked<&'a str> {
+        let text = self.required_str(key)?;
+        self.within(key, text, max)?;
+        Ok(text)
+    }
+
+    /// An optional string of at most `max` UTF-16 code units when `max` is given.
+    fn optional_text(&self, key: &str, max: Option<usize>) -> Checked<Option<&'a str>> {
         match self.get(key) {
-            None | Some(Value::String(_)) => Ok(()),
+            None => Ok(None),
+            Some(Value::String(text)) => {
+                self.within(key, text, max)?;
+                Ok(Some(text))
+            }
             Some(_) => Err(self.error(key, "must be a string")),
+        }
+    }
+
+    fn within(&self, key: &str, text: &str, max: Option<usize>) -> Checked<()> {
+        match max {
+            // A UTF-8 string never has more UTF-16 code units than bytes: most texts need no
+            // counting.
+            Some(max) if text.len() > max && utf16_len(text) > max => Err(self.error(
+                key,
+                &format!("length must be less than or equal to {max} characters long"),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -375,11 +490,39 @@ mod tests {
 
     const TO: &str = "6281234567890@s.whatsapp.net";
 
+    const BOTH: [Rules; 2] = [Rules::RealWorker, Rules::Lenient];
+
+    /// The field of the refusal, the same under both rule sets.
     fn refused_field(body: Value) -> String {
-        match validate_send(&body) {
-            Err(error) => error.field,
-            Ok(ok) => panic!("accepted {body}: {ok:?}"),
+        let [strict, lenient] = BOTH.map(|rules| refused_under(rules, &body).field);
+        assert_eq!(strict, lenient, "{body}");
+        strict
+    }
+
+    fn refused_under(rules: Rules, body: &Value) -> ValidationError {
+        match validate_send(body, rules) {
+            Err(error) => error,
+            Ok(ok) => panic!("accepted under {rules:?}: {body}: {ok:?}"),
         }
+    }
+
+    fn accepted_under(rules: Rules, body: &Value) {
+        if let Err(error) = validate_send(body, rules) {
+            panic!("refused under {rules:?}: {body}: {error:?}");
+        }
+    }
+
+    /// Accepted by the ideal worker, refused by the existing one, for `field`; returns the
+    /// message.
+    fn only_the_real_worker_refuses(body: Value, field: &str) -> String {
+        accepted_under(Rules::Lenient, &body);
+        let refused = refused_under(Rules::RealWorker, &body);
+        assert_eq!(refused.field, field, "{body}");
+        refused.message
+    }
+
+    fn text(chars: &str, count: usize) -> String {
+        chars.repeat(count)
     }
 
     #[test]
@@ -391,17 +534,20 @@ mod tests {
             json!({"to": TO, "type": "document", "mediaUrl": "https://x/y.pdf", "filename": "y.pdf"}),
             json!({"to": TO, "type": "audio", "mediaUrl": "https://x/y.ogg"}),
             json!({"to": TO, "type": "location", "location": {"latitude": -6.2, "longitude": 106.8, "name": "n", "address": "a"}}),
-            json!({"to": TO, "type": "contact", "contact": {"name": "A", "phone": "+62812", "email": "a@b.c", "organization": "o"}}),
+            json!({"to": TO, "type": "contact", "contact": {"name": "A", "phone": "+6281234567890", "email": "a@b.co", "organization": "o"}}),
             json!({"to": TO, "type": "link", "link": {"url": "https://x", "title": "t", "description": "d", "thumbnail": "https://x/t.png"}}),
             json!({"to": TO, "type": "poll", "poll": {"question": "q", "options": ["a", "b"], "multipleAnswers": false}}),
             json!({"to": TO, "type": "seen", "messageId": "3EB0AA"}),
             json!({"to": TO, "type": "typing_start"}),
             json!({"to": TO, "type": "typing_stop"}),
         ];
-        for body in bodies {
-            let validated = validate_send(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
-            assert_eq!(validated.to, TO);
-            assert_eq!(validated.kind.as_str(), body["type"]);
+        for rules in BOTH {
+            for body in &bodies {
+                let validated =
+                    validate_send(body, rules).unwrap_or_else(|e| panic!("{rules:?} {body}: {e}"));
+                assert_eq!(validated.to, TO);
+                assert_eq!(validated.kind.as_str(), body["type"]);
+            }
         }
     }
 
@@ -505,5 +651,115 @@ mod tests {
             refused(json!({"action": "star", "messageId": "m", "phone": "628", "x": 1})),
             Some("x".to_owned())
         );
+    }
+
+    #[test]
+    fn the_real_worker_wants_10_to_15_digits_in_to() {
+        let send = |to: &str| json!({"to": to, "type": "text", "message": "hi"});
+        for short in ["12345678@s.whatsapp.net", "123456789@s.whatsapp.net"] {
+            let message = only_the_real_worker_refuses(send(short), "to");
+            assert!(message.contains("10 to 15 digits"), "{message}");
+        }
+        for fine in [
+            "1234567890@s.whatsapp.net",
+            "123456789012345@s.whatsapp.net",
+        ] {
+            accepted_under(Rules::RealWorker, &send(fine));
+        }
+        refused_under(Rules::RealWorker, &send("1234567890123456@s.whatsapp.net"));
+    }
+
+    #[test]
+    fn text_length_is_counted_in_utf16_code_units() {
+        let send = |message: String| json!({"to": TO, "type": "text", "message": message});
+        accepted_under(Rules::RealWorker, &send(text("a", 4096)));
+        only_the_real_worker_refuses(send(text("a", 4097)), "message");
+        // 2048 emoji are 8192 bytes but exactly 4096 UTF-16 code units.
+        accepted_under(Rules::RealWorker, &send(text("😀", 2048)));
+        // One more counts 2: 4098.
+        let message = only_the_real_worker_refuses(send(text("😀", 2049)), "message");
+        assert_eq!(
+            message,
+            "\"message\" length must be less than or equal to 4096 characters long"
+        );
+        // 4096 characters of the Basic Multilingual Plane are 4096 units (and 12288 bytes).
+        accepted_under(Rules::RealWorker, &send(text("€", 4096)));
+        assert_eq!(utf16_len("a😀€"), 4);
+    }
+
+    #[test]
+    fn location_name_and_address_lengths() {
+        let send = |name: String, address: String| json!({"to": TO, "type": "location", "location": {"latitude": 1, "longitude": 2, "name": name, "address": address}});
+        accepted_under(Rules::RealWorker, &send(text("n", 100), text("a", 200)));
+        only_the_real_worker_refuses(send(text("n", 101), text("a", 200)), "location.name");
+        only_the_real_worker_refuses(send(text("n", 100), text("a", 201)), "location.address");
+        only_the_real_worker_refuses(send(text("😀", 51), String::new()), "location.name");
+    }
+
+    #[test]
+    fn contact_name_and_organization_lengths() {
+        let send = |name: String, organization: String| json!({"to": TO, "type": "contact", "contact": {"name": name, "phone": "081234567890", "organization": organization}});
+        accepted_under(Rules::RealWorker, &send(text("n", 100), text("o", 100)));
+        only_the_real_worker_refuses(send(text("n", 101), text("o", 1)), "contact.name");
+        only_the_real_worker_refuses(send(text("n", 1), text("o", 101)), "contact.organization");
+    }
+
+    #[test]
+    fn contact_email_must_be_an_email_address() {
+        let send = |email: &str| json!({"to": TO, "type": "contact", "contact": {"name": "A", "phone": "081234567890", "email": email}});
+        for fine in [
+            "a@b.co",
+            "first.last+tag@mail.example.com",
+            "x_y@sub-domain.id",
+        ] {
+            accepted_under(Rules::RealWorker, &send(fine));
+        }
+        for bad in [
+            "", "plain", "a@b", "a@b.c", "@b.co", "a@.co", "a b@c.co", "a@b..co", "a@@b.co",
+            "a@-b.co", "a@b.c0", ".a@b.co",
+        ] {
+            let message = only_the_real_worker_refuses(send(bad), "contact.email");
+            assert_eq!(message, "\"contact.email\" must be a valid email");
+        }
+    }
+
+    #[test]
+    fn contact_phone_is_a_mobile_number_or_a_jid() {
+        let send = |phone: &str| json!({"to": TO, "type": "contact", "contact": {"name": "A", "phone": phone}});
+        for fine in [
+            "81234567890",
+            "081234567890",
+            "6281234567890",
+            "+6281234567890",
+            "+62812345678",
+            "0812345678901",
+            // International numbers go as JIDs.
+            "14155550123@s.whatsapp.net",
+            "447911123456@s.whatsapp.net",
+        ] {
+            accepted_under(Rules::RealWorker, &send(fine));
+        }
+        for bad in [
+            "+14155550123",
+            "071234567890",
+            "0812345",
+            "08123456789012",
+            "+62 812 3456 7890",
+            "62-812-3456-7890",
+            "123456789@s.whatsapp.net",
+            "6281234567890@g.us",
+            "+6281234567890@s.whatsapp.net",
+        ] {
+            let message = only_the_real_worker_refuses(send(bad), "contact.phone");
+            assert!(message.contains("@s.whatsapp.net"), "{message}");
+        }
+    }
+
+    #[test]
+    fn link_title_and_description_lengths() {
+        let send = |title: String, description: String| json!({"to": TO, "type": "link", "link": {"url": "https://x", "title": title, "description": description}});
+        accepted_under(Rules::RealWorker, &send(text("t", 100), text("d", 300)));
+        only_the_real_worker_refuses(send(text("t", 101), text("d", 300)), "link.title");
+        only_the_real_worker_refuses(send(text("t", 100), text("d", 301)), "link.description");
     }
 }

@@ -5,6 +5,12 @@
 //! [`Tasks`] set, so killing the worker aborts all of it at once. Session-status reports go
 //! through one ordered queue so the gateway sees `QR_REQUIRED` before `CONNECTED`; message
 //! receipts are delivered per message (`SENT`, then `DELIVERED`, then `READ`).
+//!
+//! The quirks of the existing worker (`SimWorkerConfig::quirks`) that concern the lifecycle
+//! live here: what a report says and to whom it names itself ([`Worker::status_report`],
+//! [`Worker::logout_report`]), the `INIT` reports of a session that connects, fails or whose QR
+//! expires, the recovery report, the logout of every session on shutdown, the heartbeat metrics
+//! and the rate limits. How refusals read is `server`'s business.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -21,14 +27,16 @@ use tokio::task::JoinSet;
 use super::SimWorkerConfig;
 use super::gateway::{
     GatewayClient, GatewayError, Heartbeat, HeartbeatMetrics, HeartbeatSession,
-    InboundMessageReport, MessageStatusReport, RecoveryReport, RecoveryResult, Registration,
-    SessionStatusReport,
+    InboundMessageReport, MessageStatusReport, RecoveryReport, RecoveryResult, RecoverySummary,
+    Registration, SessionStatusReport, SummarizedRecoveryReport,
 };
+use super::limits::{Caller, Limited, Limiters};
+use super::quirks::RecoveryReport as RecoveryReportMode;
 use super::state::{
-    CredentialStore, InsertRefused, ReceivedSend, SessionEntry, SessionId, SessionStatus, SimState,
-    display_name_for, iso, lock, now_iso, phone_number_for,
+    CredentialStore, InsertRefused, ReceivedSend, SessionEntry, SessionId, SessionStatus, Sessions,
+    SimState, display_name_for, iso, lock, now_iso, phone_number_for,
 };
-use super::validate::ValidatedSend;
+use super::validate::{Rules, ValidatedSend};
 
 /// INIT → QR_REQUIRED: Baileys shows the first QR almost at once.
 const QR_DELAY: Duration = Duration::from_millis(50);
@@ -36,10 +44,19 @@ const QR_DELAY: Duration = Duration::from_millis(50);
 const STORED_CREDENTIALS_CONNECT_DELAY: Duration = Duration::from_millis(50);
 /// RECONNECTING → CONNECTED after a simulated connection drop.
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
-/// What `qrExpiresAt` announces; the protocol says a QR is valid about 2 minutes.
+/// What `qrExpiresAt` announces; the protocol says a QR is valid about 2 minutes. The existing
+/// worker gives up on a QR that was not scanned by then (`Quirks::status_vocabulary`).
 const QR_VALIDITY: Duration = Duration::from_secs(120);
 /// Between SENT and DELIVERED, and between DELIVERED and READ.
 const RECEIPT_DELAY: Duration = Duration::from_millis(20);
+
+/// Where a session can fail from: anywhere it is trying to be or is connected.
+const LIVE_STATUSES: &[SessionStatus] = &[
+    SessionStatus::Init,
+    SessionStatus::QrRequired,
+    SessionStatus::Connected,
+    SessionStatus::Reconnecting,
+];
 
 const EVERY_STATUS: &[SessionStatus] = &[
     SessionStatus::Init,
@@ -59,8 +76,9 @@ pub(crate) enum SessionError {
     AlreadyExists,
     #[error("this worker already holds its maximum number of sessions")]
     CapacityReached,
+    /// The session's status here, `None` when it is not here at all.
     #[error("session is not connected")]
-    NotConnected,
+    NotConnected(Option<SessionStatus>),
     #[error("session is {0}")]
     WrongState(SessionStatus),
     #[error("simulated send failure")]
@@ -174,6 +192,8 @@ pub(crate) struct Worker {
     pub(crate) tasks: Tasks,
     /// Session-status reports, delivered in order by one background task.
     reports: mpsc::UnboundedSender<SessionStatusReport>,
+    /// The existing worker's rate limits, when its quirks ask for them.
+    limits: Option<Limiters>,
     started_at: Instant,
 }
 
@@ -185,6 +205,7 @@ impl Worker {
         let gateway =
             GatewayClient::new(&config.backend_url, &config.auth_token, &config.worker_id)?;
         let (reports, queue) = mpsc::unbounded_channel();
+        let limits = config.quirks.rate_limits.as_ref().map(Limiters::new);
         let worker = Arc::new(Worker {
             config,
             endpoint,
@@ -192,6 +213,7 @@ impl Worker {
             gateway,
             tasks: Tasks::default(),
             reports,
+            limits,
             started_at: Instant::now(),
         });
         worker
@@ -203,6 +225,49 @@ impl Worker {
         Ok(worker)
     }
 
+    // ----- rate limits and rules ------------------------------------------------------------
+
+    /// Counts a session operation (start, restart, disconnect, logout, delete) of `caller`.
+    pub(crate) fn admit_session_operation(
+        &self,
+        caller: &Caller,
+        now: Instant,
+    ) -> Result<(), Limited> {
+        match &self.limits {
+            Some(limits) => limits.session_operation(caller, now),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a send through `raw_session_id`.
+    pub(crate) fn admit_send(&self, raw_session_id: &str, now: Instant) -> Result<(), Limited> {
+        match &self.limits {
+            Some(limits) => limits.send(raw_session_id, now),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts any request but `GET /health` from `ip` (the production limit).
+    pub(crate) fn admit_global(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        now: Instant,
+    ) -> Result<(), Limited> {
+        match &self.limits {
+            Some(limits) => limits.global(ip, now),
+            None => Ok(()),
+        }
+    }
+
+    /// The value rules of send bodies.
+    pub(crate) fn send_rules(&self) -> Rules {
+        if self.config.quirks.strict_validation {
+            Rules::RealWorker
+        } else {
+            Rules::Lenient
+        }
+    }
+
     // ----- sessions -------------------------------------------------------------------------
 
     /// `POST /api/sessions/start`: adds the session in `INIT` and starts logging it in.
@@ -212,14 +277,17 @@ impl Worker {
         user_id: Option<String>,
         session_name: Option<String>,
     ) -> Result<(), SessionError> {
-        let generation = self
-            .state
-            .sessions()
-            .insert(id.clone(), user_id, session_name, self.config.max_sessions)
-            .map_err(|refused| match refused {
-                InsertRefused::AlreadyExists => SessionError::AlreadyExists,
-                InsertRefused::CapacityReached => SessionError::CapacityReached,
-            })?;
+        let generation = {
+            let mut sessions = self.state.sessions();
+            let generation = sessions
+                .insert(id.clone(), user_id, session_name, self.config.max_sessions)
+                .map_err(|refused| match refused {
+                    InsertRefused::AlreadyExists => SessionError::AlreadyExists,
+                    InsertRefused::CapacityReached => SessionError::CapacityReached,
+                })?;
+            self.report_connecting(&id);
+            generation
+        };
         self.schedule_login(id, generation);
         Ok(())
     }
@@ -227,12 +295,15 @@ impl Worker {
     /// `POST /api/sessions/{id}/restart`: back to `INIT`, then logs in again (without a QR when
     /// credentials are stored).
     pub(crate) fn restart_session(self: &Arc<Self>, id: &SessionId) -> Result<(), SessionError> {
-        let generation = self
-            .state
-            .sessions()
-            .advance(id, None, EVERY_STATUS, SessionStatus::Init)
-            .map(|entry| entry.generation)
-            .ok_or(SessionError::NotFound)?;
+        let generation = {
+            let mut sessions = self.state.sessions();
+            let generation = sessions
+                .advance(id, None, EVERY_STATUS, SessionStatus::Init)
+                .map(|entry| entry.generation)
+                .ok_or(SessionError::NotFound)?;
+            self.report_connecting(id);
+            generation
+        };
         self.schedule_login(id.clone(), generation);
         Ok(())
     }
@@ -247,20 +318,103 @@ impl Worker {
         Ok(())
     }
 
-    /// `POST /api/sessions/{id}/logout`: reported as `DISCONNECTED` with reason `LOGGED_OUT`
-    /// (like the real worker), then the session and its credentials are gone.
+    /// `POST /api/sessions/{id}/logout`: reported as `DISCONNECTED` with `loggedOutAt` (see
+    /// [`Worker::logout_report`]), then the session and its credentials are gone.
     pub(crate) fn logout_session(&self, id: &SessionId) -> Result<(), SessionError> {
+        self.log_out(id, false)
+    }
+
+    /// `POST /sim/sessions/{id}/logout-from-phone`: the user logged the session out on the
+    /// phone; like a logout, with `loggedOutFromPhone: true`.
+    pub(crate) fn logout_from_phone(&self, id: &SessionId) -> Result<(), SessionError> {
+        self.log_out(id, true)
+    }
+
+    fn log_out(&self, id: &SessionId, from_phone: bool) -> Result<(), SessionError> {
         let mut sessions = self.state.sessions();
         sessions.remove(id).ok_or(SessionError::NotFound)?;
         CredentialStore::wipe(id);
-        let now = now_iso();
-        self.report(SessionStatusReport {
-            reason: Some("LOGGED_OUT"),
-            logged_out_at: Some(now.clone()),
-            timestamp: now,
-            ..self.status_report(id, SessionStatus::Disconnected)
-        });
+        // Queued under the sessions lock so reports leave in the order of the transitions.
+        self.report(self.logout_report(id, from_phone));
         Ok(())
+    }
+
+    /// On shutdown with `Quirks::logout_on_shutdown`: every session is logged out and its
+    /// credentials wiped, each reported at once (the report queue is already stopped).
+    pub(crate) async fn log_out_every_session(&self) {
+        let reports: Vec<SessionStatusReport> = {
+            let mut sessions = self.state.sessions();
+            sessions
+                .remove_all()
+                .iter()
+                .map(|id| {
+                    CredentialStore::wipe(id);
+                    self.logout_report(id, false)
+                })
+                .collect()
+        };
+        let deliveries = reports
+            .iter()
+            .map(|report| self.gateway.session_status(report));
+        let outcomes = futures_util::future::join_all(deliveries).await;
+        for (report, outcome) in reports.iter().zip(outcomes) {
+            if let Err(err) = outcome {
+                tracing::warn!(session_id = report.session_id, error = %err, "logout report on shutdown failed");
+            }
+        }
+        tracing::info!(
+            sessions = reports.len(),
+            "logged out every session on shutdown"
+        );
+    }
+
+    /// `POST /sim/sessions/{id}/fail`: the connection failed for good (until a restart). The
+    /// existing worker reports that as `INIT`, an ideal one as `ERROR`. Returns the new status.
+    pub(crate) fn fail_session(&self, id: &SessionId) -> Result<SessionStatus, SessionError> {
+        let failed = if self.config.quirks.status_vocabulary {
+            SessionStatus::Init
+        } else {
+            SessionStatus::Error
+        };
+        let mut sessions = self.state.sessions();
+        if sessions.advance(id, None, LIVE_STATUSES, failed).is_none() {
+            return Err(refusal(&sessions, id));
+        }
+        self.report(self.status_report(id, failed));
+        Ok(failed)
+    }
+
+    /// `POST /sim/sessions/{id}/expire-qr`, or the existing worker's QR timeout (then at
+    /// `generation`): the QR was not scanned in time. The existing worker gives up and reports
+    /// `INIT`; an ideal one shows a fresh QR and keeps waiting for a scan. Returns the new status.
+    pub(crate) fn expire_qr(
+        self: &Arc<Self>,
+        id: &SessionId,
+        generation: Option<u64>,
+    ) -> Result<SessionStatus, SessionError> {
+        let mut sessions = self.state.sessions();
+        let waiting = [SessionStatus::QrRequired];
+        if self.config.quirks.status_vocabulary {
+            if sessions
+                .advance(id, generation, &waiting, SessionStatus::Init)
+                .is_none()
+            {
+                return Err(refusal(&sessions, id));
+            }
+            self.report(self.status_report(id, SessionStatus::Init));
+            return Ok(SessionStatus::Init);
+        }
+        let Some(entry) = sessions.advance(id, generation, &waiting, SessionStatus::QrRequired)
+        else {
+            return Err(refusal(&sessions, id));
+        };
+        let generation = self.new_qr(id, entry);
+        drop(sessions);
+        let worker = Arc::clone(self);
+        let id = id.clone();
+        self.tasks
+            .spawn(async move { worker.wait_for_scan(&id, generation).await });
+        Ok(SessionStatus::QrRequired)
     }
 
     /// `DELETE /api/sessions/{id}`: stops and forgets the session without a callback. The
@@ -301,10 +455,7 @@ impl Worker {
                 )
                 .map(|entry| entry.generation);
             let Some(generation) = advanced else {
-                return Err(match sessions.get(id) {
-                    None => SessionError::NotFound,
-                    Some(entry) => SessionError::WrongState(entry.status),
-                });
+                return Err(refusal(&sessions, id));
             };
             // Queued under the sessions lock so reports leave in the order of the transitions.
             self.report(self.status_report(id, SessionStatus::Reconnecting));
@@ -314,7 +465,29 @@ impl Worker {
         let id = id.clone();
         self.tasks.spawn(async move {
             tokio::time::sleep(RECONNECT_DELAY).await;
-            worker.connect(&id, Some(generation), &[SessionStatus::Reconnecting]);
+            if !worker.config.quirks.status_vocabulary {
+                worker.connect(&id, Some(generation), &[SessionStatus::Reconnecting]);
+                return;
+            }
+            // The existing worker opens a new socket: "connecting", reported as INIT.
+            let reopened = {
+                let mut sessions = worker.state.sessions();
+                let reopened = sessions
+                    .advance(
+                        &id,
+                        Some(generation),
+                        &[SessionStatus::Reconnecting],
+                        SessionStatus::Init,
+                    )
+                    .map(|entry| entry.generation);
+                if reopened.is_some() {
+                    worker.report_connecting(&id);
+                }
+                reopened
+            };
+            if let Some(generation) = reopened {
+                worker.connect(&id, Some(generation), &[SessionStatus::Init]);
+            }
         });
         Ok(())
     }
@@ -340,12 +513,13 @@ impl Worker {
     pub(crate) fn ensure_connected(&self, id: &SessionId) -> Result<(), SessionError> {
         match self.state.sessions().get(id).map(|entry| entry.status) {
             Some(SessionStatus::Connected) => Ok(()),
-            _ => Err(SessionError::NotConnected),
+            other => Err(SessionError::NotConnected(other)),
         }
     }
 
-    /// Logs a session in from `INIT`: straight to `CONNECTED` with stored credentials, otherwise
-    /// a QR, then `CONNECTED` after `auto_connect` unless a scan came first.
+    /// Logs a session in from `INIT` (the caller reported [`Worker::report_connecting`]):
+    /// straight to `CONNECTED` with stored credentials, otherwise a QR, then `CONNECTED` after
+    /// `auto_connect` unless a scan came first.
     fn schedule_login(self: &Arc<Self>, id: SessionId, generation: u64) {
         let worker = Arc::clone(self);
         self.tasks.spawn(async move {
@@ -358,9 +532,31 @@ impl Worker {
             let Some(generation) = worker.show_qr(&id, generation) else {
                 return;
             };
-            tokio::time::sleep(worker.config.auto_connect).await;
-            worker.connect(&id, Some(generation), &[SessionStatus::QrRequired]);
+            worker.wait_for_scan(&id, generation).await;
         });
+    }
+
+    /// The existing worker reports the socket opening ("connecting") as `INIT`; an ideal worker
+    /// says nothing until there is a QR or a connection. Called under the sessions lock, right
+    /// after the transition to `INIT`.
+    fn report_connecting(&self, id: &SessionId) {
+        if self.config.quirks.status_vocabulary {
+            self.report(self.status_report(id, SessionStatus::Init));
+        }
+    }
+
+    /// A QR is shown (at `generation`): connects after `auto_connect` unless a scan came first,
+    /// or, for the existing worker, gives up on the QR once it expired if that comes sooner.
+    async fn wait_for_scan(self: &Arc<Self>, id: &SessionId, generation: u64) {
+        let auto_connect = self.config.auto_connect;
+        if self.config.quirks.status_vocabulary && auto_connect > QR_VALIDITY {
+            tokio::time::sleep(QR_VALIDITY).await;
+            // Refused when a scan or a restart came first: nothing to expire then.
+            let _ = self.expire_qr(id, Some(generation));
+            return;
+        }
+        tokio::time::sleep(auto_connect).await;
+        self.connect(id, Some(generation), &[SessionStatus::QrRequired]);
     }
 
     /// `INIT` → `QR_REQUIRED` with a fresh QR, reported; returns the new generation.
@@ -372,16 +568,21 @@ impl Worker {
             &[SessionStatus::Init],
             SessionStatus::QrRequired,
         )?;
+        Some(self.new_qr(id, entry))
+    }
+
+    /// Gives an entry that just moved to `QR_REQUIRED` a fresh QR and reports it; returns its
+    /// generation. The caller holds the sessions lock, so reports leave in the order the
+    /// transitions happened.
+    fn new_qr(&self, id: &SessionId, entry: &mut SessionEntry) -> u64 {
         let qr_code = new_qr_code();
         entry.qr_code = Some(qr_code.clone());
         entry.qr_expires_at = Some(Utc::now() + QR_VALIDITY);
-        let generation = entry.generation;
-        // Queued under the sessions lock so reports leave in the order the transitions happened.
         self.report(SessionStatusReport {
             qr_code: Some(qr_code),
             ..self.status_report(id, SessionStatus::QrRequired)
         });
-        Some(generation)
+        entry.generation
     }
 
     /// → `CONNECTED` (from one of `from`, at `generation` when given), reported with the phone
@@ -433,7 +634,7 @@ impl Worker {
             .sessions()
             .get(id)
             .map(|entry| Arc::clone(&entry.send_turn))
-            .ok_or(SessionError::NotConnected)?;
+            .ok_or(SessionError::NotConnected(None))?;
         let _turn = turn.lock().await;
         self.ensure_connected(id)?;
         if !self.config.send_latency.is_zero() {
@@ -449,8 +650,10 @@ impl Worker {
             let mut sessions = self.state.sessions();
             let entry = sessions
                 .get_mut(id)
-                .filter(|entry| entry.status == SessionStatus::Connected)
-                .ok_or(SessionError::NotConnected)?;
+                .ok_or(SessionError::NotConnected(None))?;
+            if entry.status != SessionStatus::Connected {
+                return Err(SessionError::NotConnected(Some(entry.status)));
+            }
             entry.last_activity = Utc::now();
             self.state.record_send(ReceivedSend {
                 session_id: id.to_string(),
@@ -583,11 +786,25 @@ impl Worker {
         }
     }
 
-    /// Synthetic but plausible: a little CPU and memory per session.
+    /// Synthetic. Like the existing worker (`Quirks::node_metrics`): a random CPU figure from 30
+    /// to 50, and a memory figure shaped like Node's heap-used percentage (mostly between 55 and
+    /// 90, creeping up with the sessions). Otherwise: a little CPU and memory per session.
     fn metrics(&self, total: usize, connected: usize) -> HeartbeatMetrics {
+        let (cpu_usage, memory_usage) = if self.config.quirks.node_metrics {
+            let heap_used_percent = (55 + total / 10 + rand::random_range(0..=20_usize)).min(95);
+            (
+                f64::from(rand::random_range(30..=50_u32)),
+                heap_used_percent as f64,
+            )
+        } else {
+            (
+                (1.0 + 0.1 * connected as f64).min(100.0),
+                (10.0 + 0.5 * total as f64).min(100.0),
+            )
+        };
         HeartbeatMetrics {
-            cpu_usage: (1.0 + 0.1 * connected as f64).min(100.0),
-            memory_usage: (10.0 + 0.5 * total as f64).min(100.0),
+            cpu_usage,
+            memory_usage,
             uptime: self.started_at.elapsed().as_secs(),
             message_count: self.state.message_count() as u64,
             total_sessions: total as u64,
@@ -663,8 +880,11 @@ impl Worker {
         }
     }
 
-    /// Restores the sessions the gateway says this worker owns, then reports the outcome.
-    /// Restored sessions count as having stored credentials: they connect without a QR.
+    /// Restores the sessions the gateway says this worker owns, each reported through
+    /// session-status callbacks, then posts the recovery report its quirks call for. Restored
+    /// sessions count as having stored credentials (they live in storage shared by the fleet)
+    /// and connect without a QR, unless this process saw them wiped by a logout: those need a
+    /// new QR scan, as on the existing worker after its logout on shutdown.
     async fn recover(self: Arc<Self>) {
         let assigned = match self.gateway.assigned_sessions().await {
             Ok(assigned) => assigned,
@@ -674,29 +894,46 @@ impl Worker {
             }
         };
         let total = assigned.len();
-        let mut results = Vec::with_capacity(total);
+        let mut outcomes = Vec::with_capacity(total);
         let mut restoring = Vec::new();
         for session in assigned {
             let id = match SessionId::parse(&session.session_id) {
                 Ok(id) => id,
                 Err(err) => {
-                    results.push(recovery_failed(session.session_id, err.to_string()));
+                    outcomes.push((session.session_id, Recovery::Error(err.to_string())));
                     continue;
                 }
             };
-            CredentialStore::store(&id);
-            let inserted = self.state.sessions().insert(
-                id.clone(),
-                session.user_id,
-                session.session_name,
-                self.config.max_sessions,
-            );
+            let logged_out = CredentialStore::was_wiped(&id);
+            if !logged_out {
+                CredentialStore::store(&id);
+            }
+            let inserted = {
+                let mut sessions = self.state.sessions();
+                let inserted = sessions.insert(
+                    id.clone(),
+                    session.user_id,
+                    session.session_name,
+                    self.config.max_sessions,
+                );
+                if inserted.is_ok() {
+                    self.report_connecting(&id);
+                }
+                inserted
+            };
             match inserted {
+                Ok(generation) if logged_out => {
+                    self.schedule_login(id.clone(), generation);
+                    let needs_qr = "logged out: the session needs a new QR scan".to_owned();
+                    outcomes.push((id.to_string(), Recovery::Failed(needs_qr)));
+                }
                 Ok(generation) => restoring.push((id, generation)),
-                Err(InsertRefused::AlreadyExists) => results.push(self.recovery_result_of(&id)),
-                Err(InsertRefused::CapacityReached) => results.push(recovery_failed(
+                Err(InsertRefused::AlreadyExists) => {
+                    outcomes.push((id.to_string(), self.recovery_of(&id)));
+                }
+                Err(InsertRefused::CapacityReached) => outcomes.push((
                     id.to_string(),
-                    SessionError::CapacityReached.to_string(),
+                    Recovery::Error(SessionError::CapacityReached.to_string()),
                 )),
             }
         }
@@ -705,56 +942,111 @@ impl Worker {
         }
         for (id, generation) in restoring {
             self.connect(&id, Some(generation), &[SessionStatus::Init]);
-            results.push(self.recovery_result_of(&id));
+            outcomes.push((id.to_string(), self.recovery_of(&id)));
         }
-        let successful = results.iter().filter(|r| r.status == "SUCCESS").count() as u64;
-        let failed = results.iter().filter(|r| r.status == "FAILED").count() as u64;
-        let report = RecoveryReport {
-            recovery_results: results,
-            total_sessions: total as u64,
+        self.report_recovery(total, outcomes).await;
+    }
+
+    /// How the recovery of a session here went: connected, here in another state (someone
+    /// restarted or logged it out meanwhile), or gone.
+    fn recovery_of(&self, id: &SessionId) -> Recovery {
+        match self.state.sessions().get(id).map(|entry| entry.status) {
+            Some(SessionStatus::Connected) => Recovery::Recovered { at: now_iso() },
+            Some(other) => Recovery::Skipped(format!("session is {other} on this worker")),
+            None => Recovery::Failed("session vanished during recovery".to_owned()),
+        }
+    }
+
+    /// Posts `…/sessions/recovery-status` in the shape of `Quirks::recovery_report`, or nothing.
+    async fn report_recovery(&self, total: usize, outcomes: Vec<(String, Recovery)>) {
+        let count = |wanted: fn(&Recovery) -> bool| {
+            outcomes
+                .iter()
+                .filter(|(_, outcome)| wanted(outcome))
+                .count() as u64
+        };
+        let successful = count(|outcome| matches!(outcome, Recovery::Recovered { .. }));
+        let skipped = count(|outcome| matches!(outcome, Recovery::Skipped(_)));
+        let failed = count(|outcome| matches!(outcome, Recovery::Failed(_) | Recovery::Error(_)));
+        let total = total as u64;
+        let summary = RecoverySummary {
+            total_sessions: total,
             successful_recoveries: successful,
             failed_recoveries: failed,
+            skipped_recoveries: skipped,
         };
-        match self.gateway.recovery_status(&report).await {
+        let results = |spelling: fn(&Recovery) -> &'static str| -> Vec<RecoveryResult> {
+            outcomes
+                .iter()
+                .map(|(session_id, outcome)| outcome.result(session_id, spelling))
+                .collect()
+        };
+        let posted = match self.config.quirks.recovery_report {
+            RecoveryReportMode::None => {
+                tracing::info!(total, successful, failed, "recovery done; not reported");
+                return;
+            }
+            RecoveryReportMode::SummaryOnly => {
+                let report = SummarizedRecoveryReport {
+                    recovery_results: Vec::new(),
+                    summary,
+                };
+                self.gateway.recovery_status(&report).await
+            }
+            RecoveryReportMode::LowerCase => {
+                let report = SummarizedRecoveryReport {
+                    recovery_results: results(Recovery::lower_case),
+                    summary,
+                };
+                self.gateway.recovery_status(&report).await
+            }
+            RecoveryReportMode::Full => {
+                let report = RecoveryReport {
+                    recovery_results: results(Recovery::upper_case),
+                    total_sessions: total,
+                    successful_recoveries: successful,
+                    failed_recoveries: failed,
+                };
+                self.gateway.recovery_status(&report).await
+            }
+        };
+        match posted {
             Ok(()) => tracing::info!(total, successful, failed, "recovery reported"),
             Err(err) => tracing::warn!(error = %err, "could not report the recovery"),
         }
     }
 
-    /// `SUCCESS` when the session is connected here, `SKIPPED` when it is here in another
-    /// state (someone restarted or logged it out meanwhile), `FAILED` when it is gone.
-    fn recovery_result_of(&self, id: &SessionId) -> RecoveryResult {
-        match self.state.sessions().get(id).map(|entry| entry.status) {
-            Some(SessionStatus::Connected) => RecoveryResult {
-                session_id: id.to_string(),
-                status: "SUCCESS",
-                error: None,
-                recovered_at: Some(now_iso()),
-            },
-            Some(other) => RecoveryResult {
-                session_id: id.to_string(),
-                status: "SKIPPED",
-                error: Some(format!("session is {other} on this worker")),
-                recovered_at: None,
-            },
-            None => recovery_failed(id.to_string(), "session vanished during recovery".into()),
-        }
-    }
-
     // ----- reports --------------------------------------------------------------------------
 
-    /// A session-status report with only the common fields set.
+    /// A session-status report with only the common fields set. The existing worker names
+    /// itself only when it shows a QR (`Quirks::callbacks_without_worker_id`).
     fn status_report(&self, id: &SessionId, status: SessionStatus) -> SessionStatusReport {
+        let names_itself =
+            !self.config.quirks.callbacks_without_worker_id || status == SessionStatus::QrRequired;
         SessionStatusReport {
             session_id: id.to_string(),
             status,
             timestamp: now_iso(),
-            worker_id: self.config.worker_id.clone(),
+            worker_id: names_itself.then(|| self.config.worker_id.clone()),
             qr_code: None,
             phone_number: None,
             display_name: None,
             reason: None,
             logged_out_at: None,
+            logged_out_from_phone: None,
+        }
+    }
+
+    /// A logout: `DISCONNECTED` with `loggedOutAt` (and `loggedOutFromPhone: true` when the
+    /// phone did it), never `LOGGED_OUT`. An ideal worker also says `reason: "LOGGED_OUT"`.
+    fn logout_report(&self, id: &SessionId, from_phone: bool) -> SessionStatusReport {
+        let now = now_iso();
+        SessionStatusReport {
+            reason: (!self.config.quirks.status_vocabulary).then_some("LOGGED_OUT"),
+            logged_out_at: Some(now.clone()),
+            logged_out_from_phone: from_phone.then_some(true),
+            timestamp: now,
+            ..self.status_report(id, SessionStatus::Disconnected)
         }
     }
 
@@ -784,12 +1076,59 @@ impl Worker {
     }
 }
 
-fn recovery_failed(session_id: String, error: String) -> RecoveryResult {
-    RecoveryResult {
-        session_id,
-        status: "FAILED",
-        error: Some(error),
-        recovered_at: None,
+/// How the recovery of one assigned session went.
+#[derive(Debug)]
+enum Recovery {
+    /// Connected here.
+    Recovered { at: String },
+    /// Here, but in another state.
+    Skipped(String),
+    /// Not connected and not coming back without help (gone, or needs a QR).
+    Failed(String),
+    /// Could not even be tried (an invalid id, no capacity left).
+    Error(String),
+}
+
+impl Recovery {
+    /// The protocol's spelling.
+    fn upper_case(&self) -> &'static str {
+        match self {
+            Recovery::Recovered { .. } => "SUCCESS",
+            Recovery::Skipped(_) => "SKIPPED",
+            Recovery::Failed(_) | Recovery::Error(_) => "FAILED",
+        }
+    }
+
+    /// The existing worker's spelling; it has no word for "skipped".
+    fn lower_case(&self) -> &'static str {
+        match self {
+            Recovery::Recovered { .. } => "recovered",
+            Recovery::Skipped(_) | Recovery::Failed(_) => "failed",
+            Recovery::Error(_) => "error",
+        }
+    }
+
+    fn result(&self, session_id: &str, spelling: fn(&Recovery) -> &'static str) -> RecoveryResult {
+        let (error, recovered_at) = match self {
+            Recovery::Recovered { at } => (None, Some(at.clone())),
+            Recovery::Skipped(why) | Recovery::Failed(why) | Recovery::Error(why) => {
+                (Some(why.clone()), None)
+            }
+        };
+        RecoveryResult {
+            session_id: session_id.to_owned(),
+            status: spelling(self),
+            error,
+            recovered_at,
+        }
+    }
+}
+
+/// Why a transition of `id` was refused: it is not here, or not in a state that allows it.
+fn refusal(sessions: &Sessions, id: &SessionId) -> SessionError {
+    match sessions.get(id) {
+        None => SessionError::NotFound,
+        Some(entry) => SessionError::WrongState(entry.status),
     }
 }
 

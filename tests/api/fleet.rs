@@ -49,6 +49,7 @@ async fn sim(app: &TestApp, id: &str, auto_connect_ms: u64) -> SimWorker {
     config.heartbeat_interval = Duration::from_millis(300);
     config.auto_connect = Duration::from_millis(auto_connect_ms);
     config.register_retry_interval = Duration::from_millis(200);
+    config.quirks = crate::common::process::sim_quirks();
     let worker = SimWorker::start(config).await.unwrap();
     let store = app.context.store.clone();
     let wanted = id.to_owned();

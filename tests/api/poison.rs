@@ -494,6 +494,7 @@ async fn registered_worker(app: &TestApp, id: &str) -> SimWorker {
     // Its own heartbeats stay out of the way of the test's.
     config.heartbeat_interval = Duration::from_secs(3600);
     config.register_retry_interval = Duration::from_millis(200);
+    config.quirks = crate::common::process::sim_quirks();
     let worker = SimWorker::start(config).await.unwrap();
     wait_for(Duration::from_secs(10), "worker registration", || async {
         app.context.store.worker_by_id(id).await.is_ok()
@@ -862,6 +863,7 @@ async fn a_qr_comes_only_from_the_sessions_owner(backend: Backend) {
     config.heartbeat_interval = Duration::from_secs(3600);
     config.auto_connect = Duration::from_millis(50);
     config.register_retry_interval = Duration::from_millis(200);
+    config.quirks = crate::common::process::sim_quirks();
     let worker = SimWorker::start(config).await.unwrap();
     wait_for(Duration::from_secs(10), "worker registration", || async {
         app.context.store.worker_by_id(&worker_id).await.is_ok()

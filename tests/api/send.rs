@@ -207,6 +207,7 @@ async fn sim(app: &TestApp, id: &str, tweak: impl FnOnce(&mut SimWorkerConfig)) 
     config.heartbeat_interval = Duration::from_millis(300);
     config.auto_connect = Duration::from_millis(50);
     config.register_retry_interval = Duration::from_millis(200);
+    config.quirks = crate::common::process::sim_quirks();
     tweak(&mut config);
     let worker = SimWorker::start(config).await.unwrap();
     let store = app.context.store.clone();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
-use wa_gateway::sim::{SimWorker, SimWorkerConfig};
+use wa_gateway::sim::{Quirks, SimWorker, SimWorkerConfig};
 
 use super::{Backend, gateway_vars};
 
@@ -132,6 +132,12 @@ impl GatewayProcess {
     }
 }
 
+/// The behaviour of every simulated worker the integration tests start: the ideal worker for
+/// now, until the gateway copes with the existing worker's quirks (then `Quirks::real()`).
+pub fn sim_quirks() -> Quirks {
+    Quirks::ideal()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -218,6 +224,7 @@ pub async fn fleet(
         config.register_delay = Duration::ZERO;
         config.register_retry_interval = Duration::from_millis(200);
         config.send_latency = send_latency;
+        config.quirks = sim_quirks();
         started.push(SimWorker::start(config).await.unwrap());
     }
     let ids: Vec<String> = (0..sessions)
