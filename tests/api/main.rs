@@ -17,5 +17,6 @@ mod hostile_input;
 mod http_basics;
 mod openapi;
 mod poison;
+mod real_worker;
 mod repository;
 mod send;

@@ -1,0 +1,362 @@
+//! The existing worker's awkward parts (WORKER_PROTOCOL.md, "What the existing worker really
+//! does"), each against a simulator in its real-worker mode: a send while the worker's session
+//! is not connected (`400 SESSION_NOT_CONNECTED`) waits and is delivered, a worker's validation
+//! refusal reaches the message with its field and message, and a `429` storm on session starts
+//! ends with every session running on its worker.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wa_gateway::domain::{PhoneJid, SessionId};
+use wa_gateway::send::{MessageIds, MessageKind, ValidatedSend};
+use wa_gateway::sim::{Quirks, RateLimit, RateLimits, SessionStatus, SimWorker, SimWorkerConfig};
+
+use crate::backend_tests;
+use crate::common::{Backend, Login, PIPELINE_ENV, TestApp};
+
+backend_tests!(
+    a_send_while_the_workers_session_is_not_connected_waits_and_is_delivered,
+    a_worker_validation_refusal_shows_its_field_and_message,
+    a_429_storm_on_session_starts_ends_with_every_session_running,
+);
+
+/// The pipeline's settings, with a short reconciliation bound.
+async fn app(backend: Backend) -> TestApp {
+    let mut env = PIPELINE_ENV.to_vec();
+    env.push(("SESSION_RECONCILE_AFTER_MS", "500"));
+    TestApp::spawn_with(backend, &env).await
+}
+
+/// A simulator of the existing worker (every quirk on), registered; `tweak` adjusts it.
+async fn real_worker(
+    app: &TestApp,
+    id: &str,
+    tweak: impl FnOnce(&mut SimWorkerConfig),
+) -> SimWorker {
+    let mut config = SimWorkerConfig::new(
+        app.base_url.clone(),
+        id,
+        app.context.config.worker_auth_token.expose().clone(),
+    );
+    config.quirks = Quirks::real();
+    config.heartbeat_interval = Duration::from_millis(300);
+    config.auto_connect = Duration::from_millis(50);
+    config.register_retry_interval = Duration::from_millis(200);
+    tweak(&mut config);
+    let worker = SimWorker::start(config).await.unwrap();
+    let store = app.context.store.clone();
+    let wanted = id.to_owned();
+    wait_for(Duration::from_secs(10), "worker registration", || {
+        let store = store.clone();
+        let wanted = wanted.clone();
+        async move { store.worker_by_id(&wanted).await.is_ok() }
+    })
+    .await;
+    worker
+}
+
+async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn customer(app: &TestApp) -> (Login, String) {
+    let login = app
+        .register(
+            "Customer",
+            &format!("c{}@example.com", uuid::Uuid::new_v4().simple()),
+            "customer-pass-1",
+        )
+        .await;
+    let key = app
+        .post(
+            "/api/v1/users/api-keys",
+            Some(&login.access_token),
+            json!({"name": "real-worker"}),
+        )
+        .await
+        .assert_ok(201)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (login, key)
+}
+
+async fn create_session(app: &TestApp, login: &Login, id: &str) {
+    app.post(
+        "/api/v1/sessions",
+        Some(&login.access_token),
+        json!({"name": id, "sessionId": id}),
+    )
+    .await
+    .assert_ok(201);
+}
+
+async fn session(app: &TestApp, login: &Login, id: &str) -> Value {
+    app.get(&format!("/api/v1/sessions/{id}"), Some(&login.access_token))
+        .await
+        .assert_ok(200)
+        .clone()
+}
+
+/// Delivery attempts that ended in a retry, from `/metrics`.
+async fn retried(app: &TestApp) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|line| {
+            line.contains("delivery_outcomes_total") && line.contains("outcome=\"retried\"")
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
+}
+
+/// The message as `GET /api/v1/external/messages/{id}` shows it; `null` until its row exists
+/// (it is written as the log is read, just after the `202`).
+async fn message(app: &TestApp, key: &str, id: &str) -> Value {
+    let answer = app
+        .send(
+            app.client
+                .get(app.url(&format!("/api/v1/external/messages/{id}")))
+                .header("X-API-Key", key),
+        )
+        .await;
+    if answer.status.as_u16() == 404 {
+        return Value::Null;
+    }
+    let data = answer.assert_ok(200);
+    data.get("message").cloned().unwrap_or_else(|| data.clone())
+}
+
+/// The worker answers `400 SESSION_NOT_CONNECTED` while its session is not connected (here:
+/// waiting for its QR to be scanned, while the gateway was told CONNECTED). The message waits,
+/// PENDING, and is delivered once the session is connected: never FAILED for it.
+async fn a_send_while_the_workers_session_is_not_connected_waits_and_is_delivered(
+    backend: Backend,
+) {
+    let app = app(backend).await;
+    let (login, key) = customer(&app).await;
+    // No scan for a minute: the worker's session stays QR_REQUIRED until the test scans it.
+    // Heartbeats every 30 s, as the existing worker's: until the next one, the gateway goes by
+    // the callbacks (probes keep the worker alive).
+    let worker = real_worker(&app, "w-real-1", |config| {
+        config.auto_connect = Duration::from_secs(60);
+        config.heartbeat_interval = Duration::from_secs(30);
+    })
+    .await;
+    create_session(&app, &login, "waits-1").await;
+    app.post(
+        "/api/v1/sessions/waits-1/connect",
+        Some(&login.access_token),
+        json!({}),
+    )
+    .await
+    .assert_ok(200);
+    wait_for(Duration::from_secs(10), "the QR", || async {
+        session(&app, &login, "waits-1").await["status"] == "QR_REQUIRED"
+    })
+    .await;
+    // The gateway believes the session connected (a report the worker's state does not match:
+    // what a reconnect looks like from here).
+    let token = app.context.config.worker_auth_token.expose().clone();
+    app.send(
+        app.client
+            .post(app.url("/api/webhooks/session-status"))
+            .bearer_auth(&token)
+            .json(&json!({"sessionId": "waits-1", "status": "CONNECTED", "workerId": "w-real-1"})),
+    )
+    .await
+    .assert_ok(200);
+    let sent = app
+        .send(
+            app.client
+                .post(app.url("/api/v1/external/send"))
+                .header("X-API-Key", &key)
+                .json(
+                    &json!({"sessionId": "waits-1", "to": "6281234567890", "message": "hold on"}),
+                ),
+        )
+        .await;
+    let message_id = sent.assert_ok(202)["messageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The worker refused it with 400 SESSION_NOT_CONNECTED, again and again (the gateway's
+    // session is CONNECTED, so nothing else makes delivery retry)...
+    wait_for(Duration::from_secs(10), "retries at the worker", || async {
+        retried(&app).await >= 2
+    })
+    .await;
+    let waiting = message(&app, &key, &message_id).await;
+    assert_eq!(waiting["status"], "PENDING", "{waiting}");
+    assert!(worker.messages().is_empty());
+    // ...and once the session is connected there, it is delivered.
+    app.client
+        .post(format!("{}/sim/sessions/waits-1/scan", worker.endpoint()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    wait_for(Duration::from_secs(20), "the delivery", || async {
+        worker.messages().len() == 1
+    })
+    .await;
+    wait_for(Duration::from_secs(10), "SENT or later", || async {
+        matches!(
+            message(&app, &key, &message_id).await["status"].as_str(),
+            Some("SENT" | "DELIVERED" | "READ")
+        )
+    })
+    .await;
+    worker.kill().await;
+    app.stop().await;
+}
+
+/// A body the worker refuses (here put in the log directly: the ingress refuses whatever the
+/// worker would) fails with the worker's own reason: the validation detail's field and message.
+async fn a_worker_validation_refusal_shows_its_field_and_message(backend: Backend) {
+    let app = app(backend).await;
+    let (login, key) = customer(&app).await;
+    let worker = real_worker(&app, "w-real-2", |_| {}).await;
+    create_session(&app, &login, "refused-1").await;
+    app.post(
+        "/api/v1/sessions/refused-1/connect",
+        Some(&login.access_token),
+        json!({}),
+    )
+    .await
+    .assert_ok(200);
+    wait_for(Duration::from_secs(10), "CONNECTED", || async {
+        session(&app, &login, "refused-1").await["status"] == "CONNECTED"
+    })
+    .await;
+    let to = PhoneJid::parse("to", "6281234567890", "62").unwrap();
+    let too_long = ValidatedSend {
+        session_id: None,
+        to: to.clone(),
+        kind: MessageKind::Text,
+        worker_body: json!({"to": to.as_str(), "type": "text", "message": "x".repeat(5000)}),
+    };
+    let accepted = app
+        .context
+        .ingress
+        .accept(
+            &login.user_id,
+            &SessionId::parse("sessionId", "refused-1").unwrap(),
+            vec![too_long],
+            MessageIds::Fresh,
+        )
+        .await
+        .unwrap();
+    let message_id = accepted[0].message_id.clone();
+    wait_for(Duration::from_secs(15), "FAILED", || async {
+        message(&app, &key, &message_id).await["status"] == "FAILED"
+    })
+    .await;
+    let failed = message(&app, &key, &message_id).await;
+    let reason = failed["errorMessage"].as_str().unwrap_or_default();
+    assert!(reason.contains("Validation error"), "{failed}");
+    assert!(reason.contains("message:"), "the field is named: {failed}");
+    assert!(!reason.contains("no reason given"), "{failed}");
+    assert!(worker.messages().is_empty());
+    worker.kill().await;
+    app.stop().await;
+}
+
+/// Session starts are limited per customer (here 2 per 2 s; the existing worker: 5 per 5
+/// minutes): connecting 6 sessions at once meets `429`s. Each connect is `200` (started) or
+/// `202` with `Retry-After` (queued on that worker), never `503`; every session ends
+/// CONNECTED on the worker, which runs each of them.
+async fn a_429_storm_on_session_starts_ends_with_every_session_running(backend: Backend) {
+    let app = app(backend).await;
+    let (login, _key) = customer(&app).await;
+    let admin = app.admin().await;
+    // The customer's tier allows 20 sessions (the pipeline settings).
+    let worker = real_worker(&app, "w-real-3", |config| {
+        let mut limits = RateLimits::real();
+        limits.session_operations = RateLimit {
+            max_requests: 2,
+            window: Duration::from_secs(2),
+        };
+        config.quirks.rate_limits = Some(limits);
+    })
+    .await;
+    let ids: Vec<String> = (0..6).map(|i| format!("storm-{i}")).collect();
+    let mut queued = 0;
+    for id in &ids {
+        create_session(&app, &login, id).await;
+        let answer = app
+            .post(
+                &format!("/api/v1/sessions/{id}/connect"),
+                Some(&login.access_token),
+                json!({}),
+            )
+            .await;
+        match answer.status.as_u16() {
+            200 => {}
+            202 => {
+                queued += 1;
+                let retry_after = answer
+                    .headers
+                    .get("retry-after")
+                    .expect("Retry-After on 202");
+                assert!(retry_after.to_str().unwrap().parse::<u64>().unwrap() >= 1);
+                assert_eq!(answer.data()["workerId"], "w-real-3", "{}", answer.body);
+            }
+            other => panic!("connect {id}: {other} {}", answer.body),
+        }
+    }
+    assert!(
+        queued >= 3,
+        "2 starts per window: the rest are queued ({queued})"
+    );
+    wait_for(
+        Duration::from_secs(40),
+        "every session CONNECTED",
+        || async {
+            let mut all = true;
+            for id in &ids {
+                let now = session(&app, &login, id).await;
+                all &= now["status"] == "CONNECTED" && now["workerId"] == "w-real-3";
+            }
+            all
+        },
+    )
+    .await;
+    let running = worker.sessions();
+    for id in &ids {
+        assert!(
+            running
+                .iter()
+                .any(|s| &s.session_id == id && s.status == SessionStatus::Connected),
+            "{id} runs on the worker: {running:?}"
+        );
+    }
+    // The administrator sees the same.
+    let workers = app
+        .get("/api/v1/workers/w-real-3", Some(&admin.access_token))
+        .await;
+    workers.assert_ok(200);
+    worker.kill().await;
+    app.stop().await;
+}
