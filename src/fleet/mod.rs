@@ -644,7 +644,9 @@ impl Fleet {
         // migration stops it there). A move backwards is applied only as the owner confirms
         // it, with the status the owner gives; forward moves come only from a live session.
         let status = if report.worker_id.is_none() && status.is_setback() {
-            self.confirm_setback(&session, &owner, status).await?
+            let logout = logged_out || report.logged_out;
+            self.confirm_setback(&session, &owner, status, logout)
+                .await?
         } else {
             status
         };
@@ -682,11 +684,14 @@ impl Fleet {
     /// backwards is applied: the owner's own setback status (it may be more exact than the
     /// report's), or `STALE_REPORT` when the owner runs the session fine, does not hold it
     /// (yet: a migration's start in flight), or cannot be asked (its next heartbeat tells).
+    /// A logout is the exception to "does not hold it": the existing worker forgets a session
+    /// it logged out, so the owner's "not found" confirms it.
     async fn confirm_setback(
         &self,
         session: &Session,
         owner: &str,
         reported: SessionStatus,
+        logout: bool,
     ) -> Result<SessionStatus, FleetError> {
         let stale = |why: String| FleetError::Conflict {
             code: "STALE_REPORT",
@@ -697,11 +702,26 @@ impl Fleet {
             ),
         };
         let worker = self.store.worker_by_id(owner).await?;
-        let live = self
+        let live = match self
             .client
             .session_status(on_worker(&worker.endpoint, session))
             .await
-            .map_err(|err| stale(format!("its owner {owner} could not confirm it ({err})")))?;
+        {
+            Ok(live) => live,
+            Err(err)
+                if logout
+                    && err
+                        .refusal()
+                        .is_some_and(|refusal| refusal.session_not_ready()) =>
+            {
+                return Ok(reported);
+            }
+            Err(err) => {
+                return Err(stale(format!(
+                    "its owner {owner} could not confirm it ({err})"
+                )));
+            }
+        };
         let confirmed = live
             .pointer("/data/status")
             .and_then(Value::as_str)

@@ -132,10 +132,15 @@ impl GatewayProcess {
     }
 }
 
-/// The behaviour of every simulated worker the integration tests start: the ideal worker for
-/// now, until the gateway copes with the existing worker's quirks (then `Quirks::real()`).
+/// The behaviour of every simulated worker the integration tests start: the existing worker's
+/// (WORKER_PROTOCOL.md, "What the existing worker really does"), but for its rate limits
+/// (10 sends per minute per session would make every pipeline test a test of that limit; the
+/// tests in `real_worker.rs` meet them on purpose).
 pub fn sim_quirks() -> Quirks {
-    Quirks::ideal()
+    Quirks {
+        rate_limits: None,
+        ..Quirks::real()
+    }
 }
 
 pub fn free_port() -> u16 {
