@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use wa_gateway::app::Application;
 use wa_gateway::config::Config;
 use wa_gateway::domain::{Email, Password, Role, SessionStatus, Tier};
-use wa_gateway::sim::{SimWorker, SimWorkerConfig};
+use wa_gateway::sim::{Quirks, SimWorker, SimWorkerConfig};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let sessions = arg("--sessions", 100) as usize;
     let timeout_ms = arg("--heartbeat-timeout-ms", 5000);
     let heartbeat_ms = arg("--heartbeat-interval-ms", 1000);
+    let real_worker = std::env::args().any(|a| a == "--real-worker");
     let data_dir = tempfile::tempdir()?;
     let mut vars: HashMap<String, String> = HashMap::new();
     for (key, value) in [
@@ -79,6 +80,14 @@ async fn main() -> anyhow::Result<()> {
         config.heartbeat_interval = Duration::from_millis(heartbeat_ms);
         config.auto_connect = Duration::from_millis(100);
         config.max_sessions = (sessions * 2) as u32;
+        // `--real-worker`: the existing worker's behaviour, its rate limits included (5 session
+        // starts per 5 minutes per customer). Without it the ideal worker, as the README's
+        // figures were measured.
+        config.quirks = if real_worker {
+            Quirks::real()
+        } else {
+            Quirks::ideal()
+        };
         SimWorker::start(config)
     };
     let w1 = start_sim("bench-w1").await?;
