@@ -239,7 +239,8 @@ pub struct Config {
     pub worker_heartbeat_timeout: Duration,
     /// How often worker liveness is checked (`WORKER_MONITOR_INTERVAL_MS`, 1000).
     pub worker_monitor_interval: Duration,
-    /// How often workers are probed with `GET /health` (`WORKER_PROBE_INTERVAL_MS`, 15000).
+    /// How often workers are probed with `GET /health` (`WORKER_PROBE_INTERVAL_MS`, 1000); a
+    /// worker refusing connections to 3 probes in a row is OFFLINE.
     pub worker_probe_interval: Duration,
     /// Timeout of one gateway → worker call (`WORKER_REQUEST_TIMEOUT_MS`, 10000).
     pub worker_request_timeout: Duration,
@@ -455,7 +456,7 @@ impl Config {
                 source.positive_or("WORKER_MONITOR_INTERVAL_MS", 1_000)?,
             ),
             worker_probe_interval: Duration::from_millis(
-                source.positive_or("WORKER_PROBE_INTERVAL_MS", 15_000)?,
+                source.positive_or("WORKER_PROBE_INTERVAL_MS", 1_000)?,
             ),
             worker_request_timeout: Duration::from_millis(
                 source.positive_or("WORKER_REQUEST_TIMEOUT_MS", 10_000)?,

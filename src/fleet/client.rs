@@ -156,6 +156,19 @@ fn printable(raw: &str) -> String {
         .collect()
 }
 
+/// What a liveness probe found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// `2xx` from `/health`.
+    Healthy,
+    /// The worker answered, but not `2xx`: alive, not healthy.
+    Unhealthy,
+    /// The connection was refused (or reset, or the name did not resolve): nothing listens.
+    Refused,
+    /// No answer within the probe's timeout.
+    NoAnswer,
+}
+
 /// Which session a call is about and where it runs. The owner travels as `X-User-Id` on every
 /// call about a session: the existing worker keys its rate limits by client IP plus that
 /// header, and the whole gateway is one client IP to it, so without it every customer would
@@ -200,6 +213,24 @@ impl WorkerClient {
     /// `GET {endpoint}/health`: the worker's own view of its health and load.
     pub async fn health(&self, endpoint: &str) -> Result<Value, WorkerCallError> {
         self.call(self.http.get(format!("{endpoint}/health"))).await
+    }
+
+    /// A liveness probe (`GET {endpoint}/health` within `timeout`), telling a process that is
+    /// gone (its port refuses connections: strong evidence) from one that does not answer in
+    /// time (a partition or a busy worker: weak evidence).
+    pub async fn probe(&self, endpoint: &str, timeout: Duration) -> Probe {
+        let answer = self
+            .http
+            .get(format!("{endpoint}/health"))
+            .timeout(timeout)
+            .send()
+            .await;
+        match answer {
+            Ok(response) if response.status().is_success() => Probe::Healthy,
+            Ok(_) => Probe::Unhealthy,
+            Err(err) if err.is_connect() && !err.is_timeout() => Probe::Refused,
+            Err(_) => Probe::NoAnswer,
+        }
     }
 
     /// `POST {endpoint}/api/sessions/start` for the session of `user_id` named `session_name`.

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use self::client::{OnWorker, WorkerCallError, WorkerClient};
+use self::client::{OnWorker, Probe, WorkerCallError, WorkerClient};
 use self::events::{SessionEvent, SessionEvents};
 use self::migration::{MigrateSession, MigrationQueue};
 use self::routing::{Route, RouteCache};
@@ -185,6 +185,21 @@ pub fn parse_reported_status(raw: &str) -> Result<(SessionStatus, bool), Invalid
     }
 }
 
+/// Refused probes in a row after which an ONLINE worker is OFFLINE: a process that is gone
+/// refuses every connection, and with probes every second this is about three seconds.
+pub const REFUSED_PROBES_TO_OFFLINE: u32 = 3;
+
+/// One worker's recent probes, in this process.
+#[derive(Debug, Default)]
+struct ProbeState {
+    /// Connections refused in a row.
+    refused_in_row: u32,
+    /// Whether the last probe found it healthy (`None`: not probed yet).
+    healthy: Option<bool>,
+    /// When its probe state was last written to the store (Unix ms).
+    recorded_at: i64,
+}
+
 /// [`Fleet::hearing_since_ms`] while heartbeats cannot be recorded: every worker counts as heard.
 const DEAF: i64 = i64::MAX;
 
@@ -199,6 +214,8 @@ pub struct Fleet {
     settings: FleetSettings,
     /// Per stuck worker, the job window in which its sessions were last re-enqueued.
     reevacuated: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// Per worker, what this process's probes found lately.
+    probes: std::sync::Mutex<std::collections::HashMap<String, ProbeState>>,
     /// When this process started hearing heartbeats (Unix ms; 0 until
     /// [`Fleet::start_hearing`], [`DEAF`] while the store cannot record them). Silence before
     /// it says nothing about a worker: a gateway that was down (or could not write) longer
@@ -226,6 +243,7 @@ impl Fleet {
             migrations,
             settings,
             reevacuated: Default::default(),
+            probes: Default::default(),
             hearing_since_ms: std::sync::atomic::AtomicI64::new(0),
             listen_addr: std::sync::OnceLock::new(),
         }
@@ -954,15 +972,64 @@ impl Fleet {
         true
     }
 
-    /// Probes every non-OFFLINE worker's `/health` once.
+    /// Probes every non-OFFLINE worker's `/health` once, all at once, each within the probe
+    /// interval. A dead process is seen at once, whatever its heartbeat period: after
+    /// [`REFUSED_PROBES_TO_OFFLINE`] refused connections in a row an ONLINE worker is OFFLINE
+    /// and its sessions move. A probe that times out is weak evidence (a partition, a busy
+    /// worker): it only stops counting as a sign of life, and the heartbeat timeout decides.
+    /// The store is written only when a worker's probe state changes, or to renew a healthy
+    /// worker's sign of life a few times per heartbeat timeout: probing every second costs no
+    /// write per worker per second.
     pub async fn probe_workers(&self) -> Result<(), FleetError> {
         let workers = self.store.list_workers().await?;
+        let timeout = self
+            .settings
+            .probe_interval
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
         let probes = workers
             .iter()
             .filter(|w| w.status != WorkerStatus::Offline)
-            .map(|w| async move { (w.id.clone(), self.client.health(&w.endpoint).await.is_ok()) });
-        for (id, ok) in futures_util::future::join_all(probes).await {
-            self.store.record_probe(&id, ok).await?;
+            .map(|w| async move { (w, self.client.probe(&w.endpoint, timeout).await) });
+        let now = now_ms();
+        let renew_every = (self.timeout_ms() / 4).max(1);
+        for (worker, probe) in futures_util::future::join_all(probes).await {
+            let (refused_in_row, record) = {
+                let mut states = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+                let state = states.entry(worker.id.clone()).or_default();
+                let healthy = probe == Probe::Healthy;
+                state.refused_in_row = if probe == Probe::Refused {
+                    state.refused_in_row.saturating_add(1)
+                } else {
+                    0
+                };
+                // A change of health is written at once; a healthy worker's probe renews its
+                // sign of life every quarter of the heartbeat timeout.
+                let record = match (healthy, state.healthy) {
+                    (true, Some(true)) => now - state.recorded_at >= renew_every,
+                    (false, Some(false)) => false,
+                    _ => true,
+                };
+                state.healthy = Some(healthy);
+                if record {
+                    state.recorded_at = now;
+                }
+                (state.refused_in_row, record.then_some(healthy))
+            };
+            if let Some(ok) = record {
+                self.store.record_probe(&worker.id, ok).await?;
+            }
+            if refused_in_row >= REFUSED_PROBES_TO_OFFLINE && worker.status == WorkerStatus::Online
+            {
+                if self
+                    .store
+                    .transition_worker(&worker.id, WorkerStatus::Online, WorkerStatus::Offline)
+                    .await?
+                {
+                    tracing::warn!(worker = %worker.id, refused = refused_in_row, "worker refuses connections; OFFLINE");
+                }
+                self.due_for_reevacuation(&worker.id, now);
+                self.evacuate(worker, "worker refuses connections").await?;
+            }
         }
         Ok(())
     }

@@ -172,10 +172,11 @@ async fn killed_worker_sessions_fail_over_with_one_owner(backend: Backend) {
     let on_w1: HashSet<String> = w1.sessions().into_iter().map(|s| s.session_id).collect();
     assert_eq!(on_w1.len(), 4);
 
-    let killed_at = Instant::now();
+    // (no lower bound: refused probes may take it OFFLINE before the heartbeat timeout)
     w1.kill().await;
-    // Within the heartbeat timeout plus a bound, every session of the dead worker is CONNECTED
-    // on the survivor.
+    // Its port refuses the probes (or, at the latest, the heartbeat timeout passes): within the
+    // heartbeat timeout plus a bound, every session of the dead worker is CONNECTED on the
+    // survivor. (How soon is the failover benchmark's business, not this test's.)
     wait_for(Duration::from_millis(2000 + 10_000), "failover", || async {
         let sessions = sessions_of(&app, &admin.access_token).await;
         sessions
@@ -183,11 +184,6 @@ async fn killed_worker_sessions_fail_over_with_one_owner(backend: Backend) {
             .all(|s| s["status"] == "CONNECTED" && s["workerId"] == "w-fail-2")
     })
     .await;
-    let took = killed_at.elapsed();
-    assert!(
-        took >= Duration::from_millis(1500),
-        "failed over before the timeout: {took:?}"
-    );
     // Exactly one owner: the survivor runs every session once.
     let on_w2: Vec<String> = w2.sessions().into_iter().map(|s| s.session_id).collect();
     assert_eq!(on_w2.len(), 8, "{on_w2:?}");

@@ -18,6 +18,7 @@ backend_tests!(
     a_send_while_the_workers_session_is_not_connected_waits_and_is_delivered,
     a_worker_validation_refusal_shows_its_field_and_message,
     a_429_storm_on_session_starts_ends_with_every_session_running,
+    a_killed_worker_is_offline_long_before_its_heartbeat_timeout,
 );
 
 /// The pipeline's settings, with a short reconciliation bound.
@@ -358,5 +359,69 @@ async fn a_429_storm_on_session_starts_ends_with_every_session_running(backend: 
         .await;
     workers.assert_ok(200);
     worker.kill().await;
+    app.stop().await;
+}
+
+/// The existing worker heartbeats every 30 s and the timeout is 90 s; a killed worker's port
+/// refuses connections at once, and three refused probes (one a second here) take it OFFLINE,
+/// so its sessions move long before the heartbeat timeout (60 s here).
+async fn a_killed_worker_is_offline_long_before_its_heartbeat_timeout(backend: Backend) {
+    let mut env = PIPELINE_ENV.to_vec();
+    env.retain(|(name, _)| {
+        *name != "WORKER_HEARTBEAT_TIMEOUT_MS" && *name != "WORKER_PROBE_INTERVAL_MS"
+    });
+    env.extend([
+        ("WORKER_HEARTBEAT_TIMEOUT_MS", "60000"),
+        ("WORKER_PROBE_INTERVAL_MS", "1000"),
+    ]);
+    let app = TestApp::spawn_with(backend, &env).await;
+    let (login, _key) = customer(&app).await;
+    let slow_heartbeats = |config: &mut SimWorkerConfig| {
+        config.heartbeat_interval = Duration::from_secs(30);
+    };
+    let doomed = real_worker(&app, "w-doomed", slow_heartbeats).await;
+    create_session(&app, &login, "moves-1").await;
+    app.post(
+        "/api/v1/sessions/moves-1/connect",
+        Some(&login.access_token),
+        json!({}),
+    )
+    .await
+    .assert_ok(200);
+    wait_for(Duration::from_secs(10), "CONNECTED", || async {
+        session(&app, &login, "moves-1").await["status"] == "CONNECTED"
+    })
+    .await;
+    let survivor = real_worker(&app, "w-survivor", slow_heartbeats).await;
+    let killed_at = Instant::now();
+    doomed.kill().await;
+    let store = app.context.store.clone();
+    wait_for(
+        Duration::from_secs(15),
+        "the killed worker OFFLINE",
+        || async {
+            store
+                .worker_by_id("w-doomed")
+                .await
+                .is_ok_and(|w| w.status == wa_gateway::domain::WorkerStatus::Offline)
+        },
+    )
+    .await;
+    let offline_after = killed_at.elapsed();
+    wait_for(
+        Duration::from_secs(20),
+        "CONNECTED on the survivor",
+        || async {
+            let now = session(&app, &login, "moves-1").await;
+            now["status"] == "CONNECTED" && now["workerId"] == "w-survivor"
+        },
+    )
+    .await;
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(40),
+        "moved well before the 60 s heartbeat timeout (OFFLINE after {offline_after:?})"
+    );
+    assert_eq!(survivor.sessions().len(), 1);
+    survivor.kill().await;
     app.stop().await;
 }
