@@ -1132,15 +1132,7 @@ impl Fleet {
             Err(err) => {
                 // The target did not take it: the next attempt moves it again from there.
                 tracing::warn!(session = %session.id, to = %target.id, error = %err, "start on migration target failed");
-                self.migrations
-                    .enqueue(MigrateSession {
-                        session_id: session.id.clone(),
-                        from_worker_id: Some(target.id.clone()),
-                        expected_epoch: moved.epoch,
-                        target_worker_id: None,
-                        reason: format!("start on {} failed", target.id),
-                    })
-                    .await?;
+                self.move_away(&moved, &target.id, "failed").await?;
                 Ok(MigrationOutcome::Skipped("target refused; re-enqueued"))
             }
         }
@@ -1182,18 +1174,30 @@ impl Fleet {
             )),
             Err(err) => {
                 tracing::warn!(session = %session.id, worker = %worker.id, error = %err, "the worker refused the start; moving the session");
-                self.migrations
-                    .enqueue(MigrateSession {
-                        session_id: session.id.clone(),
-                        from_worker_id: Some(worker.id.clone()),
-                        expected_epoch: session.epoch,
-                        target_worker_id: None,
-                        reason: format!("start on {} refused", worker.id),
-                    })
-                    .await?;
+                self.move_away(session, &worker.id, "refused").await?;
                 Ok(MigrationOutcome::Skipped("start refused; moving"))
             }
         }
+    }
+
+    /// Enqueues a move of `session` (placed on `worker_id`) to whichever worker placement
+    /// picks: the start there `outcome` ("failed", "refused").
+    async fn move_away(
+        &self,
+        session: &Session,
+        worker_id: &str,
+        outcome: &str,
+    ) -> Result<(), FleetError> {
+        self.migrations
+            .enqueue(MigrateSession {
+                session_id: session.id.clone(),
+                from_worker_id: Some(worker_id.to_owned()),
+                expected_epoch: session.epoch,
+                target_worker_id: None,
+                reason: format!("start on {worker_id} {outcome}"),
+            })
+            .await?;
+        Ok(())
     }
 
     /// Requests a manual migration (admin), optionally to a chosen worker.

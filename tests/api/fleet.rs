@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use wa_gateway::sim::{SessionStatus, SimWorker, SimWorkerConfig};
 
 use crate::backend_tests;
-use crate::common::{Backend, Login, TestApp};
+use crate::common::{Backend, Login, TestApp, start_registered_sim, wait_for};
 
 /// Fleet timings for tests: a worker is declared dead 2 s after its last sign of life.
 const FLEET_ENV: &[(&str, &str)] = &[
@@ -50,31 +50,7 @@ async fn sim(app: &TestApp, id: &str, auto_connect_ms: u64) -> SimWorker {
     config.auto_connect = Duration::from_millis(auto_connect_ms);
     config.register_retry_interval = Duration::from_millis(200);
     config.quirks = crate::common::process::sim_quirks();
-    let worker = SimWorker::start(config).await.unwrap();
-    let store = app.context.store.clone();
-    let wanted = id.to_owned();
-    wait_for(Duration::from_secs(10), "worker registration", || {
-        let store = store.clone();
-        let wanted = wanted.clone();
-        async move { store.worker_by_id(&wanted).await.is_ok() }
-    })
-    .await;
-    worker
-}
-
-async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    start_registered_sim(app, config).await
 }
 
 async fn sessions_of(app: &TestApp, token: &str) -> Vec<Value> {

@@ -13,7 +13,7 @@ use wa_gateway::domain::{MessageStatus, now_ms};
 use wa_gateway::sim::{SimWorker, SimWorkerConfig};
 use wa_gateway::store::NewOutboundMessage;
 
-use crate::common::{Answer, Backend, Login, PIPELINE_ENV, TestApp};
+use crate::common::{Answer, Backend, Login, PIPELINE_ENV, TestApp, wait_for};
 use crate::pipeline_tests;
 
 pipeline_tests!(
@@ -57,21 +57,6 @@ mod edge {
 
     async fn worker_registration_takes_scheme_host_and_port_only(backend: Backend) {
         super::worker_registration_takes_scheme_host_and_port_only(backend).await;
-    }
-}
-
-async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -12,7 +12,9 @@ use wa_gateway::send::{MessageIds, MessageKind, ValidatedSend};
 use wa_gateway::sim::{Quirks, RateLimit, RateLimits, SessionStatus, SimWorker, SimWorkerConfig};
 
 use crate::backend_tests;
-use crate::common::{Backend, Login, PIPELINE_ENV, TestApp};
+use crate::common::{
+    Backend, Login, PIPELINE_ENV, TestApp, metrics_text, start_registered_sim, wait_for,
+};
 
 backend_tests!(
     a_send_while_the_workers_session_is_not_connected_waits_and_is_delivered,
@@ -44,31 +46,7 @@ async fn real_worker(
     config.auto_connect = Duration::from_millis(50);
     config.register_retry_interval = Duration::from_millis(200);
     tweak(&mut config);
-    let worker = SimWorker::start(config).await.unwrap();
-    let store = app.context.store.clone();
-    let wanted = id.to_owned();
-    wait_for(Duration::from_secs(10), "worker registration", || {
-        let store = store.clone();
-        let wanted = wanted.clone();
-        async move { store.worker_by_id(&wanted).await.is_ok() }
-    })
-    .await;
-    worker
-}
-
-async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
+    start_registered_sim(app, config).await
 }
 
 async fn customer(app: &TestApp) -> (Login, String) {
@@ -112,15 +90,7 @@ async fn session(app: &TestApp, login: &Login, id: &str) -> Value {
 
 /// Delivery attempts that ended in a retry, from `/metrics`.
 async fn retried(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(app).await;
     text.lines()
         .find(|line| {
             line.contains("delivery_outcomes_total") && line.contains("outcome=\"retried\"")

@@ -11,7 +11,9 @@ use wa_gateway::send::{MessageIds, SendRequest};
 use wa_gateway::sim::{SimWorker, SimWorkerConfig};
 use wa_gateway::store::IdempotencyClaim;
 
-use crate::common::{Answer, Backend, Login, PIPELINE_ENV, TestApp};
+use crate::common::{
+    Answer, Backend, Login, PIPELINE_ENV, TestApp, metrics_text, start_registered_sim, wait_for,
+};
 use crate::pipeline_tests;
 
 pipeline_tests!(
@@ -209,43 +211,7 @@ async fn sim(app: &TestApp, id: &str, tweak: impl FnOnce(&mut SimWorkerConfig)) 
     config.register_retry_interval = Duration::from_millis(200);
     config.quirks = crate::common::process::sim_quirks();
     tweak(&mut config);
-    let worker = SimWorker::start(config).await.unwrap();
-    let store = app.context.store.clone();
-    let wanted = id.to_owned();
-    wait_for(Duration::from_secs(10), "worker registration", || {
-        let store = store.clone();
-        let wanted = wanted.clone();
-        async move { store.worker_by_id(&wanted).await.is_ok() }
-    })
-    .await;
-    worker
-}
-
-async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The gateway's `GET /metrics` text.
-async fn metrics_text(app: &TestApp) -> String {
-    app.client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    start_registered_sim(app, config).await
 }
 
 async fn send(app: &TestApp, key: &str, path: &str, body: Value) -> Answer {

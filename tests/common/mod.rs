@@ -12,7 +12,7 @@ pub mod process;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -564,4 +564,49 @@ pub fn login_from(data: &Value) -> Login {
         access_token: data["accessToken"].as_str().unwrap().to_owned(),
         refresh_token: data["refreshToken"].as_str().unwrap().to_owned(),
     }
+}
+
+/// Polls `check` every 20 ms until it holds; panics naming `what` after `timeout`.
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts a simulated worker and waits until the gateway of `app` has registered it.
+pub async fn start_registered_sim(
+    app: &TestApp,
+    config: wa_gateway::sim::SimWorkerConfig,
+) -> wa_gateway::sim::SimWorker {
+    let wanted = config.worker_id.clone();
+    let worker = wa_gateway::sim::SimWorker::start(config).await.unwrap();
+    let store = app.context.store.clone();
+    wait_for(Duration::from_secs(10), "worker registration", || {
+        let store = store.clone();
+        let wanted = wanted.clone();
+        async move { store.worker_by_id(&wanted).await.is_ok() }
+    })
+    .await;
+    worker
+}
+
+/// The gateway's `GET /metrics` text.
+pub async fn metrics_text(app: &TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
