@@ -536,13 +536,26 @@ impl Fleet {
         worker_id: &str,
         reason: &str,
     ) -> Result<(), FleetError> {
+        self.enqueue_from(session, worker_id, Some(worker_id), reason.to_owned())
+            .await
+    }
+
+    /// Enqueues a job for `session`, placed on `worker_id` at its current epoch, to `target`
+    /// (`None`: whichever worker placement picks; the same worker: a start in place).
+    async fn enqueue_from(
+        &self,
+        session: &Session,
+        worker_id: &str,
+        target: Option<&str>,
+        reason: String,
+    ) -> Result<(), FleetError> {
         self.migrations
             .enqueue(MigrateSession {
                 session_id: session.id.clone(),
                 from_worker_id: Some(worker_id.to_owned()),
                 expected_epoch: session.epoch,
-                target_worker_id: Some(worker_id.to_owned()),
-                reason: reason.to_owned(),
+                target_worker_id: target.map(str::to_owned),
+                reason,
             })
             .await?;
         Ok(())
@@ -1188,16 +1201,8 @@ impl Fleet {
         worker_id: &str,
         outcome: &str,
     ) -> Result<(), FleetError> {
-        self.migrations
-            .enqueue(MigrateSession {
-                session_id: session.id.clone(),
-                from_worker_id: Some(worker_id.to_owned()),
-                expected_epoch: session.epoch,
-                target_worker_id: None,
-                reason: format!("start on {worker_id} {outcome}"),
-            })
-            .await?;
-        Ok(())
+        let reason = format!("start on {worker_id} {outcome}");
+        self.enqueue_from(session, worker_id, None, reason).await
     }
 
     /// Requests a manual migration (admin), optionally to a chosen worker.

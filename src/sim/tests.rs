@@ -1921,14 +1921,7 @@ async fn a_logout_is_disconnected_with_logged_out_at() {
         assert!(worker.sessions().is_empty());
         // The credentials are gone: the next start needs a QR.
         assert_eq!(client.start(&by_phone).await.0, 201);
-        eventually("a new QR", || {
-            let qrs = statuses_of(&gateway, &by_phone)
-                .iter()
-                .filter(|s| *s == "QR_REQUIRED")
-                .count();
-            (qrs == 2).then_some(())
-        })
-        .await;
+        second_qr(&gateway, &by_phone, "a new QR").await;
     }
 }
 
@@ -2116,14 +2109,7 @@ async fn shutdown_logs_every_session_out_for_the_real_worker() {
         .unwrap();
     let client = Client::new(&restarted);
     assert_eq!(client.start(&ids[0]).await.0, 201);
-    eventually("a new QR after the restart", || {
-        let qrs = statuses_of(&gateway, &ids[0])
-            .iter()
-            .filter(|s| *s == "QR_REQUIRED")
-            .count();
-        (qrs == 2).then_some(())
-    })
-    .await;
+    second_qr(&gateway, &ids[0], "a new QR after the restart").await;
 }
 
 #[tokio::test]
@@ -2160,14 +2146,7 @@ async fn a_recovery_after_the_shutdown_logout_needs_a_qr() {
     .await;
     assert_eq!(report.body["recoveryResults"][0]["status"], "FAILED");
     assert_eq!(report.body["failedRecoveries"], 1);
-    eventually("a new QR for the recovered session", || {
-        let qrs = statuses_of(&gateway, &id)
-            .iter()
-            .filter(|s| *s == "QR_REQUIRED")
-            .count();
-        (qrs == 2).then_some(())
-    })
-    .await;
+    second_qr(&gateway, &id, "a new QR for the recovered session").await;
 }
 
 #[tokio::test]
@@ -2277,4 +2256,16 @@ async fn the_real_worker_checks_no_token() {
         .await
         .unwrap();
     assert_eq!((status, error_code(&body)), (401, "UNAUTHORIZED"));
+}
+
+/// Waits until `id` was reported `QR_REQUIRED` a second time (a new QR after a logout).
+async fn second_qr(gateway: &FakeGateway, id: &str, what: &str) {
+    eventually(what, || {
+        let qrs = statuses_of(gateway, id)
+            .iter()
+            .filter(|s| *s == "QR_REQUIRED")
+            .count();
+        (qrs == 2).then_some(())
+    })
+    .await;
 }
