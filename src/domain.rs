@@ -366,6 +366,24 @@ string_enum! {
 }
 
 string_enum! {
+    /// Why a `PENDING` message has not been sent yet.
+    WaitingReason {
+        /// The session is not connected (reconnecting, or its worker says it is not ready).
+        SessionReconnecting = "SESSION_RECONNECTING",
+        /// The session's worker is unreachable, failing, or the session is being moved.
+        WorkerDown = "WORKER_DOWN",
+        /// The worker answered `429`: its own send limit for the session.
+        WorkerRateLimited = "WORKER_RATE_LIMITED",
+        /// The tier's pacing between two sends of one session.
+        Paced = "PACED",
+        /// In line behind the session's earlier messages.
+        Queued = "QUEUED",
+        /// The gateway's store could not be read; delivery resumes when it can.
+        StoreUnavailable = "STORE_UNAVAILABLE",
+    }
+}
+
+string_enum! {
     /// State of one webhook delivery.
     WebhookDeliveryStatus { Pending = "PENDING", Delivered = "DELIVERED", Failed = "FAILED", Retrying = "RETRYING" }
 }

@@ -240,7 +240,8 @@ impl EventEnvelope {
 }
 
 /// The kinds of worker report the gateway acts on, tagged by `type`
-/// (`session_status`, `message_status`, `message_received`) with camelCase fields.
+/// (`session_status`, `message_status`, `message_waiting`, `message_received`) with camelCase
+/// fields.
 /// Statuses are kept as the worker's strings (e.g. `CONNECTED`, `DELIVERED`) so that this
 /// crate does not own the gateway's domain enums; the consumer parses them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +290,21 @@ pub enum WorkerEvent {
         /// Delivery attempts it took, when the delivery consumer reports the outcome.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         attempts: Option<u32>,
+    },
+    /// An outbound message's delivery attempt did not get through: it waits and is tried again
+    /// (written by the delivery consumer, so that its status can say why it waits).
+    MessageWaiting {
+        /// The gateway's id of the message.
+        message_id: String,
+        /// Why, as a code (`SESSION_RECONNECTING`, `WORKER_DOWN`, `WORKER_RATE_LIMITED`, ...).
+        reason: String,
+        /// The last attempt's failure in words.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        /// Attempts so far.
+        attempts: u32,
+        /// When the next attempt is due, in milliseconds since the Unix epoch.
+        next_attempt_at: i64,
     },
     /// A message arrived on the session.
     MessageReceived {

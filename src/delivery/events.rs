@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consumers::{LogSource, SourceEvent, SourceRecord};
+use futures_util::future::BoxFuture;
 use producers::{EventEnvelope, WorkerEvent};
 use tokio::sync::watch;
 
 use crate::app::AppContext;
-use crate::domain::{InvalidInput, MessageStatus, SessionId, TextRule};
-use crate::store::{FailureClass, MessageStatusChange, Store, StoreError};
+use crate::domain::{InvalidInput, MessageStatus, SessionId, TextRule, WaitingReason};
+use crate::store::{FailureClass, MessageStatusChange, MessageWait, Store, StoreError};
 
 /// Events applied per transaction at most.
 const BATCH: usize = 2_000;
@@ -74,6 +75,7 @@ pub async fn run_events(
             store: &store,
             records: &records,
             changes: Vec::with_capacity(records.len()),
+            waits: Vec::new(),
             inbound: Vec::new(),
             set_aside: Vec::new(),
             stop: stop.clone(),
@@ -122,11 +124,8 @@ struct SetAside {
     reason: String,
 }
 
-/// A status change waiting to be written, and the record it came from.
-struct Change {
-    record: usize,
-    change: MessageStatusChange,
-}
+/// A write of a batch, and the record each of its items came from.
+type FromRecord<T> = (usize, T);
 
 /// An inbound message waiting to be stored, and the record it came from.
 struct Inbound {
@@ -142,7 +141,8 @@ struct Inbound {
 struct Applier<'a> {
     store: &'a Store,
     records: &'a [SourceRecord],
-    changes: Vec<Change>,
+    changes: Vec<FromRecord<MessageStatusChange>>,
+    waits: Vec<FromRecord<MessageWait>>,
     inbound: Vec<Inbound>,
     set_aside: Vec<SetAside>,
     stop: watch::Receiver<bool>,
@@ -156,10 +156,8 @@ impl Applier<'_> {
             Err(err) => return self.set_aside(index, "undecodable", err.to_string()),
         };
         match validated(envelope) {
-            Ok(Some(Valid::Change(change))) => self.changes.push(Change {
-                record: index,
-                change,
-            }),
+            Ok(Some(Valid::Change(change))) => self.changes.push((index, change)),
+            Ok(Some(Valid::Wait(wait))) => self.waits.push((index, wait)),
             Ok(Some(Valid::Inbound {
                 session_id,
                 message_id,
@@ -196,21 +194,36 @@ impl Applier<'_> {
     }
 
     async fn apply(&mut self) -> Result<(), Stopped> {
-        self.apply_changes().await?;
+        let changes = std::mem::take(&mut self.changes);
+        self.apply_in_turns(&changes, "status changes", |store, turn| {
+            Box::pin(store.apply_message_statuses(turn))
+        })
+        .await?;
+        // After the changes of the same batch: a wait recorded after its message was sent is
+        // refused by the store (only PENDING messages wait).
+        let waits = std::mem::take(&mut self.waits);
+        self.apply_in_turns(&waits, "waiting messages", |store, turn| {
+            Box::pin(store.apply_message_waits(turn))
+        })
+        .await?;
         self.apply_inbound().await
     }
 
-    /// Status changes in turns of at most [`STATUS_CHUNK`]: on SQLite each turn holds the one
+    /// Writes `items` in turns of at most [`STATUS_CHUNK`]: on SQLite each turn holds the one
     /// write lock, and delivery's own outcomes (each session's next message waits for its
     /// previous one to be durable) wait for at most one turn rather than for a whole batch of
-    /// receipts. A turn the store refuses is applied one change at a time, in order.
-    async fn apply_changes(&mut self) -> Result<(), Stopped> {
-        let changes = std::mem::take(&mut self.changes);
-        for chunk in changes.chunks(STATUS_CHUNK) {
-            let batch: Vec<MessageStatusChange> = chunk.iter().map(|c| c.change.clone()).collect();
+    /// receipts. A turn the store refuses is applied one item at a time, in order.
+    async fn apply_in_turns<T: Clone>(
+        &mut self,
+        items: &[FromRecord<T>],
+        what: &str,
+        write: impl for<'t> Fn(&'t Store, &'t [T]) -> BoxFuture<'t, Result<u64, StoreError>>,
+    ) -> Result<(), Stopped> {
+        for chunk in items.chunks(STATUS_CHUNK) {
+            let turn: Vec<T> = chunk.iter().map(|(_, item)| item.clone()).collect();
             let store = self.store;
             let refused = self
-                .until_not_transient(|| store.apply_message_statuses(&batch))
+                .until_not_transient(|| write(store, &turn))
                 .await?
                 .err();
             let Some(err) = refused else {
@@ -218,13 +231,12 @@ impl Applier<'_> {
             };
             tracing::warn!(
                 error = format!("{err:#}"),
-                changes = chunk.len(),
-                "the store refused a turn of status changes; applying them one by one"
+                items = chunk.len(),
+                "the store refused a turn of {what}; applying them one by one"
             );
-            for change in chunk {
-                let one = std::slice::from_ref(&change.change);
-                self.apply_alone(change.record, || store.apply_message_statuses(one))
-                    .await?;
+            for (record, item) in chunk {
+                let one = std::slice::from_ref(item);
+                self.apply_alone(*record, || write(store, one)).await?;
             }
         }
         Ok(())
@@ -350,6 +362,7 @@ async fn set_aside_all(
 #[derive(Debug)]
 enum Valid {
     Change(MessageStatusChange),
+    Wait(MessageWait),
     Inbound {
         session_id: String,
         message_id: String,
@@ -389,6 +402,26 @@ fn validated(envelope: EventEnvelope) -> Result<Option<Valid>, InvalidInput> {
                 worker_message_id: whatsapp_message_id,
                 attempts: attempts.map(i64::from),
                 at: envelope.received_at_ms,
+            })))
+        }
+        WorkerEvent::MessageWaiting {
+            message_id,
+            reason,
+            detail,
+            attempts,
+            next_attempt_at,
+        } => {
+            MESSAGE_ID_RULE.check("messageId", &message_id)?;
+            let reason = reason
+                .parse::<WaitingReason>()
+                .map_err(|problem| InvalidInput::new("reason", problem))?;
+            Ok(Some(Valid::Wait(MessageWait {
+                session_id: envelope.session_id,
+                message_id,
+                reason,
+                detail,
+                attempts: i64::from(attempts),
+                next_attempt_at,
             })))
         }
         WorkerEvent::MessageReceived {
@@ -431,11 +464,33 @@ mod tests {
         )
     }
 
+    fn waiting_event(message_id: &str, reason: &str) -> EventEnvelope {
+        EventEnvelope::new(
+            "sess-1",
+            1,
+            WorkerEvent::MessageWaiting {
+                message_id: message_id.to_owned(),
+                reason: reason.to_owned(),
+                detail: Some("the worker is unreachable".to_owned()),
+                attempts: 2,
+                next_attempt_at: 5_000,
+            },
+        )
+    }
+
     #[test]
     fn events_with_ids_or_statuses_the_store_cannot_take_are_invalid() {
         assert!(matches!(
             validated(status_event("sess-1", "3EB0C767D0A1", "delivered")),
             Ok(Some(Valid::Change(_)))
+        ));
+        assert!(matches!(
+            validated(waiting_event("m1", "WORKER_DOWN")),
+            Ok(Some(Valid::Wait(MessageWait {
+                attempts: 2,
+                reason: WaitingReason::WorkerDown,
+                ..
+            })))
         ));
         for (event, field) in [
             (status_event("sess-1", "poison\u{0}id", "READ"), "messageId"),
@@ -446,6 +501,8 @@ mod tests {
             ),
             (status_event("sess-1", "m1", "EXPLODED"), "status"),
             (status_event("se\u{0}ss", "m1", "READ"), "sessionId"),
+            (waiting_event("m1", "BORED"), "reason"),
+            (waiting_event("poison\u{0}id", "PACED"), "messageId"),
         ] {
             let refused = validated(event).unwrap_err();
             assert_eq!(refused.field, field);

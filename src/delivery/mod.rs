@@ -13,6 +13,9 @@
 pub mod events;
 mod outcome;
 mod sessions;
+mod waiting;
+
+pub use waiting::Waiting;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use producers::{EventEnvelope, OutboundEnvelope, WorkerEvent};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::app::AppContext;
-use crate::domain::{MessageStatus, now_ms};
+use crate::domain::{MessageStatus, WaitingReason, now_ms};
 use crate::metrics::DeliveryStage;
 use crate::store::{FailureClass, NewOutboundMessage, SentAnswer, Store, StoreError};
 use outcome::{Attempt, Verdict};
@@ -651,12 +654,29 @@ impl DeliveryState {
 
     fn on_verdict(&mut self, ticket: consumers::DispatchTicket, verdict: Verdict) {
         let now = Instant::now();
-        let (outcome, retry_reason) = match verdict {
+        let (outcome, waiting) = match verdict {
             Verdict::Sent { whatsapp_id, pace } => {
                 return self.on_sent(ticket, whatsapp_id, pace, now);
             }
-            Verdict::Retry { delay, reason } => (LaneOutcome::RetryAfter(delay), reason),
-            Verdict::Failed { reason } => (LaneOutcome::DeadLetter { reason }, String::new()),
+            Verdict::Retry {
+                delay,
+                waiting,
+                reason,
+            } => {
+                // Said on the message's status (why it waits, when it is tried next), through
+                // the events log like every other outcome.
+                let waiting = self.lanes.in_flight_head(&ticket).map(|queued| {
+                    waiting_event(
+                        &queued.envelope,
+                        waiting,
+                        &reason,
+                        ticket.failed_attempts().saturating_add(1),
+                        delay,
+                    )
+                });
+                (LaneOutcome::RetryAfter(delay), waiting.map(|w| (w, reason)))
+            }
+            Verdict::Failed { reason } => (LaneOutcome::DeadLetter { reason }, None),
         };
         let session_id = ticket.lane_key().to_owned();
         let attempts = Some(ticket.failed_attempts().saturating_add(1));
@@ -686,7 +706,10 @@ impl DeliveryState {
             }
             FinishedHead::Rescheduled { .. } => {
                 self.context.metrics.delivery_outcome("retried");
-                tracing::debug!(session_id, reason = %retry_reason, "delivery will retry");
+                if let Some((event, reason)) = waiting {
+                    tracing::debug!(session_id, reason = %reason, "delivery will retry");
+                    self.pending.events.push(event);
+                }
             }
             finished @ FinishedHead::Completed(_) => {
                 // Unreachable by construction (only a retry or a dead letter gets here); keep
@@ -982,6 +1005,30 @@ fn failed_event(
             read_at: None,
             whatsapp_message_id: None,
             attempts,
+        },
+    );
+    (envelope.session_id.clone(), event.encode())
+}
+
+/// The event that says why a message waits and when it is tried next.
+fn waiting_event(
+    envelope: &OutboundEnvelope,
+    waiting: WaitingReason,
+    reason: &str,
+    attempts: u32,
+    delay: Duration,
+) -> (String, Vec<u8>) {
+    let now = now_ms();
+    let event = EventEnvelope::new(
+        envelope.session_id.clone(),
+        now,
+        WorkerEvent::MessageWaiting {
+            message_id: envelope.message_id.clone(),
+            reason: waiting.as_str().to_owned(),
+            detail: Some(reason.to_owned()),
+            attempts,
+            next_attempt_at: now
+                .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
         },
     );
     (envelope.session_id.clone(), event.encode())

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::RETRY_BACKOFF;
 use super::sessions::{SessionDirectory, SessionEntry};
 use crate::app::AppContext;
-use crate::domain::{SessionStatus, now_ms};
+use crate::domain::{SessionStatus, WaitingReason, now_ms};
 use crate::fleet::client::{OnWorker, Refusal, WorkerCallError};
 use crate::metrics::DeliveryStage;
 
@@ -35,7 +35,9 @@ pub(super) enum Verdict {
     Retry {
         /// Backoff before the next attempt.
         delay: Duration,
-        /// Why, for logs.
+        /// Why, as the message's status shows it.
+        waiting: WaitingReason,
+        /// Why, in words (logs and the message's status).
         reason: String,
     },
     /// Give up: FAILED, dead-lettered.
@@ -62,13 +64,17 @@ impl Attempt {
             tokio::time::sleep_until(tokio::time::Instant::from_std(not_before)).await;
         }
         match self.try_once().await {
-            Verdict::Retry { delay, reason } => self.bounded(delay, reason),
+            Verdict::Retry {
+                delay,
+                waiting,
+                reason,
+            } => self.bounded(delay, waiting, reason),
             verdict => verdict,
         }
     }
 
     /// Turns a retry into a failure once the message waited or tried long enough.
-    fn bounded(&self, delay: Duration, reason: String) -> Verdict {
+    fn bounded(&self, delay: Duration, waiting: WaitingReason, reason: String) -> Verdict {
         let config = &self.context.config;
         let waited = self.envelope.age_at(now_ms());
         let attempts = self.failed_attempts.saturating_add(1);
@@ -84,13 +90,18 @@ impl Attempt {
                 reason: format!("not delivered after {attempts} attempts: {reason}"),
             }
         } else {
-            Verdict::Retry { delay, reason }
+            Verdict::Retry {
+                delay,
+                waiting,
+                reason,
+            }
         }
     }
 
-    fn retry(&self, reason: impl Into<String>) -> Verdict {
+    fn retry(&self, waiting: WaitingReason, reason: impl Into<String>) -> Verdict {
         Verdict::Retry {
             delay: self.retry_delay(),
+            waiting,
             reason: reason.into(),
         }
     }
@@ -109,13 +120,21 @@ impl Attempt {
         let entry = match entry {
             Ok(Some(entry)) => entry,
             Ok(None) => return session_gone(),
-            Err(err) => return self.retry(format!("store unavailable: {err}")),
+            Err(err) => {
+                return self.retry(
+                    WaitingReason::StoreUnavailable,
+                    format!("store unavailable: {err}"),
+                );
+            }
         };
         if let Some(verdict) = self.unusable(&entry) {
             return verdict;
         }
         let Some(route) = entry.route.clone() else {
-            return self.retry("the session has no worker (being placed or migrated)");
+            return self.retry(
+                WaitingReason::WorkerDown,
+                "the session has no worker (being placed or migrated)",
+            );
         };
         let calling = Instant::now();
         let answer = self
@@ -155,17 +174,22 @@ impl Attempt {
                     // not much later either.
                     Some(after) => Verdict::Retry {
                         delay: after.max(self.retry_delay()),
+                        waiting: WaitingReason::WorkerRateLimited,
                         reason: reason.to_owned(),
                     },
-                    None => self.retry(reason),
+                    None => self.retry(WaitingReason::WorkerRateLimited, reason),
                 }
             }
-            Err(WorkerCallError::Failed { status, .. }) => {
-                self.retry(format!("the worker failed ({status})"))
-            }
+            Err(WorkerCallError::Failed { status, .. }) => self.retry(
+                WaitingReason::WorkerDown,
+                format!("the worker failed ({status})"),
+            ),
             Err(WorkerCallError::Unreachable(err)) => {
                 self.directory.invalidate(session_id);
-                self.retry(format!("the worker is unreachable: {err}"))
+                self.retry(
+                    WaitingReason::WorkerDown,
+                    format!("the worker is unreachable: {err}"),
+                )
             }
             Err(WorkerCallError::Refused { status, body }) => {
                 self.refused(&route, status, &body).await
@@ -182,7 +206,10 @@ impl Attempt {
             });
         }
         if session.status != SessionStatus::Connected {
-            return Some(self.retry(format!("the session is {}", session.status)));
+            return Some(self.retry(
+                WaitingReason::SessionReconnecting,
+                format!("the session is {}", session.status),
+            ));
         }
         None
     }
@@ -199,13 +226,21 @@ impl Attempt {
         let fresh = match self.directory.lookup(session_id).await {
             Ok(Some(fresh)) => fresh,
             Ok(None) => return session_gone(),
-            Err(err) => return self.retry(format!("store unavailable: {err}")),
+            Err(err) => {
+                return self.retry(
+                    WaitingReason::StoreUnavailable,
+                    format!("store unavailable: {err}"),
+                );
+            }
         };
         if let Some(verdict) = self.unusable(&fresh) {
             return verdict;
         }
         if fresh.route.as_ref() != Some(used) {
-            return self.retry("the session moved to another worker");
+            return self.retry(
+                WaitingReason::SessionReconnecting,
+                "the session moved to another worker",
+            );
         }
         let refusal = Refusal::read(status, body);
         if refusal.session_not_ready() {
@@ -213,9 +248,10 @@ impl Attempt {
             // reconnecting, or ownership is settling (a restart or migration in progress). Not
             // a refusal of the message: it waits like a session whose worker is down, within
             // the same bounds.
-            return self.retry(format!(
-                "the session is not ready on its worker ({refusal})"
-            ));
+            return self.retry(
+                WaitingReason::SessionReconnecting,
+                format!("the session is not ready on its worker ({refusal})"),
+            );
         }
         Verdict::Failed {
             reason: format!("the worker refused the message ({refusal})"),

@@ -84,7 +84,8 @@ impl From<StoreError> for FleetError {
 /// Tunables of the fleet.
 #[derive(Clone, Copy, Debug)]
 pub struct FleetSettings {
-    /// After this long without heartbeat or successful probe a worker is OFFLINE.
+    /// After this long without a heartbeat a worker is OFFLINE (healthy probes do not extend
+    /// it; three refused probes in a row end it early).
     pub heartbeat_timeout: Duration,
     /// How often liveness is checked.
     pub monitor_interval: Duration,

@@ -30,8 +30,10 @@ use super::extract::{
     with_context,
 };
 use super::views::{Envelope, ErrorEnvelope};
+use crate::delivery::Waiting;
 use crate::domain::{
-    InvalidInput, MessageDirection, MessageStatus, PhoneJid, SessionId, TextRule, ms_to_rfc3339,
+    InvalidInput, MessageDirection, MessageStatus, PhoneJid, SessionId, TextRule, WaitingReason,
+    ms_to_rfc3339,
 };
 use crate::quota::{QuotaDecision, QuotaKind};
 use crate::send::{MessageIds, MessageKind, SendRequest, ValidatedSend};
@@ -702,8 +704,16 @@ pub async fn get_message(id: String, context: Ctx, principal: Principal) -> ApiR
         return Err(ApiError::NotFound("message"));
     }
     let timeline = context.store.message_timeline(&message.id).await?;
+    let pacing = context.quotas.limits(principal.user.tier).send_interval_ms;
+    let waiting = Waiting::explain(
+        &context.store,
+        &message,
+        std::time::Duration::from_millis(pacing),
+        context.config.delivery_max_wait,
+    )
+    .await?;
     let detail = MessageDetail {
-        message: MessageView::from(&message),
+        message: MessageView::from(&message).waiting(waiting),
         timeline: timeline
             .into_iter()
             .map(|event| TimelineStep {
@@ -914,6 +924,15 @@ pub struct MessageView {
     pub error_message: Option<String>,
     /// Delivery attempts so far.
     pub attempts: i64,
+    /// While `PENDING`, why it has not been sent yet: `SESSION_RECONNECTING`, `WORKER_DOWN`,
+    /// `WORKER_RATE_LIMITED`, `PACED`, `QUEUED` or `STORE_UNAVAILABLE`; `null` otherwise.
+    /// Lists show what its own last attempt met; one message (`GET …/messages/{id}`) also says
+    /// what holds up a message not tried yet.
+    pub waiting_reason: Option<WaitingReason>,
+    /// The waiting reason in words (the last attempt's failure, the worker's own words).
+    pub waiting_detail: Option<String>,
+    /// When its next attempt is due (RFC 3339), once an attempt of its own failed.
+    pub next_attempt_at: Option<String>,
     /// Accepted (RFC 3339).
     pub created_at: String,
     /// Last change (RFC 3339).
@@ -934,9 +953,24 @@ impl From<&MessageRecord> for MessageView {
             whatsapp_message_id: message.worker_message_id.clone(),
             error_message: message.error_message.clone(),
             attempts: message.attempts,
+            waiting_reason: None,
+            waiting_detail: None,
+            next_attempt_at: None,
             created_at: ms_to_rfc3339(message.created_at),
             updated_at: ms_to_rfc3339(message.updated_at),
         }
+        .waiting(Waiting::recorded(message))
+    }
+}
+
+impl MessageView {
+    fn waiting(mut self, waiting: Option<Waiting>) -> Self {
+        if let Some(waiting) = waiting {
+            self.waiting_reason = Some(waiting.reason);
+            self.waiting_detail = waiting.detail;
+            self.next_attempt_at = waiting.next_attempt_at.map(ms_to_rfc3339);
+        }
+        self
     }
 }
 

@@ -3,7 +3,7 @@
 use sqlx::FromRow;
 
 use super::{Store, StoreError, parse_column};
-use crate::domain::{MessageDirection, MessageStatus, now_ms};
+use crate::domain::{MessageDirection, MessageStatus, WaitingReason, now_ms};
 
 /// A message accepted for sending, as recorded at ingress.
 #[derive(Debug, Clone)]
@@ -45,6 +45,23 @@ pub struct MessageStatusChange {
     pub at: i64,
 }
 
+/// A delivery attempt that did not get through: the message waits, and says why.
+#[derive(Debug, Clone)]
+pub struct MessageWait {
+    /// The session the message belongs to.
+    pub session_id: String,
+    /// The gateway's id of the message.
+    pub message_id: String,
+    /// Why it waits.
+    pub reason: WaitingReason,
+    /// The last attempt's failure in words.
+    pub detail: Option<String>,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// When the next attempt is due (ms).
+    pub next_attempt_at: i64,
+}
+
 /// A worker's `2xx` to a send, for [`Store::record_sent`].
 #[derive(Debug, Clone)]
 pub struct SentAnswer {
@@ -80,7 +97,8 @@ pub struct MessageListQuery {
 const RECORD_CHUNK: usize = 64;
 
 const MESSAGE_COLUMNS: &str = "id, user_id, session_id, direction, message_type, remote_jid, content, status, \
-    worker_message_id, error_message, CAST(attempts AS BIGINT) AS attempts, created_at, updated_at";
+    worker_message_id, error_message, CAST(attempts AS BIGINT) AS attempts, created_at, updated_at, \
+    waiting_reason, waiting_detail, next_attempt_at";
 
 /// Moves a message forward only (any state may become FAILED, nothing leaves it). Returns the id
 /// of the row it changed. The message is found by its id or WhatsApp's id through two indexed
@@ -206,6 +224,9 @@ pub struct MessageRecord {
     pub created_at: i64,
     /// Last change (ms).
     pub updated_at: i64,
+    /// While `PENDING` after a failed attempt: why it waits, in words, and when it is tried
+    /// next (ms). Kept after it leaves `PENDING` (history); shown only while it waits.
+    pub waiting: Option<(WaitingReason, Option<String>, Option<i64>)>,
 }
 
 #[derive(FromRow)]
@@ -223,6 +244,9 @@ struct MessageRow {
     attempts: i64,
     created_at: i64,
     updated_at: i64,
+    waiting_reason: Option<String>,
+    waiting_detail: Option<String>,
+    next_attempt_at: Option<i64>,
 }
 
 impl TryFrom<MessageRow> for MessageRecord {
@@ -242,6 +266,11 @@ impl TryFrom<MessageRow> for MessageRecord {
             attempts: row.attempts,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            waiting: row
+                .waiting_reason
+                .map(|reason| parse_column("messages.waiting_reason", &reason))
+                .transpose()?
+                .map(|reason| (reason, row.waiting_detail, row.next_attempt_at)),
         })
     }
 }
@@ -477,6 +506,60 @@ impl Store {
         }
         tx.commit().await?;
         Ok(changed)
+    }
+
+    /// Records why messages wait (the delivery consumer's failed attempts), each only while
+    /// the message is still `PENDING` (a late record never dresses a sent message as waiting).
+    /// One transaction; waits are at most one per waiting session per backoff step.
+    pub async fn apply_message_waits(&self, waits: &[MessageWait]) -> Result<u64, StoreError> {
+        if waits.is_empty() {
+            return Ok(0);
+        }
+        let _turn = self.write_turn().await;
+        let mut tx = self.pool().begin().await?;
+        let mut changed = 0;
+        for wait in waits {
+            changed += sqlx::query(
+                "UPDATE messages SET waiting_reason = $1, waiting_detail = $2, next_attempt_at = $3, \
+                 attempts = $4 WHERE id = $5 AND session_id = $6 AND status = 'PENDING'",
+            )
+            .bind(wait.reason.as_str())
+            .bind(wait.detail.as_deref())
+            .bind(wait.next_attempt_at)
+            .bind(wait.attempts)
+            .bind(&wait.message_id)
+            .bind(&wait.session_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Why the nearest earlier waiting message of `session_id` waits: the reason and words of
+    /// the latest `PENDING` message created before `before` (ms) and not before `since` (ms)
+    /// that has one. The session's index is walked backwards from `before`, bounded by `since`
+    /// (older messages have been sent or given up on), so this stays cheap on a long history.
+    pub async fn waiting_ahead(
+        &self,
+        session_id: &str,
+        before: i64,
+        since: i64,
+    ) -> Result<Option<(WaitingReason, Option<String>)>, StoreError> {
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT waiting_reason, waiting_detail FROM messages \
+             WHERE session_id = $1 AND created_at <= $2 AND created_at >= $3 \
+             AND status = 'PENDING' AND waiting_reason IS NOT NULL \
+             ORDER BY created_at DESC, id DESC LIMIT 1",
+        )
+        .bind(session_id)
+        .bind(before)
+        .bind(since)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|(reason, detail)| Ok((parse_column("messages.waiting_reason", &reason)?, detail)))
+            .transpose()
     }
 
     /// Records workers' `2xx` answers: PENDING becomes SENT (with `sent_at`, the timeline's SENT

@@ -33,8 +33,8 @@ use sqlx::{AnyPool, ConnectOptions, Connection};
 pub use api_keys::{ApiKeyRecord, NewApiKey};
 pub use idempotency::{IdempotencyClaim, request_fingerprint};
 pub use messages::{
-    MessageEvent, MessageListQuery, MessageRecord, MessageStatusChange, NewOutboundMessage,
-    SentAnswer,
+    MessageEvent, MessageListQuery, MessageRecord, MessageStatusChange, MessageWait,
+    NewOutboundMessage, SentAnswer,
 };
 pub use refresh_tokens::{NewRefreshToken, RefreshOutcome, RefreshTokenRecord};
 pub use sessions::{Session, SessionOwnership, SessionReport};

@@ -43,12 +43,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// The last sign of life: heartbeat or successful probe.
+    /// The last sign of life: its registration or last heartbeat. A healthy `/health` probe is
+    /// not one: a worker that answers probes but has stopped heartbeating (a stuck event loop,
+    /// a worker that lost its gateway URL) goes OFFLINE after the heartbeat timeout all the
+    /// same. Probes only speed the other way: refused connections take a dead worker OFFLINE
+    /// at once (see `Fleet::probe_workers`).
     pub fn last_seen_at(&self) -> Option<i64> {
-        match (self.last_heartbeat_at, self.last_probe_ok_at) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
+        self.last_heartbeat_at
     }
 
     /// Whether the worker has shown life within `timeout_ms` of `now`.
@@ -312,7 +313,7 @@ impl Store {
         Ok(true)
     }
 
-    /// Records a probe result; a success counts as liveness.
+    /// Records a probe result (shown to operators; liveness is the heartbeats').
     pub async fn record_probe(&self, id: &str, ok: bool) -> Result<(), StoreError> {
         let now = now_ms();
         let query = if ok {

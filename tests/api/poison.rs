@@ -840,11 +840,15 @@ async fn worker_routes_refuse_control_characters_with_400_naming_the_field(backe
 /// A `session-status` that does not name the session's owner does not set its QR (the real
 /// worker names itself on QR_REQUIRED); the owner's does.
 async fn a_qr_comes_only_from_the_sessions_owner(backend: Backend) {
-    let app = TestApp::spawn_with(backend, PIPELINE_ENV).await;
+    // A heartbeat timeout longer than the test: this worker does not heartbeat (below), and
+    // answering health probes does not keep a worker ONLINE.
+    let mut env = PIPELINE_ENV.to_vec();
+    env.retain(|(name, _)| *name != "WORKER_HEARTBEAT_TIMEOUT_MS");
+    env.push(("WORKER_HEARTBEAT_TIMEOUT_MS", "60000"));
+    let app = TestApp::spawn_with(backend, &env).await;
     let worker_id = format!("w-qr-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut config = SimWorkerConfig::new(app.base_url.clone(), &worker_id, token(&app));
-    // No heartbeats: one listing the session CONNECTED would clear a QR under the test (the
-    // monitor's health probes keep the worker alive).
+    // No heartbeats: one listing the session CONNECTED would clear a QR under the test.
     config.heartbeat_interval = Duration::from_secs(3600);
     config.auto_connect = Duration::from_millis(50);
     config.register_retry_interval = Duration::from_millis(200);

@@ -21,12 +21,20 @@ backend_tests!(
     a_worker_validation_refusal_shows_its_field_and_message,
     a_429_storm_on_session_starts_ends_with_every_session_running,
     a_killed_worker_is_offline_long_before_its_heartbeat_timeout,
+    probes_never_stand_in_for_heartbeats,
 );
 
 /// The pipeline's settings, with a short reconciliation bound.
 async fn app(backend: Backend) -> TestApp {
+    app_with(backend, &[]).await
+}
+
+/// [`app`] with some settings replaced.
+async fn app_with(backend: Backend, replaced: &[(&'static str, &'static str)]) -> TestApp {
     let mut env = PIPELINE_ENV.to_vec();
     env.push(("SESSION_RECONCILE_AFTER_MS", "500"));
+    env.retain(|(name, _)| !replaced.iter().any(|(other, _)| other == name));
+    env.extend_from_slice(replaced);
     TestApp::spawn_with(backend, &env).await
 }
 
@@ -123,11 +131,11 @@ async fn message(app: &TestApp, key: &str, id: &str) -> Value {
 async fn a_send_while_the_workers_session_is_not_connected_waits_and_is_delivered(
     backend: Backend,
 ) {
-    let app = app(backend).await;
+    // Heartbeats every 30 s, as the existing worker's, within a 60 s timeout: until the next
+    // one, the gateway goes by the callbacks.
+    let app = app_with(backend, &[("WORKER_HEARTBEAT_TIMEOUT_MS", "60000")]).await;
     let (login, key) = customer(&app).await;
     // No scan for a minute: the worker's session stays QR_REQUIRED until the test scans it.
-    // Heartbeats every 30 s, as the existing worker's: until the next one, the gateway goes by
-    // the callbacks (probes keep the worker alive).
     let worker = real_worker(&app, "w-real-1", |config| {
         config.auto_connect = Duration::from_secs(60);
         config.heartbeat_interval = Duration::from_secs(30);
@@ -176,8 +184,46 @@ async fn a_send_while_the_workers_session_is_not_connected_waits_and_is_delivere
         retried(&app).await >= 2
     })
     .await;
+    // ...and the message says why it waits, how often it was tried and when it is next.
     let waiting = message(&app, &key, &message_id).await;
     assert_eq!(waiting["status"], "PENDING", "{waiting}");
+    wait_for(Duration::from_secs(10), "its waiting reason", || async {
+        let now = message(&app, &key, &message_id).await;
+        now["waitingReason"] == "SESSION_RECONNECTING" && now["attempts"].as_i64() >= Some(1)
+    })
+    .await;
+    let waiting = message(&app, &key, &message_id).await;
+    let detail = waiting["waitingDetail"].as_str().unwrap_or_default();
+    assert!(detail.contains("SESSION_NOT_CONNECTED"), "{waiting}");
+    assert!(waiting["nextAttemptAt"].is_string(), "{waiting}");
+    // A second message, not tried yet, waits behind it, for the same reason.
+    let behind = app
+        .send(
+            app.client
+                .post(app.url("/api/v1/external/send"))
+                .header("X-API-Key", &key)
+                .json(&json!({"sessionId": "waits-1", "to": "6281234567890", "message": "me too"})),
+        )
+        .await;
+    let behind_id = behind.assert_ok(202)["messageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for(
+        Duration::from_secs(10),
+        "the second message's row",
+        || async { !message(&app, &key, &behind_id).await.is_null() },
+    )
+    .await;
+    let second = message(&app, &key, &behind_id).await;
+    assert_eq!(second["waitingReason"], "SESSION_RECONNECTING", "{second}");
+    assert_eq!(second["attempts"], 0, "{second}");
+    assert!(
+        second["waitingDetail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("behind an earlier message")),
+        "{second}"
+    );
     assert!(worker.messages().is_empty());
     // ...and once the session is connected there, it is delivered.
     app.client
@@ -188,17 +234,21 @@ async fn a_send_while_the_workers_session_is_not_connected_waits_and_is_delivere
         .unwrap()
         .error_for_status()
         .unwrap();
-    wait_for(Duration::from_secs(20), "the delivery", || async {
-        worker.messages().len() == 1
+    wait_for(Duration::from_secs(20), "the deliveries", || async {
+        worker.messages().len() == 2
     })
     .await;
-    wait_for(Duration::from_secs(10), "SENT or later", || async {
-        matches!(
-            message(&app, &key, &message_id).await["status"].as_str(),
-            Some("SENT" | "DELIVERED" | "READ")
-        )
-    })
-    .await;
+    for id in [&message_id, &behind_id] {
+        wait_for(Duration::from_secs(10), "SENT or later", || async {
+            matches!(
+                message(&app, &key, id).await["status"].as_str(),
+                Some("SENT" | "DELIVERED" | "READ")
+            )
+        })
+        .await;
+        let sent = message(&app, &key, id).await;
+        assert!(sent["waitingReason"].is_null(), "{sent}");
+    }
     worker.kill().await;
     app.stop().await;
 }
@@ -392,6 +442,124 @@ async fn a_killed_worker_is_offline_long_before_its_heartbeat_timeout(backend: B
         "moved well before the 60 s heartbeat timeout (OFFLINE after {offline_after:?})"
     );
     assert_eq!(survivor.sessions().len(), 1);
+    survivor.kill().await;
+    app.stop().await;
+}
+
+/// A `/health` that answers until told to hang (then accepts connections and never answers,
+/// like a worker behind a partition or with a stuck event loop). Returns its endpoint.
+async fn health_that_hangs(hang: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use warp::Filter;
+    let health = warp::path!("health").and(warp::get()).then(move || {
+        let hang = hang.clone();
+        async move {
+            if hang.load(std::sync::atomic::Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+            warp::reply::json(&json!({"status": "healthy"}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(warp::serve(health).incoming(listener).run());
+    endpoint
+}
+
+/// Probes only ever shorten a dead worker's life (refused connections), never lengthen or
+/// shorten a live one's: a worker that answers every probe but has stopped heartbeating goes
+/// OFFLINE after the heartbeat timeout (its sessions move), and a worker that keeps
+/// heartbeating while its probes time out (a partition between the prober and it, a busy
+/// worker) stays ONLINE well past the timeout.
+async fn probes_never_stand_in_for_heartbeats(backend: Backend) {
+    let app = app(backend).await; // 3 s heartbeat timeout, probes every 500 ms
+    let (login, _key) = customer(&app).await;
+    let silent = real_worker(&app, "w-silent", |config| {
+        config.heartbeat_interval = Duration::from_secs(3600);
+    })
+    .await;
+    create_session(&app, &login, "quiet-1").await;
+    app.post(
+        "/api/v1/sessions/quiet-1/connect",
+        Some(&login.access_token),
+        json!({}),
+    )
+    .await
+    .assert_ok(200);
+    wait_for(Duration::from_secs(10), "CONNECTED", || async {
+        session(&app, &login, "quiet-1").await["status"] == "CONNECTED"
+    })
+    .await;
+
+    let survivor = real_worker(&app, "w-heard", |_| {}).await;
+    let store = app.context.store.clone();
+    let status_of = |id: &'static str| {
+        let store = store.clone();
+        async move { store.worker_by_id(id).await.map(|w| w.status).ok() }
+    };
+    wait_for(
+        Duration::from_secs(15),
+        "the silent worker OFFLINE though it answers its probes",
+        || async { status_of("w-silent").await == Some(wa_gateway::domain::WorkerStatus::Offline) },
+    )
+    .await;
+    let health = app
+        .client
+        .get(format!("{}/health", silent.endpoint()))
+        .send()
+        .await
+        .expect("the silent worker still answers /health");
+    assert!(health.status().is_success());
+    wait_for(
+        Duration::from_secs(20),
+        "its session CONNECTED on the heartbeating worker",
+        || async {
+            let now = session(&app, &login, "quiet-1").await;
+            now["status"] == "CONNECTED" && now["workerId"] == "w-heard"
+        },
+    )
+    .await;
+
+    // The hung worker registers while its /health answers (with no room, so nothing is placed
+    // on it), then hangs and heartbeats on.
+    let token = app.context.config.worker_auth_token.expose().clone();
+    let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let endpoint = health_that_hangs(hang.clone()).await;
+    app.send(
+        app.client
+            .post(app.url("/api/workers/register"))
+            .bearer_auth(&token)
+            .json(&json!({"workerId": "w-hung", "endpoint": endpoint, "maxSessions": 1})),
+    )
+    .await
+    .assert_ok(200);
+    hang.store(true, std::sync::atomic::Ordering::Relaxed);
+    let heartbeats = {
+        let client = app.client.clone();
+        let url = app.url("/api/workers/w-hung/heartbeat");
+        tokio::spawn(async move {
+            loop {
+                let _ = client
+                    .put(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"sessions": []}))
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    // Twice the timeout of unanswered probes: the hung worker is ONLINE throughout.
+    let watch_from = Instant::now();
+    while watch_from.elapsed() < Duration::from_secs(7) {
+        assert_eq!(
+            status_of("w-hung").await,
+            Some(wa_gateway::domain::WorkerStatus::Online),
+            "a worker that heartbeats stays ONLINE while its probes time out"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    heartbeats.abort();
+    silent.kill().await;
     survivor.kill().await;
     app.stop().await;
 }
