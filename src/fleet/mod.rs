@@ -826,16 +826,38 @@ impl Fleet {
                         retry_after,
                     })
                 }
+                // A start its worker could not carry out now (a 5xx, no answer): the same
+                // worker, later.
+                Err(err) if err.is_transient() => {
+                    tracing::warn!(session = %session.id, worker = %current.id, error = %err, "start failed; starting it there again later");
+                    self.start_later(session, &current.id, "connect's start failed")
+                        .await?;
+                    Ok(Connected::Queued {
+                        session: session.clone(),
+                        retry_after: None,
+                    })
+                }
                 Err(err) => Err(err.into()),
             };
         }
         let mut excluded: Vec<String> = Vec::new();
         let mut epoch = session.epoch;
+        // The last placement whose start failed for now (not refused): where the session is
+        // started again later when no other worker takes it.
+        let mut failed_for_now: Option<(Session, String)> = None;
         loop {
             let excluded_refs: Vec<&str> = excluded.iter().map(String::as_str).collect();
             let Some(target) =
                 placement::choose_worker(&workers, now, self.timeout_ms(), &excluded_refs)
             else {
+                if let Some((assigned, worker_id)) = failed_for_now {
+                    self.start_later(&assigned, &worker_id, "connect's start failed")
+                        .await?;
+                    return Ok(Connected::Queued {
+                        session: assigned,
+                        retry_after: None,
+                    });
+                }
                 return Err(FleetError::NoWorkerAvailable);
             };
             let Some(assigned) = self
@@ -867,6 +889,10 @@ impl Fleet {
                 }
                 Err(err) => {
                     tracing::warn!(session = %session.id, worker = %target.id, error = %err, "start failed; trying another worker");
+                    failed_for_now = err
+                        .is_transient()
+                        .then(|| (assigned, target.id.clone()))
+                        .or(failed_for_now);
                     excluded.push(target.id.clone());
                 }
             }

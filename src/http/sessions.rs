@@ -218,12 +218,13 @@ pub async fn delete_session(id: String, context: Ctx, user: User) -> ApiResult {
 
 /// Places the session on the healthy worker with the most headroom and starts it. `200`: the
 /// worker started it (the QR follows). `202`: the session is placed but its worker is rate
-/// limiting session starts (the existing worker allows each customer 5 per 5 minutes); the
-/// start is queued there and happens by itself, `Retry-After` says about when; follow the
-/// session's status (SSE) for its QR.
+/// limiting session starts (the existing worker allows each customer 5 per 5 minutes), or
+/// could not carry out the start now (a `5xx`, no answer); the start is queued there and
+/// happens by itself, `Retry-After` says about when; follow the session's status (SSE) for
+/// its QR.
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/connect", tag = "sessions", params(("id" = String, Path)),
     responses((status = 200, body = Envelope<SessionView>),
-              (status = 202, description = "placed; the worker is rate limiting session starts, so the start is queued on it and happens by itself (Retry-After: about when)",
+              (status = 202, description = "placed; the worker is rate limiting session starts or could not start it now, so the start is queued on it and happens by itself (Retry-After: about when)",
                body = Envelope<SessionView>,
                headers(("Retry-After" = u64, description = "Seconds until the worker is expected to take the start"))),
               (status = 503, description = "no worker available", body = ErrorEnvelope)),

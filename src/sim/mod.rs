@@ -37,8 +37,9 @@
 //! (the QR was not scanned in time: `INIT` for the existing worker, a fresh QR otherwise),
 //! `POST /sim/sessions/{id}/logout-from-phone` (like a logout, with `loggedOutFromPhone`),
 //! `POST /sim/sessions/{id}/inbound` `{from, message?, type?}` (forwarded to
-//! `POST /api/webhooks/message-received`). None of them is rate-limited, not even by the global
-//! limit.
+//! `POST /api/webhooks/message-received`), `POST /sim/fail-starts/{n}` (the next `n` session
+//! starts answer `500`, as the existing worker does when its WhatsApp client fails to
+//! initialise). None of them is rate-limited, not even by the global limit.
 
 mod gateway;
 mod limits;

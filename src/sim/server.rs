@@ -386,10 +386,23 @@ pub(crate) fn routes(worker: Arc<Worker>) -> BoxedFilter<(Response,)> {
     } else {
         worker_api
     };
+    // POST /sim/fail-starts/{n}: the next n session starts answer 500
+    let sim_fail_starts = warp::path!("sim" / "fail-starts" / u32)
+        .and(warp::post())
+        .and(with_worker.clone())
+        .map(|count: u32, worker: Arc<Worker>| {
+            worker.fail_starts(count);
+            finish(
+                &worker.config.quirks,
+                success(StatusCode::OK, &json!({ "failingStarts": count })),
+            )
+        });
     let sim_api = sim_messages
         .or(sim_sessions)
         .unify()
         .or(sim_control)
+        .unify()
+        .or(sim_fail_starts)
         .unify();
     let api = sim_api.or(worker_api).unify().boxed();
     let api = if open_routes {
@@ -428,6 +441,13 @@ async fn start_session(worker: Arc<Worker>, caller: Caller, body: Bytes) -> Resp
                 Some(Value::String(name)) => Some(name.clone()),
                 Some(_) => return Err(missing_string("sessionName")),
             };
+            if worker.start_fails() {
+                return Err(SimError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "START_FAILED",
+                    "Failed to start session",
+                ));
+            }
             worker.start_session(id.clone(), Some(user_id), session_name)?;
             success(
                 StatusCode::CREATED,

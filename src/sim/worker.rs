@@ -195,6 +195,9 @@ pub(crate) struct Worker {
     /// The existing worker's rate limits, when its quirks ask for them.
     limits: Option<Limiters>,
     started_at: Instant,
+    /// Session starts still to fail (`POST /sim/fail-starts/{n}`): a start the worker accepts
+    /// as a request but cannot carry out (its WhatsApp client failed to initialise).
+    failing_starts: std::sync::atomic::AtomicU32,
 }
 
 impl Worker {
@@ -215,6 +218,7 @@ impl Worker {
             reports,
             limits,
             started_at: Instant::now(),
+            failing_starts: std::sync::atomic::AtomicU32::new(0),
         });
         worker
             .tasks
@@ -226,6 +230,23 @@ impl Worker {
     }
 
     // ----- rate limits and rules ------------------------------------------------------------
+
+    /// Makes the next `count` session starts fail.
+    pub(crate) fn fail_starts(&self, count: u32) {
+        self.failing_starts
+            .store(count, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this start is one of those told to fail (and counts it).
+    pub(crate) fn start_fails(&self) -> bool {
+        self.failing_starts
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |left| left.checked_sub(1),
+            )
+            .is_ok()
+    }
 
     /// Counts a session operation (start, restart, disconnect, logout, delete) of `caller`.
     pub(crate) fn admit_session_operation(

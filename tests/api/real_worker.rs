@@ -22,6 +22,9 @@ backend_tests!(
     a_429_storm_on_session_starts_ends_with_every_session_running,
     a_killed_worker_is_offline_long_before_its_heartbeat_timeout,
     probes_never_stand_in_for_heartbeats,
+    a_start_that_fails_is_started_again_by_itself,
+    a_restarted_worker_runs_its_sessions_again,
+    a_session_a_worker_runs_without_owning_it_is_stopped_there,
 );
 
 /// The pipeline's settings, with a short reconciliation bound.
@@ -561,5 +564,133 @@ async fn probes_never_stand_in_for_heartbeats(backend: Backend) {
     heartbeats.abort();
     silent.kill().await;
     survivor.kill().await;
+    app.stop().await;
+}
+
+/// A simulator control (`/sim/…`), with the worker token.
+async fn sim_control(app: &TestApp, worker: &SimWorker, path: &str) {
+    app.client
+        .post(format!("{}{path}", worker.endpoint()))
+        .bearer_auth(app.context.config.worker_auth_token.expose())
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+}
+
+/// Whether the simulator runs `session_id` CONNECTED.
+fn runs(worker: &SimWorker, session_id: &str) -> bool {
+    worker
+        .sessions()
+        .iter()
+        .any(|s| s.session_id == session_id && s.status == SessionStatus::Connected)
+}
+
+/// The worker's start fails (`500`, its WhatsApp client did not initialise): connect answers
+/// `202` (queued, not "no worker"), and the session is started there again by itself until
+/// it runs, with no client action.
+async fn a_start_that_fails_is_started_again_by_itself(backend: Backend) {
+    let app = app(backend).await;
+    let (login, _key) = customer(&app).await;
+    let worker = real_worker(&app, "w-flaky", |_| {}).await;
+    sim_control(&app, &worker, "/sim/fail-starts/2").await;
+    create_session(&app, &login, "flaky-1").await;
+    let connect = app
+        .post(
+            "/api/v1/sessions/flaky-1/connect",
+            Some(&login.access_token),
+            json!({}),
+        )
+        .await;
+    connect.assert_ok(202);
+    assert_eq!(connect.data()["workerId"], "w-flaky", "{}", connect.body);
+    wait_for(
+        Duration::from_secs(20),
+        "the session CONNECTED on its worker",
+        || async {
+            let now = session(&app, &login, "flaky-1").await;
+            now["status"] == "CONNECTED" && now["workerId"] == "w-flaky" && runs(&worker, "flaky-1")
+        },
+    )
+    .await;
+    worker.kill().await;
+    app.stop().await;
+}
+
+/// A worker process restarts (killed and back on the same address within a second, so the
+/// gateway never sees it OFFLINE) without its sessions: its heartbeats no longer list them,
+/// and the gateway starts each again there.
+async fn a_restarted_worker_runs_its_sessions_again(backend: Backend) {
+    let app = app(backend).await;
+    let (login, _key) = customer(&app).await;
+    let first = real_worker(&app, "w-restarts", |_| {}).await;
+    let ids = ["again-1", "again-2"];
+    for id in ids {
+        create_session(&app, &login, id).await;
+        app.post(
+            &format!("/api/v1/sessions/{id}/connect"),
+            Some(&login.access_token),
+            json!({}),
+        )
+        .await
+        .assert_ok(200);
+    }
+    wait_for(Duration::from_secs(10), "both CONNECTED", || async {
+        ids.iter().all(|id| runs(&first, id))
+    })
+    .await;
+    let address = first.local_addr();
+    first.kill().await;
+    let second = real_worker(&app, "w-restarts", |config| config.listen = address).await;
+    assert!(
+        second.sessions().is_empty(),
+        "a restart without its sessions"
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "both running on the restarted worker",
+        || async { ids.iter().all(|id| runs(&second, id)) },
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "both CONNECTED there", || async {
+        for id in ids {
+            let now = session(&app, &login, id).await;
+            if now["workerId"] != "w-restarts" || now["status"] != "CONNECTED" {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    second.kill().await;
+    app.stop().await;
+}
+
+/// A session that a worker runs and lists in its heartbeats but does not own (started there
+/// by hand, or left over from before a move) is stopped there.
+async fn a_session_a_worker_runs_without_owning_it_is_stopped_there(backend: Backend) {
+    let app = app(backend).await;
+    let worker = real_worker(&app, "w-stray", |_| {}).await;
+    app.client
+        .post(format!("{}/api/sessions/start", worker.endpoint()))
+        .bearer_auth(app.context.config.worker_auth_token.expose())
+        .json(&json!({"sessionId": "stray-1", "userId": "nobody"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    wait_for(Duration::from_secs(5), "the stray running", || async {
+        runs(&worker, "stray-1")
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(15),
+        "the stray stopped by the gateway",
+        || async { !runs(&worker, "stray-1") },
+    )
+    .await;
+    worker.kill().await;
     app.stop().await;
 }
