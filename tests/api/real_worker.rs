@@ -92,6 +92,26 @@ async fn create_session(app: &TestApp, login: &Login, id: &str) {
     .assert_ok(201);
 }
 
+/// Creates session `id`, connects it (`200`) and waits until it is CONNECTED.
+async fn connected_session(app: &TestApp, login: &Login, id: &str) {
+    connect(app, login, id).await.assert_ok(200);
+    wait_for(Duration::from_secs(10), "CONNECTED", || async {
+        session(app, login, id).await["status"] == "CONNECTED"
+    })
+    .await;
+}
+
+/// Creates session `id` and asks to connect it.
+async fn connect(app: &TestApp, login: &Login, id: &str) -> crate::common::Answer {
+    create_session(app, login, id).await;
+    app.post(
+        &format!("/api/v1/sessions/{id}/connect"),
+        Some(&login.access_token),
+        json!({}),
+    )
+    .await
+}
+
 async fn session(app: &TestApp, login: &Login, id: &str) -> Value {
     app.get(&format!("/api/v1/sessions/{id}"), Some(&login.access_token))
         .await
@@ -144,14 +164,7 @@ async fn a_send_while_the_workers_session_is_not_connected_waits_and_is_delivere
         config.heartbeat_interval = Duration::from_secs(30);
     })
     .await;
-    create_session(&app, &login, "waits-1").await;
-    app.post(
-        "/api/v1/sessions/waits-1/connect",
-        Some(&login.access_token),
-        json!({}),
-    )
-    .await
-    .assert_ok(200);
+    connect(&app, &login, "waits-1").await.assert_ok(200);
     wait_for(Duration::from_secs(10), "the QR", || async {
         session(&app, &login, "waits-1").await["status"] == "QR_REQUIRED"
     })
@@ -262,18 +275,7 @@ async fn a_worker_validation_refusal_shows_its_field_and_message(backend: Backen
     let app = app(backend).await;
     let (login, key) = customer(&app).await;
     let worker = real_worker(&app, "w-real-2", |_| {}).await;
-    create_session(&app, &login, "refused-1").await;
-    app.post(
-        "/api/v1/sessions/refused-1/connect",
-        Some(&login.access_token),
-        json!({}),
-    )
-    .await
-    .assert_ok(200);
-    wait_for(Duration::from_secs(10), "CONNECTED", || async {
-        session(&app, &login, "refused-1").await["status"] == "CONNECTED"
-    })
-    .await;
+    connected_session(&app, &login, "refused-1").await;
     let to = PhoneJid::parse("to", "6281234567890", "62").unwrap();
     let too_long = ValidatedSend {
         session_id: None,
@@ -328,14 +330,7 @@ async fn a_429_storm_on_session_starts_ends_with_every_session_running(backend: 
     let ids: Vec<String> = (0..6).map(|i| format!("storm-{i}")).collect();
     let mut queued = 0;
     for id in &ids {
-        create_session(&app, &login, id).await;
-        let answer = app
-            .post(
-                &format!("/api/v1/sessions/{id}/connect"),
-                Some(&login.access_token),
-                json!({}),
-            )
-            .await;
+        let answer = connect(&app, &login, id).await;
         match answer.status.as_u16() {
             200 => {}
             202 => {
@@ -403,18 +398,7 @@ async fn a_killed_worker_is_offline_long_before_its_heartbeat_timeout(backend: B
         config.heartbeat_interval = Duration::from_secs(30);
     };
     let doomed = real_worker(&app, "w-doomed", slow_heartbeats).await;
-    create_session(&app, &login, "moves-1").await;
-    app.post(
-        "/api/v1/sessions/moves-1/connect",
-        Some(&login.access_token),
-        json!({}),
-    )
-    .await
-    .assert_ok(200);
-    wait_for(Duration::from_secs(10), "CONNECTED", || async {
-        session(&app, &login, "moves-1").await["status"] == "CONNECTED"
-    })
-    .await;
+    connected_session(&app, &login, "moves-1").await;
     let survivor = real_worker(&app, "w-survivor", slow_heartbeats).await;
     let killed_at = Instant::now();
     doomed.kill().await;
@@ -480,18 +464,7 @@ async fn probes_never_stand_in_for_heartbeats(backend: Backend) {
         config.heartbeat_interval = Duration::from_secs(3600);
     })
     .await;
-    create_session(&app, &login, "quiet-1").await;
-    app.post(
-        "/api/v1/sessions/quiet-1/connect",
-        Some(&login.access_token),
-        json!({}),
-    )
-    .await
-    .assert_ok(200);
-    wait_for(Duration::from_secs(10), "CONNECTED", || async {
-        session(&app, &login, "quiet-1").await["status"] == "CONNECTED"
-    })
-    .await;
+    connected_session(&app, &login, "quiet-1").await;
 
     let survivor = real_worker(&app, "w-heard", |_| {}).await;
     let store = app.context.store.clone();
@@ -595,16 +568,9 @@ async fn a_start_that_fails_is_started_again_by_itself(backend: Backend) {
     let (login, _key) = customer(&app).await;
     let worker = real_worker(&app, "w-flaky", |_| {}).await;
     sim_control(&app, &worker, "/sim/fail-starts/2").await;
-    create_session(&app, &login, "flaky-1").await;
-    let connect = app
-        .post(
-            "/api/v1/sessions/flaky-1/connect",
-            Some(&login.access_token),
-            json!({}),
-        )
-        .await;
-    connect.assert_ok(202);
-    assert_eq!(connect.data()["workerId"], "w-flaky", "{}", connect.body);
+    let queued = connect(&app, &login, "flaky-1").await;
+    queued.assert_ok(202);
+    assert_eq!(queued.data()["workerId"], "w-flaky", "{}", queued.body);
     wait_for(
         Duration::from_secs(20),
         "the session CONNECTED on its worker",
@@ -627,14 +593,7 @@ async fn a_restarted_worker_runs_its_sessions_again(backend: Backend) {
     let first = real_worker(&app, "w-restarts", |_| {}).await;
     let ids = ["again-1", "again-2"];
     for id in ids {
-        create_session(&app, &login, id).await;
-        app.post(
-            &format!("/api/v1/sessions/{id}/connect"),
-            Some(&login.access_token),
-            json!({}),
-        )
-        .await
-        .assert_ok(200);
+        connect(&app, &login, id).await.assert_ok(200);
     }
     wait_for(Duration::from_secs(10), "both CONNECTED", || async {
         ids.iter().all(|id| runs(&first, id))
