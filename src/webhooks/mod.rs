@@ -1,0 +1,7 @@
+//! Customer webhooks: signed (Standard Webhooks), durable deliveries of the gateway's events to
+//! the endpoints customers register, guarded against server-side request forgery.
+
+pub mod signing;
+pub mod ssrf;
+
+pub use signing::SigningSecret;
