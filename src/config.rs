@@ -115,6 +115,8 @@ pub struct TierLimits {
     pub send_interval_ms: u64,
     /// Random extra up to this much on top of `send_interval` (`{TIER}_TIER_SEND_JITTER_MS`).
     pub send_jitter_ms: u64,
+    /// Webhook endpoints a user may register (`{TIER}_TIER_MAX_WEBHOOKS`).
+    pub max_webhooks: u32,
 }
 
 /// Limits for every tier, overridable per tier through `{TIER}_TIER_MAX_*`.
@@ -145,6 +147,7 @@ impl Default for TierTable {
                 api_calls_per_hour: 1_000,
                 send_interval_ms: 2_000,
                 send_jitter_ms: 1_000,
+                max_webhooks: 2,
             },
             pro: TierLimits {
                 max_sessions: 5,
@@ -152,6 +155,7 @@ impl Default for TierTable {
                 api_calls_per_hour: 10_000,
                 send_interval_ms: 1_000,
                 send_jitter_ms: 500,
+                max_webhooks: 10,
             },
             max: TierLimits {
                 max_sessions: 20,
@@ -159,6 +163,7 @@ impl Default for TierTable {
                 api_calls_per_hour: 100_000,
                 send_interval_ms: 300,
                 send_jitter_ms: 200,
+                max_webhooks: 50,
             },
         }
     }
@@ -207,6 +212,14 @@ pub struct Config {
     pub jwt_secret: Secret<String>,
     /// Shared secret of the worker protocol, both directions (`WORKER_AUTH_TOKEN`).
     pub worker_auth_token: Secret<String>,
+    /// Seals the secrets stored at rest that the gateway reads back (webhook signing secrets):
+    /// `DATA_ENCRYPTION_KEY`, see [`crate::crypto::SecretBox`].
+    pub data_encryption_key: Secret<String>,
+    /// Keys that sealed values before the current one; they still open them
+    /// (`DATA_ENCRYPTION_KEYS_PREVIOUS`, comma-separated).
+    pub data_encryption_keys_previous: Vec<Secret<String>>,
+    /// Which webhook endpoints are allowed (`WEBHOOK_ALLOW_PRIVATE`, `WEBHOOK_ALLOW_HTTP`).
+    pub webhook_targets: crate::webhooks::ssrf::TargetPolicy,
     /// Lifetime of access tokens (`JWT_ACCESS_TOKEN_TTL_SECONDS`, 900).
     pub access_token_ttl: Duration,
     /// Lifetime of refresh tokens (`JWT_REFRESH_TOKEN_TTL_SECONDS`, 30 days).
@@ -234,7 +247,7 @@ pub struct Config {
     /// How often batched bookkeeping (API key `last_used`, usage records) is flushed
     /// (`FLUSH_INTERVAL_MS`, 5000).
     pub flush_interval: Duration,
-    /// A worker silent (no heartbeat, no successful probe) this long is OFFLINE
+    /// A worker without a heartbeat this long is OFFLINE (healthy probes do not count)
     /// (`WORKER_HEARTBEAT_TIMEOUT_MS`, 90000).
     pub worker_heartbeat_timeout: Duration,
     /// How often worker liveness is checked (`WORKER_MONITOR_INTERVAL_MS`, 1000).
@@ -347,12 +360,25 @@ impl Config {
         let redis_key_prefix = source.get("REDIS_KEY_PREFIX").unwrap_or("wag:").to_owned();
         let kafka_brokers = source.get("KAFKA_BROKERS").map(str::to_owned);
 
-        let (jwt_secret, worker_auth_token) = match app_env {
-            AppEnv::Production => (
+        let [jwt_secret, worker_auth_token, data_encryption_key] = match app_env {
+            AppEnv::Production => [
                 production_secret(&source, "JWT_SECRET")?,
                 production_secret(&source, "WORKER_AUTH_TOKEN")?,
-            ),
+                production_secret(&source, "DATA_ENCRYPTION_KEY")?,
+            ],
             AppEnv::Development => development_secrets(&source, &data_dir)?,
+        };
+        let data_encryption_keys_previous = source
+            .get("DATA_ENCRYPTION_KEYS_PREVIOUS")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+            .map(|key| Secret::new(key.to_owned()))
+            .collect();
+        let webhook_targets = crate::webhooks::ssrf::TargetPolicy {
+            allow_private: source.parse_or("WEBHOOK_ALLOW_PRIVATE", false)?,
+            allow_http: source.parse_or("WEBHOOK_ALLOW_HTTP", false)?,
         };
 
         let cors_origins = match source.get("CORS_ORIGIN") {
@@ -414,6 +440,9 @@ impl Config {
                 .filter(|id| !id.is_empty()),
             jwt_secret,
             worker_auth_token,
+            data_encryption_key,
+            data_encryption_keys_previous,
+            webhook_targets,
             access_token_ttl: Duration::from_secs(
                 source.positive_or("JWT_ACCESS_TOKEN_TTL_SECONDS", 900)?,
             ),
@@ -512,21 +541,25 @@ fn production_secret(
     Ok(Secret::new(value.to_owned()))
 }
 
+/// The secrets development generates when they are not set, in this order.
+const GENERATED_SECRETS: [&str; 3] = ["JWT_SECRET", "WORKER_AUTH_TOKEN", "DATA_ENCRYPTION_KEY"];
+
 /// In development a missing secret is generated once and kept in `DATA_DIR/secrets.env`, so
-/// tokens survive restarts and `admin` commands share the running server's secrets.
+/// tokens survive restarts, sealed values stay readable, and `admin` commands share the
+/// running server's secrets. A secret added by a newer version is appended to an older file.
 fn development_secrets(
     source: &VarSource,
     data_dir: &Path,
-) -> Result<(Secret<String>, Secret<String>), ConfigError> {
-    let given_jwt = source.get("JWT_SECRET").map(str::to_owned);
-    let given_worker = source.get("WORKER_AUTH_TOKEN").map(str::to_owned);
-    if let (Some(jwt), Some(worker)) = (&given_jwt, &given_worker) {
-        return Ok((Secret::new(jwt.clone()), Secret::new(worker.clone())));
+) -> Result<[Secret<String>; 3], ConfigError> {
+    let given = GENERATED_SECRETS.map(|name| source.get(name).map(str::to_owned));
+    if let [Some(jwt), Some(worker), Some(key)] = &given {
+        return Ok([jwt, worker, key].map(|value| Secret::new(value.clone())));
     }
     let path = data_dir.join(GENERATED_SECRETS_FILE);
     let mut stored: HashMap<String, String> = match std::fs::read_to_string(&path) {
         Ok(text) => text
             .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
             .filter_map(|line| line.split_once('='))
             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
             .collect(),
@@ -539,7 +572,7 @@ fn development_secrets(
         }
     };
     let mut changed = false;
-    for name in ["JWT_SECRET", "WORKER_AUTH_TOKEN"] {
+    for name in GENERATED_SECRETS {
         if !stored.contains_key(name) {
             stored.insert(name.to_owned(), crate::auth::random_token(48));
             changed = true;
@@ -552,10 +585,13 @@ fn development_secrets(
                 format!("cannot create {}: {err}", data_dir.display()),
             )
         })?;
-        let text = format!(
-            "# Generated by wa-gateway on first start; set JWT_SECRET / WORKER_AUTH_TOKEN to override.\nJWT_SECRET={}\nWORKER_AUTH_TOKEN={}\n",
-            stored["JWT_SECRET"], stored["WORKER_AUTH_TOKEN"]
+        let mut text = format!(
+            "# Generated by wa-gateway on first start; set {} to override.\n",
+            GENERATED_SECRETS.join(" / ")
         );
+        for name in GENERATED_SECRETS {
+            text.push_str(&format!("{name}={}\n", stored[name]));
+        }
         write_private_file(&path, &text).map_err(|err| {
             ConfigError::new(
                 "DATA_DIR",
@@ -563,9 +599,14 @@ fn development_secrets(
             )
         })?;
     }
-    let jwt = given_jwt.unwrap_or_else(|| stored["JWT_SECRET"].clone());
-    let worker = given_worker.unwrap_or_else(|| stored["WORKER_AUTH_TOKEN"].clone());
-    Ok((Secret::new(jwt), Secret::new(worker)))
+    let pick = |i: usize| {
+        Secret::new(
+            given[i]
+                .clone()
+                .unwrap_or_else(|| stored[GENERATED_SECRETS[i]].clone()),
+        )
+    };
+    Ok([pick(0), pick(1), pick(2)])
 }
 
 /// Creates `DATA_DIR` if needed and makes it and the files directly in it private to this user
@@ -624,37 +665,68 @@ fn parse_country_code(raw: Option<&str>) -> Result<String, ConfigError> {
     }
 }
 
+/// The variables of one tier, one per [`TierLimits`] field.
+struct TierVars {
+    sessions: &'static str,
+    messages: &'static str,
+    api_calls: &'static str,
+    interval: &'static str,
+    jitter: &'static str,
+    webhooks: &'static str,
+}
+
+/// Spelled out: a [`ConfigError`] names its variable with a `&'static str`.
+const TIER_VARS: [(&str, TierVars); 3] = [
+    (
+        "BASIC",
+        TierVars {
+            sessions: "BASIC_TIER_MAX_SESSIONS",
+            messages: "BASIC_TIER_MAX_MESSAGES_PER_HOUR",
+            api_calls: "BASIC_TIER_MAX_API_CALLS_PER_HOUR",
+            interval: "BASIC_TIER_SEND_INTERVAL_MS",
+            jitter: "BASIC_TIER_SEND_JITTER_MS",
+            webhooks: "BASIC_TIER_MAX_WEBHOOKS",
+        },
+    ),
+    (
+        "PRO",
+        TierVars {
+            sessions: "PRO_TIER_MAX_SESSIONS",
+            messages: "PRO_TIER_MAX_MESSAGES_PER_HOUR",
+            api_calls: "PRO_TIER_MAX_API_CALLS_PER_HOUR",
+            interval: "PRO_TIER_SEND_INTERVAL_MS",
+            jitter: "PRO_TIER_SEND_JITTER_MS",
+            webhooks: "PRO_TIER_MAX_WEBHOOKS",
+        },
+    ),
+    (
+        "MAX",
+        TierVars {
+            sessions: "MAX_TIER_MAX_SESSIONS",
+            messages: "MAX_TIER_MAX_MESSAGES_PER_HOUR",
+            api_calls: "MAX_TIER_MAX_API_CALLS_PER_HOUR",
+            interval: "MAX_TIER_SEND_INTERVAL_MS",
+            jitter: "MAX_TIER_SEND_JITTER_MS",
+            webhooks: "MAX_TIER_MAX_WEBHOOKS",
+        },
+    ),
+];
+
 fn tier_limits(
     source: &VarSource,
     tier: &'static str,
     default: TierLimits,
 ) -> Result<TierLimits, ConfigError> {
-    // Variable names must be &'static for ConfigError; the nine names are known up front.
-    let name = |suffix: &str| -> &'static str {
-        match (tier, suffix) {
-            ("BASIC", "SESSIONS") => "BASIC_TIER_MAX_SESSIONS",
-            ("BASIC", "MESSAGES") => "BASIC_TIER_MAX_MESSAGES_PER_HOUR",
-            ("BASIC", "INTERVAL") => "BASIC_TIER_SEND_INTERVAL_MS",
-            ("BASIC", "JITTER") => "BASIC_TIER_SEND_JITTER_MS",
-            ("BASIC", _) => "BASIC_TIER_MAX_API_CALLS_PER_HOUR",
-            ("PRO", "SESSIONS") => "PRO_TIER_MAX_SESSIONS",
-            ("PRO", "MESSAGES") => "PRO_TIER_MAX_MESSAGES_PER_HOUR",
-            ("PRO", "INTERVAL") => "PRO_TIER_SEND_INTERVAL_MS",
-            ("PRO", "JITTER") => "PRO_TIER_SEND_JITTER_MS",
-            ("PRO", _) => "PRO_TIER_MAX_API_CALLS_PER_HOUR",
-            (_, "SESSIONS") => "MAX_TIER_MAX_SESSIONS",
-            (_, "MESSAGES") => "MAX_TIER_MAX_MESSAGES_PER_HOUR",
-            (_, "INTERVAL") => "MAX_TIER_SEND_INTERVAL_MS",
-            (_, "JITTER") => "MAX_TIER_SEND_JITTER_MS",
-            _ => "MAX_TIER_MAX_API_CALLS_PER_HOUR",
-        }
+    let Some((_, vars)) = TIER_VARS.iter().find(|(name, _)| *name == tier) else {
+        return Ok(default);
     };
     Ok(TierLimits {
-        max_sessions: source.parse_or(name("SESSIONS"), default.max_sessions)?,
-        messages_per_hour: source.parse_or(name("MESSAGES"), default.messages_per_hour)?,
-        api_calls_per_hour: source.parse_or(name("API_CALLS"), default.api_calls_per_hour)?,
-        send_interval_ms: source.parse_or(name("INTERVAL"), default.send_interval_ms)?,
-        send_jitter_ms: source.parse_or(name("JITTER"), default.send_jitter_ms)?,
+        max_sessions: source.parse_or(vars.sessions, default.max_sessions)?,
+        messages_per_hour: source.parse_or(vars.messages, default.messages_per_hour)?,
+        api_calls_per_hour: source.parse_or(vars.api_calls, default.api_calls_per_hour)?,
+        send_interval_ms: source.parse_or(vars.interval, default.send_interval_ms)?,
+        send_jitter_ms: source.parse_or(vars.jitter, default.send_jitter_ms)?,
+        max_webhooks: source.parse_or(vars.webhooks, default.max_webhooks)?,
     })
 }
 
@@ -731,10 +803,18 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(err.variable, "JWT_SECRET");
+        let err = Config::from_vars(vars(&[
+            ("APP_ENV", "production"),
+            ("JWT_SECRET", "j".repeat(40).as_str()),
+            ("WORKER_AUTH_TOKEN", "w".repeat(40).as_str()),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.variable, "DATA_ENCRYPTION_KEY");
         let ok = Config::from_vars(vars(&[
             ("APP_ENV", "production"),
             ("JWT_SECRET", "j".repeat(40).as_str()),
             ("WORKER_AUTH_TOKEN", "w".repeat(40).as_str()),
+            ("DATA_ENCRYPTION_KEY", "k".repeat(40).as_str()),
         ]))
         .unwrap();
         assert_eq!(ok.log_format, LogFormat::Json);
