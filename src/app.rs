@@ -63,6 +63,8 @@ pub struct AppContext {
     pub shutting_down: watch::Sender<bool>,
     /// Open event streams per user (`SSE_MAX_STREAMS_PER_USER`).
     pub streams: crate::http::streams::StreamSlots,
+    /// Customer webhook endpoints.
+    pub webhooks: crate::webhooks::Endpoints,
 }
 
 impl AppContext {
@@ -121,7 +123,17 @@ impl AppContext {
         let ingress = Ingress::new(pipeline.producer().clone(), pipeline.topics().outbound);
         let streams =
             crate::http::streams::StreamSlots::new(config.http_limits.sse_streams_per_user);
+        let vault = Arc::new(crate::crypto::SecretBox::new(
+            config.data_encryption_key.expose(),
+            config
+                .data_encryption_keys_previous
+                .iter()
+                .map(|key| key.expose().as_str()),
+        ));
+        let webhooks =
+            crate::webhooks::Endpoints::new(store.clone(), vault, config.webhook_targets);
         Ok(Self {
+            webhooks,
             pipeline,
             ingress,
             pressure: IngressPressure::default(),

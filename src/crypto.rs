@@ -25,7 +25,7 @@ const NONCE_LEN: usize = 24;
 /// does not have, or altered (or moved to another row).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a sealed value cannot be opened ({0})")]
-pub struct Unopenable(&'static str);
+pub struct Unopenable(pub(crate) &'static str);
 
 /// One key: its id and cipher.
 struct Key {

@@ -384,6 +384,21 @@ string_enum! {
 }
 
 string_enum! {
+    /// The events a webhook endpoint (and the live stream) receives.
+    EventType {
+        MessageSent = "message.sent",
+        MessageDelivered = "message.delivered",
+        MessageRead = "message.read",
+        MessageFailed = "message.failed",
+        MessageReceived = "message.received",
+        SessionStatus = "session.status",
+        SessionQr = "session.qr",
+        WebhookTest = "webhook.test",
+        WebhookDisabled = "webhook.disabled",
+    }
+}
+
+string_enum! {
     /// State of one webhook delivery.
     WebhookDeliveryStatus { Pending = "PENDING", Delivered = "DELIVERED", Failed = "FAILED", Retrying = "RETRYING" }
 }

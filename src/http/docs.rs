@@ -18,7 +18,9 @@ use warp::filters::BoxedFilter;
 use warp::http::Uri;
 use warp::reply::{Reply, Response};
 
-use super::{admin, auth, external, health, sessions, users, views, worker_api, workers_admin};
+use super::{
+    admin, auth, external, health, sessions, users, views, webhooks, worker_api, workers_admin,
+};
 use crate::domain::{DisplayName, Email, Password, TextRule};
 use crate::send::request::{
     CONTACT_TEXT_RULE, LINK_DESCRIPTION_RULE, LINK_TITLE_RULE, LOCATION_ADDRESS_RULE,
@@ -48,6 +50,8 @@ use crate::send::request::{
         worker_api::register, worker_api::heartbeat, worker_api::legacy_heartbeat, worker_api::assigned,
         worker_api::recovery, worker_api::unregister, worker_api::session_status,
         worker_api::message_status, worker_api::message_received,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook,
+        webhooks::update_webhook, webhooks::delete_webhook, webhooks::rotate_secret,
     ),
     components(schemas(views::ErrorEnvelope, views::ErrorBody, views::UserView, views::AuthTokens,
         views::ApiKeyView, views::SessionView, views::WorkerView, crate::fleet::events::SessionEvent)),
@@ -61,6 +65,7 @@ use crate::send::request::{
         (name = "workers", description = "The worker fleet (administrators)"),
         (name = "worker-protocol", description = "Called by workers (docs/WORKER_PROTOCOL.md), with the worker token; \
             at /api/... as the existing worker calls them and under /api/v1/..."),
+        (name = "webhooks", description = "Customer webhook endpoints: signed (Standard Webhooks) deliveries of your events"),
         (name = "health", description = "Liveness, backends and metrics"),
         (name = "docs", description = "This description and Swagger UI"),
     )

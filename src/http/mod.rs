@@ -14,6 +14,7 @@ pub mod sessions;
 pub mod streams;
 pub mod users;
 pub mod views;
+pub mod webhooks;
 pub mod worker_api;
 pub mod workers_admin;
 
@@ -42,6 +43,8 @@ pub fn routes(context: Arc<AppContext>) -> BoxedFilter<(Response,)> {
         .or(users::routes(context.clone()))
         .unify()
         .or(admin::routes(context.clone()))
+        .unify()
+        .or(webhooks::routes(context.clone()))
         .unify()
         .or(docs::routes())
         .unify()
@@ -109,6 +112,13 @@ pub const SERVED: &[(&str, &str)] = &[
     ("POST", "/api/v1/sessions/{id}/logout"),
     ("GET", "/api/v1/sessions/{id}/events"),
     ("GET", "/api/v1/sessions/{id}/messages"),
+    // webhooks
+    ("POST", "/api/v1/webhooks"),
+    ("GET", "/api/v1/webhooks"),
+    ("GET", "/api/v1/webhooks/{id}"),
+    ("PATCH", "/api/v1/webhooks/{id}"),
+    ("DELETE", "/api/v1/webhooks/{id}"),
+    ("POST", "/api/v1/webhooks/{id}/rotate-secret"),
     // the worker fleet (administrators)
     ("GET", "/api/v1/workers"),
     ("POST", "/api/v1/workers"),

@@ -354,6 +354,15 @@ fn api_prefix() -> BoxedFilter<()> {
         .boxed()
 }
 
+/// The workers' callbacks under `/api/webhooks/` and `/api/v1/webhooks/`: names the customer
+/// webhook routes (`/api/v1/webhooks/{id}`) leave to them.
+pub const CALLBACK_NAMES: [&str; 4] = [
+    "session-status",
+    "message-status",
+    "message-received",
+    "worker-heartbeat",
+];
+
 /// Every worker-facing route.
 pub fn routes(context: Ctx) -> BoxedFilter<(Response,)> {
     let auth = || worker_auth(context.clone());

@@ -14,6 +14,7 @@ mod refresh_tokens;
 mod sessions;
 mod usage;
 mod users;
+mod webhooks;
 mod workers;
 mod write_gate;
 
@@ -40,6 +41,7 @@ pub use refresh_tokens::{NewRefreshToken, RefreshOutcome, RefreshTokenRecord};
 pub use sessions::{Session, SessionOwnership, SessionReport};
 pub use usage::UsageRecord;
 pub use users::{NewUser, User, UserListQuery, UserPage, UserUpdate};
+pub use webhooks::{DISABLED_BY_OWNER, NewWebhook, WebhookChanges, WebhookRecord};
 pub use workers::{Worker, WorkerMetricsSample, WorkerRegistration};
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");

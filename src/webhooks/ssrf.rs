@@ -18,6 +18,9 @@ use reqwest::Url;
 
 use crate::domain::InvalidInput;
 
+/// Longest wait for a host's addresses.
+pub const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What endpoints may be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TargetPolicy {
@@ -142,12 +145,15 @@ impl TargetPolicy {
         }
     }
 
-    /// Resolves `host` and checks every address; the addresses to connect to.
+    /// Resolves `host` (within [`RESOLVE_TIMEOUT`]) and checks every address; the addresses to
+    /// connect to.
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, InvalidInput> {
-        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|err| refused(format!("has a host that does not resolve ({err})")))?
-            .collect();
+        let addresses: Vec<SocketAddr> =
+            tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+                .await
+                .map_err(|_| refused("has a host that did not resolve in time"))?
+                .map_err(|err| refused(format!("has a host that does not resolve ({err})")))?
+                .collect();
         if addresses.is_empty() {
             return Err(refused("has a host without addresses"));
         }
@@ -157,9 +163,14 @@ impl TargetPolicy {
         Ok(addresses)
     }
 
-    /// Checks a URL completely: [`TargetPolicy::check_url`], then its host's addresses.
+    /// Checks a URL completely: [`TargetPolicy::check_url`], then its host's addresses (not
+    /// when private addresses are allowed: then every address is, and a host that does not
+    /// resolve yet fails at delivery).
     pub async fn check(&self, raw: &str) -> Result<Url, InvalidInput> {
         let url = self.check_url(raw)?;
+        if self.allow_private {
+            return Ok(url);
+        }
         if let Some(url::Host::Domain(name)) = url.host() {
             self.resolve(name, url.port_or_known_default().unwrap_or(443))
                 .await?;
@@ -285,5 +296,12 @@ mod tests {
             allow_http: true,
         };
         assert!(open.check("http://localhost:9000/hook").await.is_ok());
+        let resolver = GuardedResolver::new(STRICT);
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        assert!(
+            reqwest::dns::Resolve::resolve(&*resolver, name)
+                .await
+                .is_err()
+        );
     }
 }

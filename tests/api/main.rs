@@ -20,3 +20,4 @@ mod poison;
 mod real_worker;
 mod repository;
 mod send;
+mod webhooks;

@@ -490,6 +490,11 @@ impl TestApp {
             .await
     }
 
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.with_body(reqwest::Method::PATCH, path, token, body)
+            .await
+    }
+
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Answer {
         let mut request = self.client.delete(self.url(path));
         if let Some(token) = token {
