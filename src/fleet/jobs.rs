@@ -131,19 +131,28 @@ impl MigrationQueue {
 
     /// Stores a job unless an equal one was stored in the current window.
     pub async fn enqueue(&self, job: MigrateSession) -> anyhow::Result<()> {
+        self.enqueue_after(job, Duration::ZERO).await
+    }
+
+    /// Stores a job to run after `delay`, unless an equal one is due in the same window.
+    pub async fn enqueue_after(&self, job: MigrateSession, delay: Duration) -> anyhow::Result<()> {
+        let due = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         let key = format!(
             "{}:{}:{}:{}",
             job.session_id,
             job.expected_epoch,
             job.target_worker_id.as_deref().unwrap_or("*"),
-            now_ms() / DEDUP_WINDOW_MS
+            due / DEDUP_WINDOW_MS
         );
         // apalis re-runs a failed job at once until `max_attempts` (default 25); the in-process
         // retries with backoff are the only retries wanted, so the stored job gets one run.
-        let task = TaskBuilder::new(job)
+        let mut task = TaskBuilder::new(job)
             .idempotency_key(key)
-            .max_attempts(RETRIES + 1)
-            .build();
+            .max_attempts(RETRIES + 1);
+        if !delay.is_zero() {
+            task = task.run_after(delay);
+        }
+        let task = task.build();
         let pushed = match self {
             MigrationQueue::Sqlite(storage) => storage
                 .clone()

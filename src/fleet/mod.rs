@@ -1206,6 +1206,27 @@ impl Fleet {
                     epoch: session.epoch,
                 })
             }
+            // The worker says when: a start job is due then (no start before it would be taken,
+            // and quick retries would only spend the customer's budget).
+            Err(WorkerCallError::Busy {
+                retry_after: Some(after),
+            }) if after.as_millis() as i64 >= jobs::DEDUP_WINDOW_MS => {
+                self.migrations
+                    .enqueue_after(
+                        MigrateSession {
+                            session_id: session.id.clone(),
+                            from_worker_id: Some(worker.id.clone()),
+                            expected_epoch: session.epoch,
+                            target_worker_id: Some(worker.id.clone()),
+                            reason: "the worker's Retry-After".to_owned(),
+                        },
+                        after + Duration::from_millis(rand::random_range(0..1_000)),
+                    )
+                    .await?;
+                Ok(MigrationOutcome::Skipped(
+                    "rescheduled after the worker's Retry-After",
+                ))
+            }
             Err(WorkerCallError::Busy { .. }) => Ok(MigrationOutcome::RetryLater(
                 "the worker is rate limiting session starts (429)",
             )),
