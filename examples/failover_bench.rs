@@ -22,22 +22,15 @@
 //! survivor's session-operation window (default 300, the existing worker's) for a quick run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use wa_gateway::app::Application;
-use wa_gateway::config::Config;
+use support::{Gateway, arg};
 use wa_gateway::domain::{Email, Password, Role, SessionStatus, Tier};
 use wa_gateway::sim::{Quirks, RateLimit, RateLimits, SimWorker, SimWorkerConfig};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -52,40 +45,16 @@ async fn main() -> anyhow::Result<()> {
     let heartbeat_ms = arg("--heartbeat-interval-ms", 1000);
     let window_s = arg("--session-op-window-s", 300);
     let real_worker = std::env::args().any(|a| a == "--real-worker");
-    let data_dir = tempfile::tempdir()?;
-    let mut vars: HashMap<String, String> = HashMap::new();
-    for (key, value) in [
-        ("HOST", "127.0.0.1".to_owned()),
-        ("PORT", "0".to_owned()),
-        ("DATA_DIR", data_dir.path().display().to_string()),
-        ("LOG_LEVEL", "error".to_owned()),
+    let gateway = Gateway::start(&[
         ("WORKER_HEARTBEAT_TIMEOUT_MS", timeout_ms.to_string()),
         ("WORKER_MONITOR_INTERVAL_MS", "200".to_owned()),
         ("WORKER_PROBE_INTERVAL_MS", "1000".to_owned()),
         ("MAX_TIER_MAX_SESSIONS", (sessions + 10).to_string()),
         ("MAX_TIER_MAX_API_CALLS_PER_HOUR", "1000000".to_owned()),
-    ] {
-        vars.insert(key.to_owned(), value);
-    }
-    for key in ["DATABASE_URL", "REDIS_URL"] {
-        if let Ok(value) = std::env::var(key) {
-            vars.insert(key.to_owned(), value);
-        }
-    }
-    let backend = if vars.contains_key("DATABASE_URL") {
-        "postgres+redis"
-    } else {
-        "sqlite+in-process"
-    };
-    let config = Config::from_vars(vars)?;
-    wa_gateway::telemetry::init(&config.log_level, config.log_format);
-    let application = Application::build(config).await?;
-    let base_url = format!("http://{}", application.local_addr());
-    let context = application.context();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(application.run_until_stopped(async move {
-        let _ = stop_rx.await;
-    }));
+    ])
+    .await?;
+    let (base_url, context, backend) =
+        (&gateway.base_url, gateway.context.clone(), gateway.backend);
 
     let token = context.config.worker_auth_token.expose().clone();
     let start_sim = |id: &str, limits: Option<RateLimits>| {
@@ -238,7 +207,5 @@ async fn main() -> anyhow::Result<()> {
         single_owner
     );
     survivor.kill().await;
-    let _ = stop_tx.send(());
-    server.await??;
-    Ok(())
+    gateway.stop().await
 }

@@ -12,24 +12,16 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+#[path = "support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::{Gateway, arg};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use wa_gateway::app::Application;
-use wa_gateway::config::Config;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// CPU time (user + system) of this process, from /proc/self/stat.
 fn cpu_time() -> Duration {
@@ -117,38 +109,14 @@ async fn main() -> anyhow::Result<()> {
     let mut child_in = child.stdin.take().unwrap();
     anyhow::ensure!(child_out.next_line().await?.as_deref() == Some("listening"));
 
-    let data_dir = tempfile::tempdir()?;
-    let mut vars: HashMap<String, String> = HashMap::new();
-    for (key, value) in [
-        ("HOST", "127.0.0.1".to_owned()),
-        ("PORT", "0".to_owned()),
-        ("DATA_DIR", data_dir.path().display().to_string()),
-        ("LOG_LEVEL", "error".to_owned()),
+    let gateway = Gateway::start(&[
         // Long enough that no worker needs a heartbeat during the run.
         ("WORKER_HEARTBEAT_TIMEOUT_MS", "3600000".to_owned()),
         ("WORKER_PROBE_INTERVAL_MS", "1000".to_owned()),
-    ] {
-        vars.insert(key.to_owned(), value);
-    }
-    for key in ["DATABASE_URL", "REDIS_URL"] {
-        if let Ok(value) = std::env::var(key) {
-            vars.insert(key.to_owned(), value);
-        }
-    }
-    let backend = if vars.contains_key("DATABASE_URL") {
-        "postgres+redis"
-    } else {
-        "sqlite+in-process"
-    };
-    let config = Config::from_vars(vars)?;
-    wa_gateway::telemetry::init(&config.log_level, config.log_format);
-    let application = Application::build(config).await?;
-    let base_url = format!("http://{}", application.local_addr());
-    let context = application.context();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(application.run_until_stopped(async move {
-        let _ = stop_rx.await;
-    }));
+    ])
+    .await?;
+    let (base_url, context, backend) =
+        (&gateway.base_url, gateway.context.clone(), gateway.backend);
     let token = context.config.worker_auth_token.expose().clone();
     let client = reqwest::Client::new();
 
@@ -200,7 +168,5 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(child_in);
     let _ = child.wait().await;
-    let _ = stop_tx.send(());
-    server.await??;
-    Ok(())
+    gateway.stop().await
 }
