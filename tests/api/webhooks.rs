@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::common::{Backend, Login, TestApp};
+use crate::common::{Answer, Backend, Login, TestApp};
 
 backend_tests!(
     endpoints_are_created_listed_changed_rotated_and_deleted,
@@ -26,11 +26,14 @@ async fn user(app: &TestApp, name: &str) -> Login {
     .await
 }
 
-async fn create(app: &TestApp, login: &Login, body: Value) -> Value {
+/// `POST /api/v1/webhooks` as `login`.
+async fn try_create(app: &TestApp, login: &Login, body: Value) -> Answer {
     app.post("/api/v1/webhooks", Some(&login.access_token), body)
         .await
-        .assert_ok(201)
-        .clone()
+}
+
+async fn create(app: &TestApp, login: &Login, body: Value) -> Value {
+    try_create(app, login, body).await.assert_ok(201).clone()
 }
 
 /// An app whose endpoints may be anywhere (no DNS here for example.com).
@@ -213,13 +216,7 @@ async fn the_tier_limits_the_endpoints(backend: Backend) {
     for _ in 0..2 {
         create(&app, &ann, json!({"url": URL, "events": ["*"]})).await;
     }
-    let third = app
-        .post(
-            "/api/v1/webhooks",
-            Some(&ann.access_token),
-            json!({"url": URL, "events": ["*"]}),
-        )
-        .await;
+    let third = try_create(&app, &ann, json!({"url": URL, "events": ["*"]})).await;
     third.assert_error(409, "WEBHOOK_LIMIT_REACHED");
     app.stop().await;
 }
@@ -237,13 +234,7 @@ async fn internal_and_plain_http_targets_are_refused(backend: Backend) {
         "https://localhost:8443/hook",
         "ftp://hooks.example.com/",
     ] {
-        let refused = app
-            .post(
-                "/api/v1/webhooks",
-                Some(&ann.access_token),
-                json!({"url": url, "events": ["*"]}),
-            )
-            .await;
+        let refused = try_create(&app, &ann, json!({"url": url, "events": ["*"]})).await;
         refused.assert_error(400, "VALIDATION_ERROR");
         assert_eq!(
             refused.body["error"]["details"]["field"], "url",
@@ -279,9 +270,7 @@ async fn fields_are_validated_with_the_field_named(backend: Backend) {
         ),
         (json!({"url": "not a url", "events": ["*"]}), "url"),
     ] {
-        let refused = app
-            .post("/api/v1/webhooks", Some(&ann.access_token), body.clone())
-            .await;
+        let refused = try_create(&app, &ann, body.clone()).await;
         refused.assert_error(400, "VALIDATION_ERROR");
         assert_eq!(
             refused.body["error"]["details"]["field"], field,
@@ -289,13 +278,12 @@ async fn fields_are_validated_with_the_field_named(backend: Backend) {
             refused.body
         );
     }
-    let unknown = app
-        .post(
-            "/api/v1/webhooks",
-            Some(&ann.access_token),
-            json!({"url": URL, "events": ["*"], "secret": "mine"}),
-        )
-        .await;
+    let unknown = try_create(
+        &app,
+        &ann,
+        json!({"url": URL, "events": ["*"], "secret": "mine"}),
+    )
+    .await;
     unknown.assert_error(400, "VALIDATION_ERROR");
     app.stop().await;
 }
